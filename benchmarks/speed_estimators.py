@@ -1,0 +1,155 @@
+"""Speed and peak memory of the estimators, as ratios to a floor measured in the same run.
+
+Floor: convert F to float64, form FᵀF and ``numpy.linalg.eigh`` it — the least any exact
+eigendecomposition-based score must do. Everything runs on one BLAS thread (the numbers are
+then comparable across machines with different core counts).
+
+Usage: python benchmarks/speed_estimators.py [--n 20000 --d 2048 --c 100] [--quick]
+Writes benchmarks/results/speed_estimators-<fingerprint>.json and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"
+
+import argparse  # noqa: E402
+import gc  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import time  # noqa: E402
+import tracemalloc  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+from threadpoolctl import threadpool_info, threadpool_limits  # noqa: E402
+
+from estimators import Statistics, score  # noqa: E402
+
+SUITE = ("logme", "h_score", "shrinkage_h_score", "gbc", "transrate", "sfda", "class_means", "lda")
+
+
+def make_features(n: int, d: int, c: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """ReLU-like float32 features with a class structure (what a CNN's pooled output looks like)."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % c
+    centers = rng.normal(size=(c, d)).astype(np.float32)
+    features = rng.normal(size=(n, d)).astype(np.float32)
+    features += 0.7 * centers[labels]
+    np.maximum(features, 0.0, out=features)
+    return features, labels
+
+
+def measure(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """Best wall time over ``repeats`` and the peak traced allocation (MiB) of one run."""
+    best = float("inf")
+    peak = 0.0
+    for _ in range(repeats):
+        gc.collect()
+        tracemalloc.start()
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+        peak = max(peak, tracemalloc.get_traced_memory()[1] / 2**20)
+        tracemalloc.stop()
+    return best, peak
+
+
+def floor(features: np.ndarray) -> None:
+    f64 = features.astype(np.float64)
+    np.linalg.eigh(f64.T @ f64)
+
+
+def thuml_default_logme(features: np.ndarray, labels: np.ndarray) -> float:
+    """The algorithm of thuml/LogME's default ``_fit_fixed_point`` (N > D), as a speed reference.
+
+    Written from its description: SVD of FᵀF, then U = F V / s (an extra N x D x D product),
+    then per class the fixed-point iteration. Only its cost matters here.
+    """
+    f = features.astype(np.float64)
+    n, d = f.shape
+    _, s, vh = np.linalg.svd(f.T @ f)
+    s = np.sqrt(s)
+    k = int(np.sum(s > 1e-10))
+    u = (f @ vh.T)[:, :k] / s[:k]
+    sigma = s[:k] ** 2
+    evidences = []
+    for c in range(int(labels.max()) + 1):
+        y = (labels == c).astype(np.float64)
+        x2 = (u.T @ y) ** 2
+        res_x2 = y @ y - x2.sum()
+        alpha = beta = 1.0
+        for _ in range(11):
+            t = alpha / beta
+            gamma = np.sum(sigma / (sigma + t))
+            m2 = np.sum(sigma * x2 / (t + sigma) ** 2)
+            res2 = np.sum(x2 / (1 + sigma / t) ** 2) + res_x2
+            alpha, beta = gamma / (m2 + 1e-5), (n - gamma) / (res2 + 1e-5)
+            if abs(alpha / beta - t) / t <= 1e-3:
+                break
+        evidences.append(
+            (d / 2 * np.log(alpha) + n / 2 * np.log(beta) - 0.5 * np.sum(np.log(alpha + beta * sigma))
+             - beta / 2 * res2 - alpha / 2 * m2 - n / 2 * np.log(2 * np.pi)) / n
+        )
+    return float(np.mean(evidences))
+
+
+def fingerprint() -> str:
+    blas = next((i for i in threadpool_info() if i["user_api"] == "blas"), {})
+    cpu = platform.processor() or platform.machine()
+    return f"np{np.__version__.replace('.', '')}-{blas.get('internal_api', 'blas')}-{cpu}".replace(" ", "_")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=20000)
+    parser.add_argument("--d", type=int, default=2048)
+    parser.add_argument("--c", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="N=4000, D=512, C=20, one repeat")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args()
+    if args.quick:
+        args.n, args.d, args.c, args.repeats = 4000, 512, 20, 1
+    features, labels = make_features(args.n, args.d, args.c)
+    rows: dict[str, dict[str, float]] = {}
+    with threadpool_limits(limits=1):
+        floor_s, floor_mb = measure(lambda: floor(features), args.repeats)
+        rows["floor (FᵀF + eigh)"] = {"seconds": floor_s, "peak_mib": floor_mb}
+        for name in SUITE:
+            seconds, peak = measure(lambda name=name: score(name, features, labels), args.repeats)
+            rows[name] = {"seconds": seconds, "peak_mib": peak}
+
+        def suite() -> None:
+            stats = Statistics(features, labels)
+            for name in SUITE:
+                score(name, stats=stats)
+
+        seconds, peak = measure(suite, args.repeats)
+        rows["suite of 8, one shared Statistics"] = {"seconds": seconds, "peak_mib": peak}
+        seconds, peak = measure(lambda: thuml_default_logme(features, labels), 1)
+        rows["thuml/LogME default algorithm (reference)"] = {"seconds": seconds, "peak_mib": peak}
+    for row in rows.values():
+        row["x_floor"] = row["seconds"] / floor_s
+    result = {
+        "benchmark": "speed_estimators",
+        "n": args.n, "d": args.d, "c": args.c, "repeats": args.repeats,
+        "blas_threads": 1, "fingerprint": fingerprint(), "input_mib": features.nbytes / 2**20,
+        "rows": rows,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"speed_estimators-n{args.n}-d{args.d}-c{args.c}-{result['fingerprint']}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"N={args.n}, D={args.d}, C={args.c}, float32 input ({result['input_mib']:.0f} MiB), 1 BLAS thread\n")
+    print("| what | seconds | x floor | peak traced MiB |")
+    print("|---|---:|---:|---:|")
+    for name, row in rows.items():
+        print(f"| {name} | {row['seconds']:.2f} | {row['x_floor']:.2f} | {row['peak_mib']:.0f} |")
+    print(f"\nwritten to {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Closed-form transferability estimators on frozen features.
+
+A pure numeric library (numpy, scipy, scikit-learn): each estimator is a function plus a thin
+sklearn-style class, registered by name, and all of them can share one :class:`Statistics`
+so that the Gram matrix and its eigendecomposition are computed once per backbone.
+
+>>> import numpy as np
+>>> from estimators import score, list_estimators, Statistics
+>>> rng = np.random.default_rng(0)
+>>> y = np.repeat(np.arange(3), 30)
+>>> F = rng.normal(size=(90, 16)) + y[:, None]
+>>> stats = Statistics(F, y)
+>>> sorted({info.name for info in list_estimators()} - {"leep", "nce"})[:3]
+['class_means', 'gbc', 'h_score']
+>>> 0.0 < score("sfda", stats=stats) <= 1.0
+True
+"""
+
+from ._api import score
+from ._base import TransferabilityEstimator
+from ._registry import EstimatorInfo, get_estimator, list_estimators
+from ._stats import Statistics
+from .class_means import ClassMeans, class_means
+from .gbc import GBC, gbc
+from .hscore import HScore, ShrinkageHScore, h_score, shrinkage_h_score
+from .knn import KNN, knn
+from .leep import LEEP, leep
+from .linear_probe import LinearProbe, linear_probe
+from .logme import LogME, logme
+from .nce import NCE, nce
+from .sfda import SFDA, ShrinkageLDA, lda, sfda
+from .transrate import TransRate, transrate
+
+__all__ = [
+    "GBC",
+    "KNN",
+    "LEEP",
+    "NCE",
+    "SFDA",
+    "ClassMeans",
+    "EstimatorInfo",
+    "HScore",
+    "LinearProbe",
+    "LogME",
+    "ShrinkageHScore",
+    "ShrinkageLDA",
+    "Statistics",
+    "TransRate",
+    "TransferabilityEstimator",
+    "class_means",
+    "gbc",
+    "get_estimator",
+    "h_score",
+    "knn",
+    "lda",
+    "leep",
+    "linear_probe",
+    "list_estimators",
+    "logme",
+    "nce",
+    "score",
+    "sfda",
+    "shrinkage_h_score",
+    "transrate",
+]

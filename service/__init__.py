@@ -1,0 +1,1 @@
+"""backbone-rank service: CLI, pipeline (datasets, backbones, features) and, later, the HTTP API."""
