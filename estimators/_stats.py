@@ -163,12 +163,21 @@ class Statistics:
 
     # -- second moments -----------------------------------------------------------------------
     def iter_blocks(self, center: bool = True) -> Iterator[tuple[slice, NDArray[np.float64]]]:
-        """Yield ``(rows, block)`` over the features, mean-centred when ``center``."""
+        """Yield ``(rows, block)`` over the features, mean-centred when ``center``.
+
+        The centred block lives in one reused buffer: consume it before the next iteration.
+        """
         features = self._require_features()
-        for start in range(0, features.shape[0], self.block_size):
-            rows = slice(start, min(start + self.block_size, features.shape[0]))
-            block = features[rows] - self.mean if center else features[rows]
-            yield rows, block
+        n = features.shape[0]
+        buffer = np.empty((min(self.block_size, n), features.shape[1])) if center else None
+        for start in range(0, n, self.block_size):
+            rows = slice(start, min(start + self.block_size, n))
+            if buffer is None:
+                yield rows, features[rows]
+            else:
+                block = buffer[: rows.stop - rows.start]
+                np.subtract(features[rows], self.mean, out=block)
+                yield rows, block
 
     @cached_property
     def centered_gram(self) -> NDArray[np.float64]:

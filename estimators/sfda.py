@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg
+import scipy.sparse
 from numpy.typing import ArrayLike, NDArray
 
 from ._base import TransferabilityEstimator
@@ -207,20 +208,24 @@ def sfda(
     confidence = softmax(first.posterior.copy())[rows, labels_]  # a_i
     means = stats.centered_class_means
     outer = (means.sum(axis=0) - means) / (n_classes - 1)  # m_c, centred coordinates
-    keep = 1.0 - confidence
-    features_ = stats._require_features()
-    weighted_sums = np.asarray(stats.indicator @ (confidence[:, None] * features_))
-    weighted_sums -= np.asarray(stats.indicator @ confidence)[:, None] * stats.mean
-    new_means = (weighted_sums + np.asarray(stats.indicator @ keep)[:, None] * outer) / stats.counts[:, None]
-
+    # Mixed sample: x' = a x + (1 - a) m_c = m_c + w with w = a (x - m_c). Its within-class
+    # scatter is that of w: Σ_c [Σ_i w_i w_iᵀ - s_c s_cᵀ / n_c] / N with s_c = Σ_{i in c} w_i,
+    # one pass over the data.
     d = stats.n_features
-    within = np.zeros((d, d))
+    second_moment = np.zeros((d, d))
+    sums = np.zeros((n_classes, d))
     for block_rows, block in stats.iter_blocks(center=True):
         y = labels_[block_rows]
-        a = confidence[block_rows, None]
-        residual = a * block + (1.0 - a) * outer[y] - new_means[y]
-        within += residual.T @ residual
-    within /= stats.n_samples
+        block -= outer[y]
+        block *= confidence[block_rows, None]
+        second_moment += block.T @ block
+        membership = scipy.sparse.csr_matrix(
+            (np.ones(y.size), (y, np.arange(y.size))), shape=(n_classes, y.size)
+        )
+        sums += membership @ block
+    within = (second_moment - (sums.T / stats.counts) @ sums) / stats.n_samples
+    new_means = outer + sums / stats.counts[:, None]
+    keep = 1.0 - confidence
 
     coef = _solve_spd(_shrink(within, first.shrinkage), new_means.T)
     projected = confidence[:, None] * stats.centered_dot(coef) + keep[:, None] * (outer @ coef)[labels_]

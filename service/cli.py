@@ -14,7 +14,8 @@ console = Console()
 
 @app.callback()
 def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress to stderr.")) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    level = logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
 
 @app.command("estimators")
@@ -57,3 +58,7 @@ def demo_command(
         table.add_row(name, *cells, f"{agreement[name]:.3f}" if name in agreement else "-")
     table.add_row("seconds (all)", *[f"{r.seconds:.2f}" for r in results], "")
     console.print(table)
+
+
+if __name__ == "__main__":
+    app()

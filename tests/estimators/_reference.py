@@ -79,23 +79,18 @@ def ref_logme_fixed_point(features, labels, regression=False):
         m2 = res2 = None
         for _ in range(11):
             t = alpha / beta
-            gamma = 0.0
-            m2 = 0.0
-            res2 = 0.0
-            for i in range(k):
-                gamma += sigma[i] / (sigma[i] + t)
-                m2 += sigma[i] * x2[i] / (t + sigma[i]) ** 2
-                res2 += x2[i] / (1.0 + sigma[i] / t) ** 2
-            res2 += res_x2
+            gamma = float(np.sum(sigma / (sigma + t)))
+            m2 = float(np.sum(sigma * x2 / (t + sigma) ** 2))
+            res2 = float(np.sum(x2 / (1.0 + sigma / t) ** 2)) + res_x2
             alpha = gamma / (m2 + 1e-5)
             beta = (n - gamma) / (res2 + 1e-5)
             t_new = alpha / beta
             if abs(t_new - t) / t <= 1e-3:
                 break
-        log_det = 0.0
-        for i in range(k):
-            log_det += np.log(alpha + beta * sigma[i])
-        log_det += (d - k) * np.log(alpha)  # zero eigenvalues of F^T F when D > N
+        # sum of log(alpha + beta * sigma_i) over ALL D eigenvalues of F^T F:
+        # the K from the SVD plus (D - K) exact zeros when D > N
+        sigma_all = np.concatenate([sigma, np.zeros(d - k)])
+        log_det = float(np.sum(np.log(alpha + beta * sigma_all)))
         evidence = (
             d / 2.0 * np.log(alpha)
             + n / 2.0 * np.log(beta)
@@ -256,11 +251,8 @@ def ref_transrate(features, labels, eps=1e-4):
 
 def _softmax_rows(a):
     a = np.array(a, dtype=np.float64, copy=True)
-    out = np.empty_like(a)
-    for i in range(a.shape[0]):
-        e = np.exp(a[i] - a[i].max())
-        out[i] = e / e.sum()
-    return out
+    e = np.exp(a - a.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
 
 
 def _largest_eig_power(a):
