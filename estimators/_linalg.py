@@ -6,13 +6,10 @@ import numpy as np
 import scipy.linalg
 from numpy.typing import NDArray
 
-__all__ = ["softmax", "pinv_eigh_rcond", "try_cholesky", "logdet_spd"]
+__all__ = ["softmax", "pinv_eigh_rcond", "logdet_spd"]
 
 #: numpy.linalg.pinv's default relative cutoff used by the official H-score code.
 PINV_RCOND = 1e-15
-#: A Cholesky pivot below this fraction of the largest diagonal entry means "numerically
-#: singular": we then fall back to an eigendecomposition so the result equals a pseudo-inverse.
-CHOLESKY_PIVOT_RTOL = 1e-10
 
 
 def softmax(logits: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -23,21 +20,7 @@ def softmax(logits: NDArray[np.float64]) -> NDArray[np.float64]:
     return shifted
 
 
-def try_cholesky(matrix: NDArray[np.float64]) -> NDArray[np.float64] | None:
-    """Lower Cholesky factor of a symmetric matrix, or None when it is not safely positive definite."""
-    try:
-        factor = scipy.linalg.cholesky(matrix, lower=True, check_finite=False)
-    except np.linalg.LinAlgError:
-        return None
-    pivots = np.diag(factor) ** 2
-    if pivots.min() <= CHOLESKY_PIVOT_RTOL * max(float(np.diag(matrix).max()), np.finfo(float).tiny):
-        return None
-    return factor
-
-
-def pinv_eigh_rcond(
-    eigenvalues: NDArray[np.float64], rcond: float = PINV_RCOND
-) -> NDArray[np.float64]:
+def pinv_eigh_rcond(eigenvalues: NDArray[np.float64], rcond: float = PINV_RCOND) -> NDArray[np.float64]:
     """Reciprocals of the eigenvalues that ``numpy.linalg.pinv(rcond)`` keeps, zero for the others.
 
     For a symmetric matrix the singular values are ``|eigenvalues|``; pinv inverts the ones above

@@ -8,13 +8,11 @@ the most expensive one alone.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterator
 from functools import cached_property
 from typing import Any, TypeVar
 
 import numpy as np
-import scipy.linalg
 import scipy.sparse
 from numpy.typing import ArrayLike, NDArray
 
@@ -22,12 +20,11 @@ from ._validation import check_features, check_labels, check_source_probs
 
 __all__ = ["Statistics", "resolve_stats"]
 
-_logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 #: Rows per block when streaming over the features (bounds the temporary memory to
 #: block_size x D float64 while keeping BLAS efficient).
-DEFAULT_BLOCK_SIZE = 4096
+DEFAULT_BLOCK_SIZE = 8192
 
 
 class Statistics:
@@ -41,7 +38,7 @@ class Statistics:
         Class labels (ints or strings); relabelled to ``0..C-1`` in sorted order.
     source_probs : array-like of shape (N, C_s), optional
         The source classifier's softmax outputs (for LEEP and NCE).
-    block_size : int, default=4096
+    block_size : int, default=8192
         Rows per block when streaming over the features.
 
     Attributes
@@ -189,11 +186,6 @@ class Statistics:
         return _symmetrize(gram)
 
     @cached_property
-    def gram(self) -> NDArray[np.float64]:
-        """Raw FᵀF, shape (D, D)."""
-        return self.centered_gram + self.n_samples * np.outer(self.mean, self.mean)
-
-    @cached_property
     def centered_sq_norms(self) -> NDArray[np.float64]:
         """‖f_i - μ‖² for every sample, shape (N,)."""
         out = np.empty(self.n_samples)
@@ -220,12 +212,6 @@ class Statistics:
 
     # -- eigendecompositions --------------------------------------------------------------------
     @cached_property
-    def gram_eigh(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        """Eigenvalues (ascending, clipped at 0) and eigenvectors of FᵀF."""
-        values, vectors = np.linalg.eigh(self.gram)
-        return np.clip(values, 0.0, None), vectors
-
-    @cached_property
     def kernel_eigh(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         """Eigenvalues (ascending, clipped at 0) and eigenvectors of F Fᵀ."""
         values, vectors = np.linalg.eigh(self.kernel)
@@ -233,20 +219,16 @@ class Statistics:
 
     @cached_property
     def centered_gram_eigh(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        """Eigenvalues (ascending, not clipped) and eigenvectors of the centred Gram matrix."""
+        """Eigenvalues (ascending, not clipped) and eigenvectors of the centred Gram matrix.
+
+        The one D x D eigendecomposition shared by LogME (with a rank-one update for the mean),
+        H-score, shrinkage H-score, TransRate and GBC's PCA.
+        """
         return np.linalg.eigh(self.centered_gram)
 
     def top_principal_axes(self, k: int) -> NDArray[np.float64]:
         """The k leading principal axes (eigenvectors of the centred Gram), shape (D, k), largest first."""
-        def compute() -> NDArray[np.float64]:
-            d = self.n_features
-            if "centered_gram_eigh" in self.__dict__:
-                vectors = self.centered_gram_eigh[1][:, d - k :]
-            else:
-                _, vectors = scipy.linalg.eigh(self.centered_gram, subset_by_index=[d - k, d - 1])
-            return np.ascontiguousarray(vectors[:, ::-1])
-
-        return self.memo(("top_principal_axes", k), compute)
+        return np.ascontiguousarray(self.centered_gram_eigh[1][:, ::-1][:, :k])
 
     # -- products -----------------------------------------------------------------------------
     def centered_dot(self, matrix: NDArray[np.float64]) -> NDArray[np.float64]:

@@ -2,39 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
-import scipy.linalg
 from numpy.typing import ArrayLike, NDArray
 
 from ._base import TransferabilityEstimator
-from ._linalg import pinv_eigh_rcond, try_cholesky
+from ._linalg import pinv_eigh_rcond
 from ._registry import register
 from ._stats import Statistics, resolve_stats
 
 __all__ = ["h_score", "shrinkage_h_score", "ledoit_wolf_shrinkage_from_stats", "HScore", "ShrinkageHScore"]
 
 
-def _quadratic_trace(
-    stats: Statistics,
-    matrix: NDArray[np.float64],
-    eigen: Callable[[], tuple[NDArray[np.float64], NDArray[np.float64]]],
-) -> float:
-    """Σ_c n_c d_cᵀ pinv(matrix) d_c with d_c the centred class means.
-
-    Uses a Cholesky solve when N > D and ``matrix`` is safely positive definite (then pinv is
-    the inverse), else the eigendecomposition ``eigen()`` of ``matrix`` with numpy.linalg.pinv's
-    relative cutoff.
-    """
-    centred = stats.centered_class_means
-    factor = try_cholesky(matrix) if stats.n_samples > stats.n_features else None
-    if factor is not None:
-        solved = scipy.linalg.solve_triangular(factor, centred.T, lower=True, check_finite=False)
-        return float(np.sum(stats.counts * np.einsum("ij,ij->j", solved, solved)))
-    values, vectors = eigen()
-    projections = vectors.T @ centred.T  # (D, C)
-    return float(np.sum(stats.counts * (pinv_eigh_rcond(values)[:, None] * projections**2).sum(axis=0)))
+def _pinv_quadratic_trace(stats: Statistics, eigenvalues: NDArray[np.float64]) -> float:
+    """Σ_c n_c d_cᵀ pinv(A) d_c for A = W diag(eigenvalues) Wᵀ in the centred Gram's eigenbasis W,
+    d_c the centred class means; pinv with numpy.linalg.pinv's relative cutoff (rcond=1e-15)."""
+    vectors = stats.centered_gram_eigh[1]
+    projections = vectors.T @ stats.centered_class_means.T  # (D, C)
+    return float(np.sum(stats.counts * (pinv_eigh_rcond(eigenvalues)[:, None] * projections**2).sum(axis=0)))
 
 
 @register("h_score", reference="Bao et al., An Information-Theoretic Approach to Transferability, ICIP 2019 (TLlib)")
@@ -65,9 +49,8 @@ def h_score(
     Notes
     -----
     Equal to TLlib's ``h_score``: covariances with ddof=1 (the factor cancels) and
-    ``pinv(rcond=1e-15)``. We evaluate ``Σ_c n_c d_cᵀ Cov⁻¹ d_c`` (d_c = μ_c - μ) by a Cholesky
-    solve when the covariance is safely positive definite — there pinv equals the inverse — and
-    by an eigendecomposition with pinv's cutoff otherwise (D >= N, dead features).
+    ``pinv(rcond=1e-15)``. We evaluate ``Σ_c n_c d_cᵀ pinv(Cov) d_c`` (d_c = μ_c - μ)
+    in the eigenbasis of the shared centred Gram matrix, with pinv's cutoff on its eigenvalues.
 
     References
     ----------
@@ -75,7 +58,7 @@ def h_score(
        Learning. ICIP 2019.
     """
     stats = resolve_stats(features, labels, stats)
-    return _quadratic_trace(stats, stats.centered_gram, lambda: stats.centered_gram_eigh)
+    return _pinv_quadratic_trace(stats, stats.centered_gram_eigh[0])
 
 
 def ledoit_wolf_shrinkage_from_stats(stats: Statistics) -> float:
@@ -143,16 +126,10 @@ def shrinkage_h_score(
     stats = resolve_stats(features, labels, stats)
     n, d = stats.n_samples, stats.n_features
     alpha = ledoit_wolf_shrinkage_from_stats(stats)
-    gram = stats.centered_gram
-    mu = float(np.trace(gram)) / (n * d)
-    shrunk = (1.0 - alpha) / n * gram
-    shrunk.flat[:: d + 1] += alpha * mu
-
-    def eigen() -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        values, vectors = stats.centered_gram_eigh
-        return (1.0 - alpha) / n * values + alpha * mu, vectors
-
-    return (1.0 - alpha) / (n - 1) * _quadratic_trace(stats, shrunk, eigen)
+    values = stats.centered_gram_eigh[0]
+    mu = float(np.trace(stats.centered_gram)) / (n * d)
+    shrunk = (1.0 - alpha) / n * values + alpha * mu  # eigenvalues of Σ_α, same eigenvectors
+    return (1.0 - alpha) / (n - 1) * _pinv_quadratic_trace(stats, shrunk)
 
 
 class HScore(TransferabilityEstimator):

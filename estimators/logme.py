@@ -109,85 +109,127 @@ def logme(
     else:
         stats = resolve_stats(features, labels, stats)
         targets = None
-    power, target_sq, n_eigen = _spectral_projections(stats, targets)
-    sigma = power[1]
-    evidences = _max_evidence(
-        sigma, power[0], target_sq, n_samples=stats.n_samples, n_features=stats.n_features,
-        n_zero=stats.n_features - n_eigen, algorithm=algorithm,
-    )
+    spectrum = _spectrum(stats, targets)
+    evidences = _max_evidence(spectrum, n_samples=stats.n_samples, n_features=stats.n_features, algorithm=algorithm)
     return float(np.mean(evidences))
 
 
-def _spectral_projections(
-    stats: Statistics, targets: NDArray[np.float64] | None
-) -> tuple[tuple[NDArray[np.float64], NDArray[np.float64]], NDArray[np.float64], int]:
-    """Squared projections p_jk of Fᵀt_k on the eigenvectors, eigenvalues σ_j, ‖t_k‖².
+class _PlainSpectrum:
+    """The needed functions of ``(FᵀF + tI)⁻¹`` from an eigendecomposition of FᵀF or F Fᵀ.
 
-    Returns ``((p, sigma), target_sq, n_eigen)`` with p of shape (n_eigen, K).
+    ``sigma`` (n_eigen,) are the eigenvalues, ``power`` (n_eigen, K) the squared projections
+    ``(v_jᵀ Fᵀ y_k)²``, ``n_zero`` the eigenvalues known to be 0 that are not listed.
     """
+
+    def __init__(
+        self, sigma: NDArray[np.float64], power: NDArray[np.float64], target_sq: NDArray[np.float64], n_zero: int
+    ) -> None:
+        self.sigma = sigma[:, None]
+        self.power = power
+        self.target_sq = target_sq
+        self.n_zero = n_zero
+
+    def step(self, t: NDArray[np.float64], cols: NDArray[np.intp]) -> tuple[NDArray[np.float64], ...]:
+        """γ, ‖m‖² and ‖y - F m‖² at λ = t for the target columns ``cols``."""
+        shifted = self.sigma + t
+        power = self.power[:, cols]
+        gamma = (self.sigma / shifted).sum(axis=0)
+        m2 = (power / shifted**2).sum(axis=0)
+        # ‖y - F m‖² = ‖y‖² - Σ_j p_j (σ_j + 2t) / (σ_j + t)²: stable even where σ_j = 0
+        res2 = self.target_sq[cols] - (power * (self.sigma + 2 * t) / shifted**2).sum(axis=0)
+        return gamma, m2, res2
+
+    def log_det(self, alpha: NDArray[np.float64], beta: NDArray[np.float64]) -> NDArray[np.float64]:
+        """log det(αI + βFᵀF) over all D dimensions."""
+        return np.log(alpha + beta * self.sigma).sum(axis=0) + self.n_zero * np.log(alpha)
+
+
+class _RankOneSpectrum:
+    """The same functions when FᵀF = W Λ Wᵀ + N μμᵀ is known through the *centred* Gram matrix.
+
+    Sharing the centred eigendecomposition with H-score, TransRate and GBC saves a second
+    D x D eigendecomposition. The rank-one term is added by Sherman-Morrison (a positive
+    update: its denominator is >= 1) and the matrix determinant lemma.
+    ``cross`` (D, K) holds ``Wᵀ Fᵀ y_k`` and ``mean_proj`` (D,) ``Wᵀ μ``.
+    """
+
+    def __init__(
+        self,
+        values: NDArray[np.float64],
+        cross: NDArray[np.float64],
+        mean_proj: NDArray[np.float64],
+        target_sq: NDArray[np.float64],
+        n_samples: int,
+    ) -> None:
+        self.values = values[:, None]
+        self.cross = cross
+        self.mean_proj = mean_proj[:, None]
+        self.target_sq = target_sq
+        self.n_samples = n_samples
+        self.dim = values.shape[0]
+
+    def step(self, t: NDArray[np.float64], cols: NDArray[np.intp]) -> tuple[NDArray[np.float64], ...]:
+        inverse = 1.0 / (self.values + t)  # (Λ + tI)⁻¹, per column
+        u = self.mean_proj
+        b = self.cross[:, cols]
+        denominator = 1.0 + self.n_samples * (u**2 * inverse).sum(axis=0)
+        v = inverse * b - self.n_samples * (inverse * u) * ((u * inverse * b).sum(axis=0) / denominator)
+        m2 = (v**2).sum(axis=0)  # v = (FᵀF + tI)⁻¹ Fᵀy in the W basis: the posterior mean m
+        res2 = self.target_sq[cols] - (b * v).sum(axis=0) - t * m2
+        trace_inverse = inverse.sum(axis=0) - self.n_samples * (inverse**2 * u**2).sum(axis=0) / denominator
+        gamma = self.dim - t * trace_inverse
+        return gamma, m2, res2
+
+    def log_det(self, alpha: NDArray[np.float64], beta: NDArray[np.float64]) -> NDArray[np.float64]:
+        diagonal = alpha + beta * self.values
+        lemma = 1.0 + self.n_samples * beta * (self.mean_proj**2 / diagonal).sum(axis=0)
+        return np.log(diagonal).sum(axis=0) + np.log(lemma)
+
+
+def _spectrum(stats: Statistics, targets: NDArray[np.float64] | None) -> _PlainSpectrum | _RankOneSpectrum:
     features = stats._require_features()
     n, d = features.shape
-    if n > d:
-        sigma, vectors = stats.gram_eigh
-        if targets is None:
-            cross = stats.class_sums.T  # Fᵀ t for one-hot t: the per-class sums
-            target_sq = stats.counts
-        else:
-            cross = features.T @ targets
-            target_sq = (targets**2).sum(axis=0)
-        projections = (vectors.T @ cross) ** 2  # (vᵀ Fᵀ t)² = σ x²
-        return (projections, sigma), target_sq, d
-    sigma, vectors = stats.kernel_eigh  # F Fᵀ = U diag(σ) Uᵀ; x = Uᵀ t
     if targets is None:
-        x = np.asarray(stats.indicator @ vectors).T
         target_sq = stats.counts
     else:
-        x = vectors.T @ targets
         target_sq = (targets**2).sum(axis=0)
-    return (sigma[:, None] * x**2, sigma), target_sq, n
+    if n > d:
+        values, vectors = stats.centered_gram_eigh
+        cross = stats.class_sums.T if targets is None else features.T @ targets  # Fᵀy: class sums for one-hot y
+        return _RankOneSpectrum(
+            np.clip(values, 0.0, None), vectors.T @ cross, vectors.T @ stats.mean, target_sq, n
+        )
+    sigma, vectors = stats.kernel_eigh  # F Fᵀ = U diag(σ) Uᵀ; x = Uᵀ y and (vᵀFᵀy)² = σ x²
+    x = np.asarray(stats.indicator @ vectors).T if targets is None else vectors.T @ targets
+    return _PlainSpectrum(sigma, sigma[:, None] * x**2, target_sq, n_zero=d - n)
 
 
 def _max_evidence(
-    sigma: NDArray[np.float64],
-    projections: NDArray[np.float64],
-    target_sq: NDArray[np.float64],
-    *,
-    n_samples: int,
-    n_features: int,
-    n_zero: int,
-    algorithm: str,
+    spectrum: _PlainSpectrum | _RankOneSpectrum, *, n_samples: int, n_features: int, algorithm: str
 ) -> NDArray[np.float64]:
-    """Fixed-point maximisation of the evidence for every target column at once."""
+    """MacKay's fixed-point maximisation of the evidence for every target column at once."""
     tolerance, icml = _ALGORITHMS[algorithm]
-    n_targets = projections.shape[1]
-    sig = sigma[:, None]
+    n_targets = spectrum.target_sq.shape[0]
     alpha = np.ones(n_targets)
     beta = np.ones(n_targets)
     m2 = np.zeros(n_targets)
     res2 = np.zeros(n_targets)
-    active = np.ones(n_targets, dtype=bool)
+    active = np.arange(n_targets)
     for _ in range(_MAX_ITER):
         t = alpha[active] / beta[active]
-        denominator = (sig + t) ** 2
-        gamma = (sig / (sig + t)).sum(axis=0)
-        p = projections[:, active]
-        m2[active] = (p / denominator).sum(axis=0)
-        # ‖t - F m‖² = ‖t‖² - Σ_j p_j (σ_j + 2λ) / (σ_j + λ)², stable even where σ_j = 0
-        res2[active] = target_sq[active] - (p * (sig + 2 * t) / denominator).sum(axis=0)
-        new_alpha = gamma / (m2[active] + _EPSILON)
-        new_beta = (n_samples - gamma) / (res2[active] + _EPSILON)
-        alpha[active], beta[active] = new_alpha, new_beta
-        change = np.abs(new_alpha / new_beta - t) / t
+        gamma, m2[active], res2[active] = spectrum.step(t, active)
+        alpha[active] = gamma / (m2[active] + _EPSILON)
+        beta[active] = (n_samples - gamma) / (res2[active] + _EPSILON)
+        change = np.abs(alpha[active] / beta[active] - t) / t
         converged = change < tolerance if icml else change <= tolerance
-        active[np.flatnonzero(active)[converged]] = False
-        if not active.any():
+        active = active[~converged]
+        if active.size == 0:
             break
-    log_det = np.log(alpha[None, :] + beta[None, :] * sig).sum(axis=0) + n_zero * np.log(alpha)
     penalty = (beta * (res2 + _EPSILON) + alpha * (m2 + _EPSILON)) if icml else (beta * res2 + alpha * m2)
     evidence = (
         n_features / 2.0 * np.log(alpha)
         + n_samples / 2.0 * np.log(beta)
-        - 0.5 * log_det
+        - 0.5 * spectrum.log_det(alpha, beta)
         - 0.5 * penalty
         - n_samples / 2.0 * np.log(2 * np.pi)
     )

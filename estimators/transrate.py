@@ -54,8 +54,9 @@ def transrate(
     Notes
     -----
     As TLlib: Z is the globally centred feature matrix, Z_c its rows of class c (not
-    re-centred), and n in ``R(Z_c)`` is n_c. Each log-determinant is taken on the smaller of
-    ZᵀZ and ZZᵀ (Sylvester's identity), by Cholesky, so many small classes cost little.
+    re-centred), and n in ``R(Z_c)`` is n_c. ``R(Z)`` comes from the eigenvalues of the shared
+    centred Gram matrix; each ``R(Z_c)`` from a Cholesky factor of the smaller of Z_cᵀZ_c and
+    Z_cZ_cᵀ (Sylvester's identity), so many small classes cost little.
 
     References
     ----------
@@ -66,8 +67,8 @@ def transrate(
         raise ValueError(f"eps must be positive; got {eps}")
     stats = resolve_stats(features, labels, stats)
     n, d = stats.n_samples, stats.n_features
-    if n > d:
-        total = _coding_rate(stats.centered_gram.copy(), n, eps)
+    if n > d:  # from the shared eigenvalues of the centred Gram matrix
+        total = 0.5 * float(np.sum(np.log1p(np.clip(stats.centered_gram_eigh[0], 0.0, None) / (n * eps))))
     else:
         centred = stats._require_features() - stats.mean
         total = _coding_rate(centred @ centred.T, n, eps)
