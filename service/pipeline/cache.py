@@ -1,0 +1,641 @@
+"""Content-addressed on-disk cache of extracted features (DESIGN.md §4).
+
+One entry holds the features of one backbone x one dataset x one layer, so a backbone's forward
+pass over a dataset is never paid twice. The key is the sha256 of a canonical JSON of everything
+that determines the features (:func:`feature_cache_key`); the value is one ``.safetensors`` file
+(never pickle, so a cache directory shared between users cannot execute code on load).
+
+Layout::
+
+    root/.lock                          filelock guarding eviction and size accounting
+    root/ab/abcdef....safetensors       one entry, sharded by the first two hex chars of its key
+    root/ab/.abcdef....<pid>.<rnd>.tmp  an entry being written (never read; stale ones are reaped)
+
+Concurrency model (several worker processes, possibly on one shared directory):
+
+* writers write a private temp file in the entry's directory, fsync it and ``os.replace`` it into
+  place, so a reader opens either the old complete file or the new complete file, never a partial
+  one. Two writers of the same key both succeed; the last rename wins, and since a key determines
+  its content both versions are equal anyway. Writers take no lock, so extraction is never
+  serialised by the cache.
+* eviction, size accounting and ``clear`` take ``root/.lock`` so two evictors do not race on their
+  byte counts; every file operation tolerates the file having vanished in between (another
+  evictor, a ``clear``), which is reported as a miss, never as an error.
+* readers take no lock either; a file that fails to parse or whose content digest does not match
+  is treated as a miss, deleted and logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import secrets
+import threading
+import time
+from collections.abc import Iterator, Mapping, Set
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+from filelock import FileLock
+from filelock import Timeout as LockTimeout
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
+
+__all__ = [
+    "CACHE_SCHEMA_VERSION",
+    "CachedFeatures",
+    "FeatureCache",
+    "feature_cache_key",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Bump on any change to the key recipe or the file layout/header: it is hashed into every key
+#: (old entries are then simply never looked up and age out by LRU) and written into every file
+#: header (a file with another version is treated as corrupt).
+CACHE_SCHEMA_VERSION = 1
+
+_KEY_RE = re.compile(r"[0-9a-f]{64}")
+_SHARD_RE = re.compile(r"[0-9a-f]{2}")
+_SUFFIX = ".safetensors"
+_TMP_SUFFIX = ".tmp"
+
+# Header keys (safetensors metadata is a flat str -> str map).
+_H_SCHEMA = "backbone_rank.cache.schema"
+_H_KEY = "backbone_rank.cache.key"
+_H_DIGEST = "backbone_rank.cache.content_sha256"
+_H_METADATA = "backbone_rank.metadata"
+
+# Float config values are rounded to this many significant digits before hashing, so that
+# arithmetic noise (0.1 + 0.2) and a JSON round trip cannot split one config into two keys.
+_FLOAT_SIG_DIGITS = 12
+
+# The dtypes numpy can hand to safetensors (bfloat16/float8 have no numpy dtype here).
+_SUPPORTED_DTYPES = frozenset(
+    np.dtype(t)
+    for t in (
+        np.bool_,
+        np.int8,
+        np.uint8,
+        np.int16,
+        np.uint16,
+        np.int32,
+        np.uint32,
+        np.int64,
+        np.uint64,
+        np.float16,
+        np.float32,
+        np.float64,
+        np.complex64,
+    )
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Keys
+# --------------------------------------------------------------------------------------------
+
+
+def _canonical(value: Any, where: str) -> Any:
+    """Return a JSON-ready, canonical form of ``value`` (see :func:`feature_cache_key`)."""
+    # bool before int: bool is an int subclass, and True must not hash like 1.
+    if value is None or isinstance(value, bool | np.bool_):
+        return None if value is None else bool(value)
+    if isinstance(value, int | np.integer):
+        return int(value)
+    if isinstance(value, float | np.floating):
+        x = float(value)
+        if not math.isfinite(x):
+            raise ValueError(f"{where}: non-finite float {x!r} cannot be part of a cache key")
+        x = float(f"{x:.{_FLOAT_SIG_DIGITS}g}") + 0.0  # "+ 0.0" folds -0.0 into 0.0
+        # 224.0 and 224 configure the same preprocessing, so they must give the same key.
+        return int(x) if x.is_integer() and abs(x) < 2**53 else x
+    if isinstance(value, str):
+        return str.__str__(value)  # a (str, Enum) member hashes as its value, not "Cls.NAME"
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, np.ndarray):
+        return _canonical(value.tolist(), where)
+    if isinstance(value, Mapping):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                # Refuse rather than str() it: {1: x} and {"1": x} must not collide silently.
+                raise TypeError(f"{where}: mapping keys must be str, got {type(k).__name__} {k!r}")
+            out[str(k)] = _canonical(v, f"{where}.{k}")
+        return out
+    if isinstance(value, list | tuple):
+        # Tuples and lists are the same thing once written to JSON (a config read back from a
+        # file has lists where timm returned tuples).
+        return [_canonical(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, Set):
+        items = [_canonical(v, f"{where}{{}}") for v in value]
+        return sorted(items, key=_dumps)
+    raise TypeError(f"{where}: {type(value).__name__} is not allowed in a cache key (use JSON-like values)")
+
+
+def _dumps(value: Any) -> str:
+    """Canonical JSON text: sorted keys, no whitespace, ASCII only, no NaN."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+def _nonempty_str(value: Any, name: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+    return value
+
+
+def feature_cache_key(
+    *,
+    backbone_id: str,
+    weights_sha256: str | None,
+    data_config: dict,
+    dataset_fingerprint: str,
+    layer: str | None = None,
+    extra: dict | None = None,
+) -> str:
+    """Return the cache key (64 lowercase hex chars) of one backbone x dataset x layer extraction.
+
+    The key is the sha256 of a canonical JSON document holding :data:`CACHE_SCHEMA_VERSION` and
+    every argument. Canonicalisation makes equivalent inputs hash alike: mapping keys are sorted,
+    tuples become lists, numpy scalars/arrays become Python values, floats are rounded to 12
+    significant digits (and integral floats become ints, ``224.0 == 224``), ``-0.0`` becomes
+    ``0.0``, a hex ``weights_sha256`` is lower-cased, and ``extra=None`` equals ``extra={}``.
+    Any real change of any argument changes the key.
+
+    Parameters
+    ----------
+    backbone_id : str
+        timm ``arch.tag`` or ``zoo:<name>``.
+    weights_sha256 : str or None
+        Hash of the resolved weights file; ``None`` when there is none (e.g. random-init zoo
+        models), which is then part of the key like any other value.
+    data_config : dict
+        The preprocessing config (``timm.data.resolve_model_data_config``), JSON-like values only.
+    dataset_fingerprint : str
+        Content fingerprint of the dataset (files, labels, split).
+    layer : str or None
+        The feature layer; ``None`` means the default pooled pre-logits.
+    extra : dict or None
+        Anything else that changes the features (e.g. batch-norm mode, dtype, TTA).
+
+    Raises
+    ------
+    TypeError
+        A value that has no canonical JSON form (objects, non-str mapping keys).
+    ValueError
+        An empty id/fingerprint, or a non-finite float.
+    """
+    _nonempty_str(backbone_id, "backbone_id")
+    _nonempty_str(dataset_fingerprint, "dataset_fingerprint")
+    if weights_sha256 is not None:
+        weights_sha256 = _nonempty_str(weights_sha256, "weights_sha256").strip()
+        if re.fullmatch(r"[0-9a-fA-F]+", weights_sha256):
+            weights_sha256 = weights_sha256.lower()  # hex digests are case-insensitive
+    if layer is not None:
+        _nonempty_str(layer, "layer")
+    if not isinstance(data_config, Mapping):
+        raise TypeError(f"data_config must be a mapping, got {type(data_config).__name__}")
+    if extra is not None and not isinstance(extra, Mapping):
+        raise TypeError(f"extra must be a mapping or None, got {type(extra).__name__}")
+    document = {
+        "schema": CACHE_SCHEMA_VERSION,
+        "backbone_id": backbone_id,
+        "weights_sha256": weights_sha256,
+        "data_config": _canonical(data_config, "data_config"),
+        "dataset_fingerprint": dataset_fingerprint,
+        "layer": layer,
+        "extra": _canonical(extra or {}, "extra"),
+    }
+    return hashlib.sha256(_dumps(document).encode("ascii")).hexdigest()
+
+
+def _check_key(key: Any) -> str:
+    """Return ``key`` if it is 64 lowercase hex chars, else raise ``ValueError``.
+
+    Keys become file names, so this is what stops ``"../../etc/passwd"`` from escaping the root.
+    ``re.fullmatch`` (not ``match`` with ``$``) so that a trailing newline is rejected too.
+    """
+    if not isinstance(key, str) or _KEY_RE.fullmatch(key) is None:
+        raise ValueError(f"invalid cache key {key!r}: expected 64 lowercase hex chars (see feature_cache_key)")
+    return key
+
+
+# --------------------------------------------------------------------------------------------
+# Values
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CachedFeatures:
+    """One cache entry as read back.
+
+    Attributes
+    ----------
+    arrays : dict[str, np.ndarray]
+        E.g. ``"features"`` (N, D) float32, ``"labels"`` (N,) int64, ``"indices"`` (N,) int64 and
+        optionally ``"source_probs"``. Fresh, writable arrays with the dtypes and shapes written.
+    metadata : dict[str, Any]
+        The JSON-able metadata given to :meth:`FeatureCache.put` (tuples come back as lists).
+    """
+
+    arrays: dict[str, np.ndarray]
+    metadata: dict[str, Any]
+
+
+def _normalise_arrays(arrays: Any) -> dict[str, np.ndarray]:
+    """Validate ``arrays`` and return C-contiguous little-endian copies/views, ready to write."""
+    if not isinstance(arrays, Mapping):
+        raise TypeError(f"arrays must be a mapping of name -> np.ndarray, got {type(arrays).__name__}")
+    out: dict[str, np.ndarray] = {}
+    for name, arr in arrays.items():
+        if not isinstance(name, str) or not name or name == "__metadata__":
+            raise ValueError(f"invalid array name {name!r}: a non-empty str other than '__metadata__'")
+        if not isinstance(arr, np.ndarray):
+            raise TypeError(f"arrays[{name!r}] must be a np.ndarray, got {type(arr).__name__}")
+        if arr.dtype.newbyteorder("=") not in _SUPPORTED_DTYPES:
+            raise ValueError(f"arrays[{name!r}] has dtype {arr.dtype}, which safetensors cannot store")
+        # safetensors.numpy writes a non-contiguous array's buffer in memory order, i.e. silently
+        # scrambles a transposed array; and it stores little-endian, so make both explicit here.
+        # (Not np.ascontiguousarray: it turns a 0-d array into shape (1,).)
+        arr = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
+        out[name] = arr if arr.flags.c_contiguous else arr.copy(order="C")
+    return out
+
+
+def _content_digest(arrays: Mapping[str, np.ndarray]) -> str:
+    """sha256 over names, dtypes, shapes and bytes of ``arrays`` (order-independent).
+
+    safetensors only validates its header, so without this a flipped bit in the data would be
+    served as a silently wrong feature matrix.
+    """
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        arr = arrays[name]
+        dtype = arr.dtype.newbyteorder("<") if arr.dtype.byteorder != "|" else arr.dtype
+        h.update(_dumps([name, dtype.str, list(arr.shape)]).encode("utf-8"))
+        # reshape(-1) copies only if the array is not contiguous; view(uint8) is a no-copy byte view
+        h.update(arr.astype(dtype, copy=False).reshape(-1).view(np.uint8).data)
+    return h.hexdigest()
+
+
+class _CorruptEntry(Exception):
+    """A cache file that exists but cannot be trusted (internal)."""
+
+
+class _FileInfo(NamedTuple):
+    path: Path
+    size: int
+    mtime_ns: int
+    is_tmp: bool
+
+
+# --------------------------------------------------------------------------------------------
+# Cache
+# --------------------------------------------------------------------------------------------
+
+
+class FeatureCache:
+    """Size-bounded, process-safe, content-addressed store of feature arrays.
+
+    Parameters
+    ----------
+    root : str or Path
+        Cache directory; created on the first :meth:`put`, never before.
+    max_bytes : int
+        Bound on the total size of the entries; after every :meth:`put` least-recently-used
+        entries are evicted until the total is within it (the entry just written excepted).
+    """
+
+    #: Seconds to wait for ``root/.lock`` before giving up (an eviction after ``put`` then only
+    #: logs; explicit ``evict``/``size_bytes``/``clear``/``stats`` raise ``filelock.Timeout``).
+    lock_timeout_s: float = 120.0
+    #: Temp files older than this belong to a writer that died; eviction deletes them. An
+    #: in-flight write lasts seconds, so an hour cannot hit a live writer.
+    stale_tmp_s: float = 3600.0
+    #: Verify each entry's content digest on :meth:`get` (about 0.3 s per GB).
+    verify_on_get: bool = True
+
+    def __init__(self, root: str | Path, max_bytes: int = 20 * 2**30) -> None:
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int | np.integer) or max_bytes < 0:
+            raise ValueError(f"max_bytes must be a non-negative int, got {max_bytes!r}")
+        self.root = Path(root)
+        self.max_bytes = int(max_bytes)
+        self._hits = 0
+        self._misses = 0
+        # Counters only; threads of one process may share an instance.
+        self._counter_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"FeatureCache(root={str(self.root)!r}, max_bytes={self.max_bytes})"
+
+    # -- paths ---------------------------------------------------------------------------------
+
+    def path_for(self, key: str) -> Path:
+        """Return the file path of ``key`` (whether or not it exists); validates the key."""
+        key = _check_key(key)
+        return self.root / key[:2] / f"{key}{_SUFFIX}"
+
+    def _lock(self) -> FileLock:
+        # A fresh FileLock per use keeps instances picklable (spawned workers) and the lock
+        # non-reentrant across unrelated callers; flock is released if the holder dies.
+        return FileLock(self.root / ".lock", timeout=self.lock_timeout_s)
+
+    # -- read ----------------------------------------------------------------------------------
+
+    def get(self, key: str) -> CachedFeatures | None:
+        """Return the entry for ``key``, or ``None`` on a miss.
+
+        A corrupt, truncated or foreign file counts as a miss: it is deleted and logged, and no
+        exception escapes (only an invalid key raises ``ValueError``, and ``MemoryError`` passes
+        through, the file being kept: running out of memory says nothing about the file). A hit refreshes the entry's
+        mtime, which is what LRU eviction orders by (atime is unreliable under noatime/relatime).
+        """
+        path = self.path_for(key)
+        try:
+            before = path.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            return self._count(None)
+        except OSError as exc:
+            logger.warning("feature cache: cannot stat %s (%s); treating as a miss", path, exc)
+            return self._count(None)
+        try:
+            entry = self._read(path, key)
+        except (FileNotFoundError, NotADirectoryError):
+            # Evicted or replaced-then-evicted by another process since the stat: a plain miss.
+            return self._count(None)
+        except PermissionError as exc:
+            # Not ours to delete (shared cache, other user); report and move on.
+            logger.warning("feature cache: cannot read %s (%s); treating as a miss", path, exc)
+            return self._count(None)
+        except MemoryError:
+            raise  # not a cache problem, and the file is probably fine: keep it
+        except (_CorruptEntry, SafetensorError, OSError, ValueError, KeyError, TypeError) as exc:
+            self._discard_corrupt(path, before, exc)
+            return self._count(None)
+        except Exception:  # get() must never raise on bad cache content
+            logger.exception("feature cache: unexpected error reading %s; treating as a miss", path)
+            return self._count(None)
+        try:
+            os.utime(path)  # LRU clock; it may have been evicted meanwhile, or be read-only to us
+        except OSError:
+            pass
+        return self._count(entry)
+
+    def _read(self, path: Path, key: str) -> CachedFeatures:
+        """Load and validate one file; raises on anything untrustworthy."""
+        with _open_safetensors(path) as f:
+            header = f.metadata() or {}
+            arrays = {name: f.get_tensor(name) for name in f.keys()}
+        schema = header.get(_H_SCHEMA)
+        if schema != str(CACHE_SCHEMA_VERSION):
+            raise _CorruptEntry(f"schema {schema!r} != {CACHE_SCHEMA_VERSION}")
+        if header.get(_H_KEY) != key:
+            raise _CorruptEntry(f"file holds key {header.get(_H_KEY)!r}")
+        metadata = json.loads(header[_H_METADATA])
+        if not isinstance(metadata, dict):
+            raise _CorruptEntry("metadata is not a JSON object")
+        if self.verify_on_get and _content_digest(arrays) != header.get(_H_DIGEST):
+            raise _CorruptEntry("content digest mismatch")
+        return CachedFeatures(arrays=arrays, metadata=metadata)
+
+    def _discard_corrupt(self, path: Path, before: os.stat_result, exc: BaseException) -> None:
+        # Only delete the very file we found bad: a concurrent writer may have os.replace'd a good
+        # one into place since, and deleting that would throw away a fresh extraction.
+        try:
+            now = path.stat()
+            if (now.st_dev, now.st_ino) == (before.st_dev, before.st_ino):
+                path.unlink()
+                logger.warning("feature cache: corrupt entry %s (%s); deleted", path, exc)
+            else:
+                logger.warning("feature cache: corrupt entry %s (%s); already replaced", path, exc)
+        except FileNotFoundError:
+            logger.warning("feature cache: corrupt entry %s (%s); already gone", path, exc)
+        except OSError as err:
+            logger.warning("feature cache: corrupt entry %s (%s); could not delete it: %s", path, exc, err)
+
+    def _count(self, entry: CachedFeatures | None) -> CachedFeatures | None:
+        with self._counter_lock:
+            if entry is None:
+                self._misses += 1
+            else:
+                self._hits += 1
+        return entry
+
+    def __contains__(self, key: object) -> bool:
+        """Whether a file for ``key`` exists (cheap: no validation, no hit/miss, no LRU touch)."""
+        return self.path_for(key).is_file()  # type: ignore[arg-type]  # path_for validates
+
+    # -- write ---------------------------------------------------------------------------------
+
+    def put(self, key: str, arrays: dict[str, np.ndarray], metadata: dict[str, Any]) -> Path:
+        """Store ``arrays`` and ``metadata`` under ``key`` atomically; return the file path.
+
+        Overwrites an existing entry. Then evicts least-recently-used entries until the cache is
+        within ``max_bytes`` (never this entry; if it alone exceeds the bound it is kept and a
+        warning is logged). Eviction problems (lock timeout, I/O) are logged, not raised: the
+        entry is written by then.
+
+        Raises
+        ------
+        ValueError, TypeError
+            Invalid key, array name, dtype, or metadata that is not JSON-serialisable; nothing is
+            written then.
+        OSError
+            The file could not be written (no partial file is left behind).
+        """
+        path = self.path_for(key)
+        tensors = _normalise_arrays(arrays)
+        if not isinstance(metadata, Mapping):
+            raise TypeError(f"metadata must be a mapping, got {type(metadata).__name__}")
+        try:
+            metadata_json = json.dumps(dict(metadata), sort_keys=True, ensure_ascii=False)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"metadata must be JSON-serialisable: {exc}") from exc
+        header = {
+            _H_SCHEMA: str(CACHE_SCHEMA_VERSION),
+            _H_KEY: key,
+            _H_DIGEST: _content_digest(tensors),
+            _H_METADATA: metadata_json,
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Same directory as the target so os.replace is a same-filesystem atomic rename; pid +
+        # random suffix so concurrent writers of one key never share a temp file. Not mkstemp:
+        # its 0600 mode would make entries unreadable to other users of a shared cache.
+        tmp = path.parent / f".{key}.{os.getpid()}.{secrets.token_hex(8)}{_TMP_SUFFIX}"
+        try:
+            save_file(tensors, str(tmp), metadata=header)
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)  # data on disk before the rename makes it visible
+                # Sized before the rename: once visible, another process may evict or clear it.
+                size = os.fstat(fd).st_size
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+            raise
+        _fsync_dir(path.parent)
+        logger.debug("feature cache: wrote %s (%d bytes)", path, size)
+        if size > self.max_bytes:
+            logger.warning(
+                "feature cache: entry %s is %d bytes, larger than max_bytes=%d on its own; kept anyway",
+                path,
+                size,
+                self.max_bytes,
+            )
+        try:
+            self._evict(self.max_bytes, keep=path)
+        except LockTimeout:
+            logger.warning(
+                "feature cache: %s busy for %.0f s; eviction skipped", self.root / ".lock", self.lock_timeout_s
+            )
+        except OSError as exc:
+            logger.warning("feature cache: eviction after writing %s failed: %s", path, exc)
+        return path
+
+    # -- size and eviction --------------------------------------------------------------------
+
+    def _scan(self) -> Iterator[_FileInfo]:
+        """Yield the entries and temp files under root, skipping anything that vanishes."""
+        try:
+            shards = list(os.scandir(self.root))
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        for shard in shards:
+            if not _SHARD_RE.fullmatch(shard.name):
+                continue
+            try:
+                if not shard.is_dir(follow_symlinks=False):
+                    continue
+                files = list(os.scandir(shard.path))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for f in files:
+                name = f.name
+                if name.endswith(_SUFFIX) and _KEY_RE.fullmatch(name[: -len(_SUFFIX)]):
+                    is_tmp = False
+                elif name.startswith(".") and name.endswith(_TMP_SUFFIX):
+                    is_tmp = True
+                else:
+                    continue  # not ours: never count or delete foreign files
+                try:
+                    st = f.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # renamed or deleted by another process since the listing
+                yield _FileInfo(Path(f.path), st.st_size, st.st_mtime_ns, is_tmp)
+
+    def size_bytes(self) -> int:
+        """Total size in bytes of the complete entries (temp files of writers excluded)."""
+        if not self.root.is_dir():
+            return 0
+        with self._lock():
+            return sum(f.size for f in self._scan() if not f.is_tmp)
+
+    def evict(self, max_bytes: int | None = None) -> int:
+        """Delete least-recently-used entries until the total is within ``max_bytes``.
+
+        ``max_bytes`` defaults to the cache's bound; ``evict(0)`` empties the cache. Also deletes
+        temp files abandoned by dead writers. Returns the number of bytes freed.
+        """
+        bound = self.max_bytes if max_bytes is None else max_bytes
+        if isinstance(bound, bool) or not isinstance(bound, int | np.integer) or bound < 0:
+            raise ValueError(f"max_bytes must be a non-negative int, got {max_bytes!r}")
+        return self._evict(int(bound), keep=None)
+
+    def _evict(self, bound: int, keep: Path | None) -> int:
+        if not self.root.is_dir():
+            return 0
+        freed = 0
+        with self._lock():
+            files = list(self._scan())
+            stale_before = time.time_ns() - int(self.stale_tmp_s * 1e9)
+            for f in files:
+                if f.is_tmp and f.mtime_ns < stale_before:
+                    freed += _unlink(f.path, f.size, "abandoned temp file")
+            entries = sorted((f for f in files if not f.is_tmp), key=lambda f: (f.mtime_ns, f.path.name))
+            total = sum(f.size for f in entries)
+            for f in entries:  # oldest first
+                if total <= bound:
+                    break
+                if keep is not None and f.path == keep:
+                    continue
+                total -= f.size  # gone either way: by us, or by whoever beat us to it
+                freed += _unlink(f.path, f.size, "LRU eviction")
+        if freed:
+            logger.info("feature cache: evicted %d bytes from %s (bound %d)", freed, self.root, bound)
+        return freed
+
+    def clear(self) -> None:
+        """Delete every entry (and abandoned temp files); in-flight writes are left alone."""
+        self._evict(0, keep=None)
+
+    def stats(self) -> dict:
+        """``{"entries", "bytes", "hits", "misses"}``; hits/misses count this instance's gets."""
+        entries = 0
+        size = 0
+        if self.root.is_dir():
+            with self._lock():
+                for f in self._scan():
+                    if not f.is_tmp:
+                        entries += 1
+                        size += f.size
+        with self._counter_lock:
+            return {"entries": entries, "bytes": size, "hits": self._hits, "misses": self._misses}
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+
+_PREAD_OK = True
+
+
+def _open_safetensors(path: Path) -> Any:
+    """``safe_open`` with the pread backend where available.
+
+    pread rather than mmap: a file truncated in place by something outside this cache while
+    mapped would kill the reader with SIGBUS instead of raising. safetensors < 0.8 has no
+    ``backend`` argument; fall back to its default there.
+    """
+    global _PREAD_OK
+    if _PREAD_OK:
+        try:
+            return safe_open(str(path), framework="np", backend="pread")
+        except TypeError:
+            _PREAD_OK = False
+    return safe_open(str(path), framework="np")
+
+
+def _unlink(path: Path, size: int, why: str) -> int:
+    """Delete ``path``; return ``size`` if this call deleted it, 0 if it was already gone."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return 0
+    logger.debug("feature cache: deleted %s (%d bytes, %s)", path, size, why)
+    return size
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Persist a rename (best effort: not every platform/filesystem can fsync a directory)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,297 @@
+"""Batched feature extraction: one forward pass gives pooled features and source logits.
+
+Images are decoded once per distinct preprocessing: backbones that share a data config
+(input size, interpolation, mean/std, crop) are fed the same decoded batch. Features already
+in the cache are never recomputed. Decode failures (corrupt or truncated files) are skipped
+and reported; they are the same for every backbone of a preprocessing group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from timm.data import create_transform
+
+from .datasets import Dataset, ImageDecodeError
+
+if TYPE_CHECKING:
+    from .backbones import LoadedBackbone
+    from .cache import FeatureCache
+
+__all__ = ["FeatureSet", "ProgressEvent", "extract_features", "select_device", "transform_key"]
+
+_logger = logging.getLogger(__name__)
+
+#: Bump when the extraction semantics change, so cached features are not reused.
+EXTRACTION_VERSION = 1
+
+
+@dataclass
+class FeatureSet:
+    """Features of one backbone on one dataset (rows = the images that decoded)."""
+
+    backbone: dict[str, Any]
+    features: NDArray[np.float32]  # (N, D)
+    labels: NDArray[np.int64]  # (N,) class indices of the dataset
+    indices: NDArray[np.int64]  # (N,) dataset item indices of the rows
+    source_probs: NDArray[np.float32] | None  # (N, C_s) softmax of the source head
+    failed: list[int] = field(default_factory=list)  # items that could not be decoded
+    from_cache: bool = False
+    seconds: float = 0.0
+    layer: int | None = None
+
+    @property
+    def dim(self) -> int:
+        return int(self.features.shape[1])
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """Progress of an extraction, for bars in the CLI and events in the service."""
+
+    stage: str  # "extract" (a batch done), "cached" (served from the cache), "done" (one backbone finished)
+    backbone: str
+    done: int
+    total: int
+
+
+ProgressCallback = Callable[[ProgressEvent], None]
+
+
+def select_device(requested: str = "auto") -> torch.device:
+    """``auto``: the first CUDA device when one is present, else the CPU."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {requested!r} requested but no CUDA device is available; use --device cpu")
+    return device
+
+
+def transform_key(data_config: dict[str, Any]) -> str:
+    """Canonical text of the preprocessing, identical for equal configs."""
+    return json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in sorted(data_config.items())})
+
+
+def _cache_key(backbone: LoadedBackbone, dataset: Dataset, layer: int | None) -> str:
+    from .cache import feature_cache_key
+
+    return feature_cache_key(
+        backbone_id=backbone.spec.id,
+        weights_sha256=backbone.weights_sha256,
+        data_config=backbone.data_config,
+        dataset_fingerprint=dataset.fingerprint,
+        layer=None if layer is None else str(layer),
+        extra={"extraction_version": EXTRACTION_VERSION},
+    )
+
+
+class _Runner:
+    """Runs one backbone on batches: device placement, autocast, channels_last, OOM back-off."""
+
+    def __init__(self, backbone: LoadedBackbone, device: torch.device, layer: int | None, precision: str) -> None:
+        self.backbone = backbone
+        self.device = device
+        self.layer = layer
+        self.model = backbone.model.to(device)
+        if device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.autocast_dtype: torch.dtype | None = None
+        if device.type == "cuda" and precision == "auto":
+            self.autocast_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.max_chunk: int | None = None
+        self.features: list[NDArray[np.float32]] = []
+        self.probs: list[NDArray[np.float32]] = []
+
+    def run(self, batch: torch.Tensor) -> None:
+        chunk = self.max_chunk or batch.shape[0]
+        for start in range(0, batch.shape[0], chunk):
+            self._run_chunk(batch[start : start + chunk])
+
+    def _run_chunk(self, x: torch.Tensor) -> None:
+        try:
+            pre, logits = self._forward(x)
+        except torch.cuda.OutOfMemoryError:
+            if x.shape[0] == 1:
+                raise
+            torch.cuda.empty_cache()
+            half = max(1, x.shape[0] // 2)
+            self.max_chunk = half
+            _logger.warning("out of GPU memory on %s; retrying with batches of %d", self.backbone.spec.id, half)
+            self._run_chunk(x[:half])
+            self._run_chunk(x[half:])
+            return
+        self.features.append(pre.float().cpu().numpy())
+        if logits is not None:
+            self.probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x = x.to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        autocast = (
+            torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+            if self.autocast_dtype is not None
+            else contextlib.nullcontext()
+        )
+        with torch.inference_mode(), autocast:
+            if self.layer is None:
+                return self.backbone.forward(x)
+            (maps,) = self.model.forward_intermediates(x, indices=[self.layer], intermediates_only=True)
+            return maps.mean(dim=(2, 3)) if maps.ndim == 4 else maps.mean(dim=1), None
+
+
+def extract_features(
+    dataset: Dataset,
+    backbones: Sequence[LoadedBackbone],
+    *,
+    device: str = "auto",
+    batch_size: int = 64,
+    cache: FeatureCache | None = None,
+    progress: ProgressCallback | None = None,
+    layer: int | None = None,
+    precision: str = "auto",
+    num_threads: int | None = None,
+) -> list[FeatureSet]:
+    """Extract pooled pre-logit features (and source-head softmax) of every backbone.
+
+    Parameters
+    ----------
+    dataset : Dataset
+    backbones : sequence of LoadedBackbone
+    device : str, default="auto"
+        "auto" picks CUDA when present (bf16/fp16 autocast, channels_last), else the CPU.
+    batch_size : int, default=64
+        Images per batch; halved automatically on CUDA out-of-memory.
+    cache : FeatureCache, optional
+        Features found there are returned without a forward pass; new ones are stored.
+    progress : callable, optional
+        Receives a :class:`ProgressEvent` after every batch and when a backbone is done.
+    layer : int, optional
+        Take an intermediate layer (timm ``forward_intermediates`` index, spatially averaged)
+        instead of the pooled pre-logits; no source head output then.
+    precision : {"auto", "fp32"}, default="auto"
+        "fp32" disables autocast on CUDA.
+    num_threads : int, optional
+        torch CPU threads.
+
+    Returns
+    -------
+    list of FeatureSet, in the order of ``backbones``.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    torch_device = select_device(device)
+    results: dict[int, FeatureSet] = {}
+    pending: dict[str, list[int]] = {}
+    for position, backbone in enumerate(backbones):
+        cached = cache.get(_cache_key(backbone, dataset, layer)) if cache is not None else None
+        if cached is not None:
+            arrays = cached.arrays
+            results[position] = FeatureSet(
+                backbone=backbone.describe(),
+                features=arrays["features"],
+                labels=arrays["labels"],
+                indices=arrays["indices"],
+                source_probs=arrays.get("source_probs"),
+                failed=[int(i) for i in cached.metadata.get("failed", [])],
+                from_cache=True,
+                layer=layer,
+            )
+            if progress:
+                progress(ProgressEvent("cached", backbone.spec.id, len(dataset), len(dataset)))
+            continue
+        pending.setdefault(transform_key(backbone.data_config), []).append(position)
+
+    for positions in pending.values():
+        group = [backbones[p] for p in positions]
+        for position, feature_set in zip(
+            positions, _extract_group(dataset, group, torch_device, batch_size, progress, layer, precision), strict=True
+        ):
+            results[position] = feature_set
+            if cache is not None:
+                arrays = {
+                    "features": feature_set.features,
+                    "labels": feature_set.labels,
+                    "indices": feature_set.indices,
+                }
+                if feature_set.source_probs is not None:
+                    arrays["source_probs"] = feature_set.source_probs
+                cache.put(
+                    _cache_key(backbones[position], dataset, layer),
+                    arrays,
+                    {"failed": feature_set.failed, "backbone": feature_set.backbone, "seconds": feature_set.seconds},
+                )
+    return [results[p] for p in range(len(backbones))]
+
+
+def _extract_group(
+    dataset: Dataset,
+    group: Sequence[LoadedBackbone],
+    device: torch.device,
+    batch_size: int,
+    progress: ProgressCallback | None,
+    layer: int | None,
+    precision: str,
+) -> list[FeatureSet]:
+    """Decode every image once, transform it once, and run each backbone of the group on it."""
+    transform = create_transform(**group[0].data_config, is_training=False)
+    runners = [_Runner(backbone, device, layer, precision) for backbone in group]
+    elapsed = [0.0] * len(group)
+    kept: list[int] = []
+    failed: list[int] = []
+    total = len(dataset)
+    for start in range(0, total, batch_size):
+        tensors = []
+        for index in range(start, min(start + batch_size, total)):
+            try:
+                image = dataset.open_image(index)
+            except ImageDecodeError as err:
+                _logger.info("skipping undecodable image %s: %s", dataset.items[index].source, err)
+                failed.append(index)
+                continue
+            tensors.append(transform(image))
+            kept.append(index)
+        if tensors:
+            batch = torch.stack(tensors)
+            for i, runner in enumerate(runners):
+                began = time.perf_counter()
+                runner.run(batch)
+                elapsed[i] += time.perf_counter() - began
+        if progress:
+            for backbone in group:
+                progress(ProgressEvent("extract", backbone.spec.id, min(start + batch_size, total), total))
+    indices = np.asarray(kept, dtype=np.int64)
+    labels = dataset.labels[indices].astype(np.int64) if indices.size else np.zeros(0, dtype=np.int64)
+    results = []
+    for runner, backbone, seconds in zip(runners, group, elapsed, strict=True):
+        dim = backbone.num_features
+        features = np.concatenate(runner.features) if runner.features else np.zeros((0, dim), np.float32)
+        probs = np.concatenate(runner.probs) if runner.probs else None
+        results.append(
+            FeatureSet(
+                backbone=backbone.describe(),
+                features=np.ascontiguousarray(features, dtype=np.float32),
+                labels=labels,
+                indices=indices,
+                source_probs=probs,
+                failed=failed,
+                seconds=seconds,
+                layer=layer,
+            )
+        )
+        if progress:
+            progress(ProgressEvent("done", backbone.spec.id, total, total))
+        backbone.model.to("cpu")
+    return results

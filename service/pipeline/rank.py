@@ -1,0 +1,226 @@
+"""Rank backbones on a dataset: load, extract (cached), score with every estimator, order.
+
+The result is a plain JSON-able dict (schema below), printed by ``backbone-rank rank --json``
+and returned by the service's ranking jobs.
+
+Result schema (``schema_version`` 1)::
+
+    {
+      "schema_version": 1,
+      "dataset": {ref, n_images, n_classes, classes, class_counts, skipped, splits, fingerprint},
+      "class_map": {class name: index},
+      "estimators": [{"name", "higher_is_better", "reference", "needs"}],
+      "backbones": [                       # best first (fused rank)
+        {"id", "rank", "mean_rank",
+         "scores": {estimator: float | null},   # null: not applicable (LEEP/NCE without a source head)
+         "ranks": {estimator: float | null},    # 1 = best; ties share the average rank
+         "feature_dim", "num_source_classes", "weights_source", "weights_sha256", "data_config",
+         "n_images", "n_failed_images", "from_cache",
+         "seconds": {"load", "extract", "score"}}
+      ],
+      "failed_images": int,                # images that could not be decoded (skipped)
+      "seconds": {"total": float}
+    }
+
+Fused rank: the mean of a backbone's per-estimator ranks (over the estimators that apply to
+it); ties broken by the first estimator's order. A calibrated fusion comes with issue 5.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.stats import rankdata
+
+from estimators import Statistics, get_estimator, list_estimators, score
+from service.errors import EstimatorNeedsSourceHead, TooFewSamplesPerClass, UnknownEstimator
+
+from .backbones import BackboneSpec, LoadedBackbone, load_backbone
+from .cache import FeatureCache
+from .datasets import Dataset, DatasetRef, load_dataset
+from .extract import FeatureSet, ProgressCallback, extract_features
+
+__all__ = ["SCHEMA_VERSION", "default_estimators", "check_estimators", "rank_backbones", "rank_feature_sets"]
+
+_logger = logging.getLogger(__name__)
+SCHEMA_VERSION = 1
+#: Too slow to be a default on large datasets (quadratic in N); still available by name.
+_QUADRATIC = ("knn",)
+_QUADRATIC_DEFAULT_LIMIT = 20_000
+
+
+def default_estimators(n_samples: int | None = None) -> list[str]:
+    """Every registered estimator (kNN only up to 20,000 samples)."""
+    names = []
+    for info in list_estimators():
+        if info.name in _QUADRATIC and n_samples is not None and n_samples > _QUADRATIC_DEFAULT_LIMIT:
+            continue
+        names.append(info.name)
+    return names
+
+
+def check_estimators(names: Sequence[str]) -> list[str]:
+    """Validate estimator names (deduplicated, order kept); unknown -> UnknownEstimator."""
+    known = {info.name for info in list_estimators()}
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise UnknownEstimator(
+            f"unknown estimator(s) {unknown}; known estimators: {', '.join(sorted(known))}", estimators=unknown
+        )
+    return list(dict.fromkeys(names))
+
+
+def rank_backbones(
+    dataset: DatasetRef | str | Dataset,
+    backbones: Sequence[BackboneSpec | str],
+    *,
+    estimators: Sequence[str] | None = None,
+    roots: Sequence[str | Path] | None = None,
+    max_per_class: int | None = None,
+    seed: int = 0,
+    min_per_class: int = 2,
+    cache: FeatureCache | None = None,
+    weights_dirs: Sequence[Path] = (),
+    hf_cache_dir: Path | None = None,
+    allowlist: Callable[[str], bool] | None = None,
+    device: str = "auto",
+    batch_size: int = 64,
+    layer: int | None = None,
+    progress: ProgressCallback | None = None,
+    builtin_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Rank ``backbones`` on ``dataset``; see the module docstring for the result schema.
+
+    Everything the user can get wrong is checked before the first forward pass: estimator
+    names, the dataset (paths, images, class sizes) and every backbone's weights.
+    """
+    started = time.perf_counter()
+    requested = check_estimators(estimators) if estimators else None
+    if not backbones:
+        raise ValueError("no backbone given: pass at least one backbone id")
+    if not isinstance(dataset, Dataset):
+        dataset = load_dataset(
+            dataset, roots=roots, max_per_class=max_per_class, seed=seed, min_per_class=min_per_class,
+            builtin_dir=builtin_dir,
+        )
+    loaded: list[LoadedBackbone] = []
+    load_seconds: list[float] = []
+    for spec in backbones:
+        began = time.perf_counter()
+        loaded.append(load_backbone(spec, weights_dirs=weights_dirs, hf_cache_dir=hf_cache_dir, allowlist=allowlist))
+        load_seconds.append(time.perf_counter() - began)
+    if requested:
+        headless = [b.spec.id for b in loaded if b.num_source_classes == 0 or layer is not None]
+        needs_head = [n for n in requested if "source_probs" in get_estimator(n).needs]
+        if headless and needs_head:
+            raise EstimatorNeedsSourceHead(
+                f"estimator(s) {needs_head} need the source classifier's outputs, but {headless} have no "
+                "classifier head (or an intermediate layer was requested); drop those estimators or backbones",
+                estimators=needs_head, backbones=headless,
+            )
+    feature_sets = extract_features(
+        dataset, loaded, device=device, batch_size=batch_size, cache=cache, progress=progress, layer=layer
+    )
+    result = rank_feature_sets(
+        dataset, feature_sets, estimators=requested, min_per_class=min_per_class, load_seconds=load_seconds
+    )
+    result["seconds"] = {"total": time.perf_counter() - started}
+    return result
+
+
+def rank_feature_sets(
+    dataset: Dataset,
+    feature_sets: Sequence[FeatureSet],
+    *,
+    estimators: Sequence[str] | None = None,
+    min_per_class: int = 2,
+    load_seconds: Sequence[float] | None = None,
+) -> dict[str, Any]:
+    """Score already extracted features and build the ranked result (``backbones`` best first)."""
+    names = list(estimators) if estimators else default_estimators(len(dataset))
+    infos = [get_estimator(name) for name in names]
+    rows: list[dict[str, Any]] = []
+    for position, feature_set in enumerate(feature_sets):
+        _check_class_sizes(dataset, feature_set, min_per_class)
+        began = time.perf_counter()
+        stats = Statistics(feature_set.features, feature_set.labels, source_probs=feature_set.source_probs)
+        scores: dict[str, float | None] = {}
+        for info in infos:
+            if "source_probs" in info.needs and feature_set.source_probs is None:
+                scores[info.name] = None
+                continue
+            scores[info.name] = score(info.name, stats=stats)
+        described = feature_set.backbone
+        rows.append(
+            {
+                "_position": position,
+                "id": described["id"],
+                "scores": scores,
+                "feature_dim": feature_set.dim,
+                "num_source_classes": described.get("num_source_classes", 0),
+                "weights_source": described.get("weights_source"),
+                "weights_sha256": described.get("weights_sha256"),
+                "data_config": described.get("data_config"),
+                "n_images": int(feature_set.features.shape[0]),
+                "n_failed_images": len(feature_set.failed),
+                "from_cache": feature_set.from_cache,
+                "seconds": {
+                    "load": load_seconds[position] if load_seconds else 0.0,
+                    "extract": feature_set.seconds,
+                    "score": time.perf_counter() - began,
+                },
+            }
+        )
+    _assign_ranks(rows, infos)
+    for row in rows:
+        del row["_position"]
+    failed = max((len(fs.failed) for fs in feature_sets), default=0)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "dataset": dataset.summary(),
+        "class_map": dataset.class_map(),
+        "estimators": [
+            {"name": i.name, "higher_is_better": i.higher_is_better, "reference": i.reference, "needs": list(i.needs)}
+            for i in infos
+        ],
+        "backbones": rows,
+        "failed_images": failed,
+    }
+
+
+def _check_class_sizes(dataset: Dataset, feature_set: FeatureSet, min_per_class: int) -> None:
+    """Decode failures can leave a class too small even though listing found enough files."""
+    counts = np.bincount(feature_set.labels, minlength=len(dataset.classes))
+    small = {dataset.classes[c]: int(n) for c, n in enumerate(counts) if n < min_per_class}
+    if small:
+        raise TooFewSamplesPerClass(
+            f"after skipping {len(feature_set.failed)} undecodable image(s), class(es) {small} have fewer than "
+            f"{min_per_class} usable images; replace the corrupt files or add images",
+            classes=small,
+        )
+
+
+def _assign_ranks(rows: list[dict[str, Any]], infos: Sequence[Any]) -> None:
+    """Per-estimator ranks (1 = best, ties averaged) and the fused mean rank; sorts ``rows``."""
+    for row in rows:
+        row["ranks"] = {}
+    for info in infos:
+        present = [row for row in rows if row["scores"][info.name] is not None]
+        values = np.array([row["scores"][info.name] for row in present], dtype=float)
+        ranks = rankdata(-values if info.higher_is_better else values, method="average") if present else []
+        for row in rows:
+            row["ranks"][info.name] = None
+        for row, rank in zip(present, ranks, strict=True):
+            row["ranks"][info.name] = float(rank)
+    for row in rows:
+        ranks = [r for r in row["ranks"].values() if r is not None]
+        row["mean_rank"] = float(np.mean(ranks)) if ranks else float("inf")
+    first = infos[0].name if infos else None
+    rows.sort(key=lambda r: (r["mean_rank"], r["ranks"].get(first) or float("inf"), r["_position"]))
+    for position, row in enumerate(rows, start=1):
+        row["rank"] = position
