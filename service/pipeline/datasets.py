@@ -623,7 +623,8 @@ def _check_stat(st: os.stat_result, max_bytes: int, source: str) -> None:
 def _open_header(fh: IO[bytes], source: str, max_pixels: int) -> Image.Image:
     """``Image.open`` restricted to the allowlist, pixel cap checked from the header (nothing decoded).
 
-    Must be called inside ``warnings.catch_warnings()`` with DecompressionBombWarning as an error.
+    While listing it runs inside ``warnings.catch_warnings()`` with DecompressionBombWarning as an
+    error; when decoding, the cap is clamped to Pillow's bomb threshold instead (thread-safe).
     """
     try:
         im = Image.open(fh, formats=ALLOWED_FORMATS)
@@ -654,19 +655,22 @@ def _probe(fh: IO[bytes], source: str, max_pixels: int) -> None:
 
 
 def _decode(fh: IO[bytes], source: str, max_pixels: int) -> Image.Image:
-    """Fully decode (first frame) and convert to RGB; any decoder failure is an ImageDecodeError."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        im = _open_header(fh, source, max_pixels)
-        try:
-            with im:
-                im.load()
-                if im.mode == "P" and "transparency" in im.info:
-                    # Straight P -> RGB warns about byte transparency; going through RGBA is equivalent.
-                    return im.convert("RGBA").convert("RGB")
-                return im.convert("RGB")
-        except _DECODE_ERRORS as err:
-            raise ImageDecodeError(f"cannot decode: {err}", reason="corrupt_image", source=source) from err
+    """Fully decode (first frame) and convert to RGB; any decoder failure is an ImageDecodeError.
+
+    No ``warnings.catch_warnings()`` here: it is not thread-safe and extraction decodes in a
+    background thread. Listing already skipped files above Pillow's bomb threshold (the cap is
+    clamped to it), and the header check below refuses a file that grew since.
+    """
+    im = _open_header(fh, source, min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels))
+    try:
+        with im:
+            im.load()
+            if im.mode == "P" and "transparency" in im.info:
+                # Straight P -> RGB warns about byte transparency; going through RGBA is equivalent.
+                return im.convert("RGBA").convert("RGB")
+            return im.convert("RGB")
+    except _DECODE_ERRORS as err:
+        raise ImageDecodeError(f"cannot decode: {err}", reason="corrupt_image", source=source) from err
 
 
 # --------------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 from timm.data import create_transform
+from torchvision.transforms import Compose, Normalize
 
 from .datasets import Dataset, ImageDecodeError
 
@@ -102,9 +104,8 @@ class _Runner:
         self.backbone = backbone
         self.device = device
         self.layer = layer
-        self.model = backbone.model.to(device)
-        if device.type == "cuda":
-            self.model = self.model.to(memory_format=torch.channels_last)
+        # channels_last is the main speed lever for CNNs on CPU as well as GPU (1.5-3x here).
+        self.model = backbone.model.to(device).to(memory_format=torch.channels_last)
         self.autocast_dtype: torch.dtype | None = None
         if device.type == "cuda" and precision == "auto":
             self.autocast_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -135,9 +136,7 @@ class _Runner:
             self.probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        x = x.to(self.device, non_blocking=True)
-        if self.device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         autocast = (
             torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
             if self.autocast_dtype is not None
@@ -236,6 +235,30 @@ def extract_features(
     return [results[p] for p in range(len(backbones))]
 
 
+def _split_transform(
+    transform: Callable[[Any], Any],
+) -> tuple[Callable[[Any], Any], Callable[[NDArray[np.uint8]], torch.Tensor] | None]:
+    """Split timm's eval transform into its PIL part and a batched ToTensor + Normalize.
+
+    ``normalize(batch)`` takes uint8 (B, H, W, 3) and returns the same float32 values as
+    ToTensor + Normalize image by image, already in channels_last layout. Transforms of another
+    shape are applied whole, per image (``normalize`` is None then).
+    """
+    steps = getattr(transform, "transforms", None)
+    if not steps or len(steps) < 3 or type(steps[-2]).__name__ not in ("ToTensor", "MaybeToTensor"):
+        return transform, None
+    if not isinstance(steps[-1], Normalize):
+        return transform, None
+    mean = torch.as_tensor(steps[-1].mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.as_tensor(steps[-1].std, dtype=torch.float32).view(1, -1, 1, 1)
+
+    def normalize(batch: NDArray[np.uint8]) -> torch.Tensor:
+        x = torch.from_numpy(batch if batch.flags.writeable else batch.copy()).permute(0, 3, 1, 2).float().div_(255)
+        return x.sub_(mean).div_(std)
+
+    return Compose(steps[:-2]), normalize
+
+
 def _extract_group(
     dataset: Dataset,
     group: Sequence[LoadedBackbone],
@@ -246,32 +269,50 @@ def _extract_group(
     precision: str,
 ) -> list[FeatureSet]:
     """Decode every image once, transform it once, and run each backbone of the group on it."""
-    transform = create_transform(**group[0].data_config, is_training=False)
+    pil_transform, normalize = _split_transform(create_transform(**group[0].data_config, is_training=False))
     runners = [_Runner(backbone, device, layer, precision) for backbone in group]
     elapsed = [0.0] * len(group)
     kept: list[int] = []
     failed: list[int] = []
     total = len(dataset)
-    for start in range(0, total, batch_size):
-        tensors = []
+
+    def prepare(start: int) -> tuple[int, Any, list[int], list[int]]:
+        ok, bad, images = [], [], []
         for index in range(start, min(start + batch_size, total)):
             try:
                 image = dataset.open_image(index)
             except ImageDecodeError as err:
                 _logger.info("skipping undecodable image %s: %s", dataset.items[index].source, err)
-                failed.append(index)
+                bad.append(index)
                 continue
-            tensors.append(transform(image))
-            kept.append(index)
-        if tensors:
-            batch = torch.stack(tensors)
-            for i, runner in enumerate(runners):
-                began = time.perf_counter()
-                runner.run(batch)
-                elapsed[i] += time.perf_counter() - began
-        if progress:
-            for backbone in group:
-                progress(ProgressEvent("extract", backbone.spec.id, min(start + batch_size, total), total))
+            images.append(pil_transform(image))
+            ok.append(index)
+        if not images:
+            return start, None, ok, bad
+        if normalize is None:
+            return start, torch.stack(images), ok, bad
+        return start, np.stack([np.asarray(image, dtype=np.uint8) for image in images]), ok, bad
+
+    # Decode, resize and crop the next batch in a background thread while the models run on the
+    # current one (Pillow releases the GIL). The torch part of the preprocessing runs here, batched:
+    # torch ops from a second thread would compete with the forward pass for torch's thread pool.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as pool:
+        upcoming = pool.submit(prepare, 0) if total else None
+        while upcoming is not None:
+            start, prepared, ok, bad = upcoming.result()
+            next_start = start + batch_size
+            upcoming = pool.submit(prepare, next_start) if next_start < total else None
+            kept.extend(ok)
+            failed.extend(bad)
+            if prepared is not None:
+                batch = prepared if normalize is None else normalize(prepared)
+                for i, runner in enumerate(runners):
+                    began = time.perf_counter()
+                    runner.run(batch)
+                    elapsed[i] += time.perf_counter() - began
+            if progress:
+                for backbone in group:
+                    progress(ProgressEvent("extract", backbone.spec.id, min(next_start, total), total))
     indices = np.asarray(kept, dtype=np.int64)
     labels = dataset.labels[indices].astype(np.int64) if indices.size else np.zeros(0, dtype=np.int64)
     results = []
