@@ -159,29 +159,26 @@ class Statistics:
         return self.class_means - self.mean
 
     # -- second moments -----------------------------------------------------------------------
-    def iter_blocks(self, center: bool = True) -> Iterator[tuple[slice, NDArray[np.float64]]]:
-        """Yield ``(rows, block)`` over the features, mean-centred when ``center``.
+    def iter_centered_blocks(self) -> Iterator[tuple[slice, NDArray[np.float64]]]:
+        """Yield ``(rows, block)`` of mean-centred features, ``block_size`` rows at a time.
 
-        The centred block lives in one reused buffer: consume it before the next iteration.
+        The block lives in one reused buffer: consume it before the next iteration.
         """
         features = self._require_features()
         n = features.shape[0]
-        buffer = np.empty((min(self.block_size, n), features.shape[1])) if center else None
+        buffer = np.empty((min(self.block_size, n), features.shape[1]))
         for start in range(0, n, self.block_size):
             rows = slice(start, min(start + self.block_size, n))
-            if buffer is None:
-                yield rows, features[rows]
-            else:
-                block = buffer[: rows.stop - rows.start]
-                np.subtract(features[rows], self.mean, out=block)
-                yield rows, block
+            block = buffer[: rows.stop - rows.start]
+            np.subtract(features[rows], self.mean, out=block)
+            yield rows, block
 
     @cached_property
     def centered_gram(self) -> NDArray[np.float64]:
         """(F - μ)ᵀ(F - μ), shape (D, D): N times the biased total covariance."""
         d = self.n_features
         gram = np.zeros((d, d))
-        for _, block in self.iter_blocks(center=True):
+        for _, block in self.iter_centered_blocks():
             gram += block.T @ block  # numpy dispatches Aᵀ·A to BLAS syrk
         return _symmetrize(gram)
 
@@ -189,7 +186,7 @@ class Statistics:
     def centered_sq_norms(self) -> NDArray[np.float64]:
         """‖f_i - μ‖² for every sample, shape (N,)."""
         out = np.empty(self.n_samples)
-        for rows, block in self.iter_blocks(center=True):
+        for rows, block in self.iter_centered_blocks():
             out[rows] = np.einsum("ij,ij->i", block, block)
         return out
 

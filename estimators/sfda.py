@@ -214,7 +214,7 @@ def sfda(
     d = stats.n_features
     second_moment = np.zeros((d, d))
     sums = np.zeros((n_classes, d))
-    for block_rows, block in stats.iter_blocks(center=True):
+    for block_rows, block in stats.iter_centered_blocks():
         y = labels_[block_rows]
         block -= outer[y]
         block *= confidence[block_rows, None]
