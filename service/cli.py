@@ -41,6 +41,33 @@ def list_estimators_command() -> None:
     console.print(table)
 
 
+@app.command("datasets")
+def list_datasets_command(
+    builtin_dir: Annotated[
+        Path | None,
+        typer.Option("--builtin-dir", help="Where built-in datasets are materialized (default: <cache dir>/builtin)."),
+    ] = None,
+) -> None:
+    """List the built-in datasets (use as builtin:NAME): role, classes, relation to the sources, materialized."""
+    from service.builtin.datasets import BUILTIN_DATASETS, builtin_dataset_manifest
+    from service.config import get_settings
+
+    # The same directory `rank` materializes into, so "materialized" tells whether a rank will build first.
+    directory = builtin_dir if builtin_dir is not None else get_settings().cache_dir / "builtin"
+    table = Table(title="Built-in datasets", caption=f"materialized under {escape(str(directory))}")
+    for column, justify in (("name", "left"), ("role", "left"), ("classes", "right"), ("relation", "left"),
+                            ("materialized", "left")):
+        table.add_column(column, justify=justify, no_wrap=column == "name")  # type: ignore[arg-type]
+    for info in BUILTIN_DATASETS.values():
+        manifest = builtin_dataset_manifest(info.name, directory)
+        # A materialized dataset knows its exact classes (a glyph no font has, or a photo that needs a download,
+        # is dropped); otherwise show the nominal count.
+        classes = len(manifest["classes"]) if manifest else info.n_classes
+        state = f"yes ({sum(manifest['counts'].values())} images)" if manifest else "no"
+        table.add_row(info.name, info.role, str(classes), escape(info.relation), state)
+    console.print(table)
+
+
 @app.command("rank")
 def rank_command(
     dataset: Annotated[

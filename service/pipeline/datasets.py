@@ -1250,7 +1250,7 @@ def _materialize_builtin(ref: DatasetRef, builtin_dir: str | Path | None) -> str
     if builtin_dir is None:
         from service.config import get_settings
 
-        builtin_dir = get_settings().cache_dir / "datasets"
+        builtin_dir = get_settings().cache_dir / "builtin"  # where `rank` and `datasets` look too
     directory = Path(builtin_dir)
     directory.mkdir(parents=True, exist_ok=True)
     from filelock import FileLock

