@@ -209,13 +209,40 @@ def _print_ranking(result: dict[str, Any]) -> None:
     console.print(scores)
 
 
+#: The embedded default: real ImageNet backbones shipped by pip wheels, and an untrained control.
+DEMO_BACKBONES = (
+    "tf_efficientnet_lite0.in1k",
+    "tf_efficientnet_lite1.in1k",
+    "tf_efficientnet_lite2.in1k",
+    "random:tf_efficientnet_lite0",
+)
+
+
 @app.command("demo")
 def demo_command(
-    n_per_class: int = typer.Option(60, min=2, help="Samples per class."),
-    n_classes: int = typer.Option(12, min=2, help="Number of classes."),
-    seed: int = typer.Option(0, help="Random seed."),
+    target: Annotated[str, typer.Option(help="Built-in target dataset (`backbone-rank datasets`).")] = "glyphs-greek",
+    backbone: Annotated[
+        list[str] | None, typer.Option("--backbone", "-b", help="Backbones (default: the embedded ImageNet ones).")
+    ] = None,
+    max_per_class: Annotated[int, typer.Option(min=2, help="Images per class to rank on.")] = 10,
+    synthetic: Annotated[
+        bool, typer.Option("--synthetic", help="Instead: score generated features of known quality (seconds).")
+    ] = False,
+    n_per_class: Annotated[int, typer.Option(min=2, help="--synthetic: samples per class.")] = 60,
+    n_classes: Annotated[int, typer.Option(min=2, help="--synthetic: number of classes.")] = 12,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
-    """Score generated backbones of known quality with every estimator and rank them."""
+    """Rank the embedded real backbones on a built-in target, offline (or, --synthetic, generated features)."""
+    if not synthetic:
+        console.print(
+            f"Ranking {', '.join(backbone or DEMO_BACKBONES)} on builtin:{target} ({max_per_class} images per class; "
+            "the dataset and the converted weights are built on first use)."
+        )
+        rank_command(
+            dataset=f"builtin:{target}", backbone=list(backbone or DEMO_BACKBONES), max_per_class=max_per_class,
+            seed=seed,
+        )
+        return
     from service.demo import run_demo
 
     results, agreement = run_demo(n_per_class=n_per_class, n_classes=n_classes, seed=seed)

@@ -170,7 +170,7 @@ def test_cli_lists_estimators_and_runs_the_demo():
     for info in list_estimators():
         assert info.name in listing.stdout
     demo = subprocess.run(
-        [sys.executable, "-m", "service.cli", "demo", "--n-per-class", "10", "--n-classes", "4"],
+        [sys.executable, "-m", "service.cli", "demo", "--synthetic", "--n-per-class", "10", "--n-classes", "4"],
         capture_output=True, text=True, check=True, env={"COLUMNS": "200", "PATH": ""},
     )
     assert "logme" in demo.stdout and "τw" in demo.stdout

@@ -292,3 +292,24 @@ def test_cli_bad_input_exits_2_with_the_error_code(args, code, image_folder, tmp
     assert result.exit_code == 2, result.output
     assert code in result.stderr
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_demo_ranks_backbones_on_a_builtin_target(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from service.cli import app
+    from service.config import get_settings
+
+    monkeypatch.setenv("BACKBONE_RANK_CACHE_DIR", str(tmp_path))
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(
+            app,
+            ["demo", "--target", "digits", "--max-per-class", "3", "-b", "random:test_resnet", "-b", "random:test_vit"],
+            env={"COLUMNS": "200"},
+        )
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    assert "builtin:digits" in result.stdout and "Ranking — 30 images, 10 classes" in result.stdout
+    assert (tmp_path / "builtin" / "digits" / "dataset.json").is_file()
