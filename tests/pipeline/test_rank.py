@@ -180,32 +180,33 @@ def test_unknown_estimator_is_refused_before_any_work(image_folder):
     assert "lgome" in err.value.detail and "logme" in err.value.detail
 
 
-def test_corrupt_image_is_skipped_and_counted(image_folder, tmp_path):
-    folder = tmp_path / "data"
+def _copy_classes(source_root: Path, target_root: Path, per_class: int) -> Path:
     for kind in CLASSES:
-        (folder / kind).mkdir(parents=True)
-        for source in sorted((image_folder / kind).iterdir())[:4]:
-            (folder / kind / source.name).write_bytes(source.read_bytes())
-    broken = folder / "circle" / "broken.jpg"
-    noise = np.random.default_rng(5).integers(0, 256, (128, 128, 3), dtype=np.uint8)
-    Image.fromarray(noise).save(broken, quality=95)
-    data = broken.read_bytes()
-    broken.write_bytes(data[: int(len(data) * 0.6)])  # truncated JPEG: header intact, entropy data cut
+        (target_root / kind).mkdir(parents=True)
+        for source in sorted((source_root / kind).iterdir())[:per_class]:
+            (target_root / kind / source.name).write_bytes(source.read_bytes())
+    return target_root
+
+
+def _write_truncated_jpeg(path: Path, seed: int) -> None:
+    """A JPEG whose header is intact but whose entropy-coded data is cut: it fails only when decoded."""
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (128, 128, 3), dtype=np.uint8)).save(path, quality=95)
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * 0.6)])
+
+
+def test_corrupt_image_is_skipped_and_counted(image_folder, tmp_path):
+    folder = _copy_classes(image_folder, tmp_path / "data", per_class=4)
+    _write_truncated_jpeg(folder / "circle" / "broken.jpg", seed=5)
     result = rank_backbones(str(folder), ["random:test_resnet"], estimators=["logme"], device="cpu")
     assert result["failed_images"] == 1
     assert result["backbones"][0]["n_images"] == 12
 
 
 def test_class_left_too_small_by_corrupt_images_is_an_error(tmp_path, image_folder):
-    folder = tmp_path / "data"
-    for kind in CLASSES:
-        (folder / kind).mkdir(parents=True)
-        for source in sorted((image_folder / kind).iterdir())[:3]:
-            (folder / kind / source.name).write_bytes(source.read_bytes())
+    folder = _copy_classes(image_folder, tmp_path / "data", per_class=3)
     for seed, name in enumerate(("a.jpg", "b.jpg")):
-        path = folder / "square" / name
-        Image.fromarray(np.random.default_rng(seed).integers(0, 256, (128, 128, 3), dtype=np.uint8)).save(path)
-        path.write_bytes(path.read_bytes()[: int(path.stat().st_size * 0.6)])
+        _write_truncated_jpeg(folder / "square" / name, seed=seed)
     for source in sorted((folder / "square").glob("*.png"))[1:]:
         source.unlink()
     with pytest.raises(TooFewSamplesPerClass) as err:
