@@ -16,8 +16,10 @@ __all__ = ["h_score", "shrinkage_h_score", "ledoit_wolf_shrinkage_from_stats", "
 def _pinv_quadratic_trace(stats: Statistics, eigenvalues: NDArray[np.float64]) -> float:
     """Σ_c n_c d_cᵀ pinv(A) d_c for A = W diag(eigenvalues) Wᵀ in the centred Gram's eigenbasis W,
     d_c the centred class means; pinv with numpy.linalg.pinv's relative cutoff (rcond=1e-15)."""
-    vectors = stats.centered_gram_eigh[1]
-    projections = vectors.T @ stats.centered_class_means.T  # (D, C)
+    # Shared by h_score and shrinkage_h_score: the class-mean offsets in the eigenbasis, (D, C).
+    projections = stats.memo(
+        "class_means_in_gram_eigenbasis", lambda: stats.centered_gram_eigh[1].T @ stats.centered_class_means.T
+    )
     return float(np.sum(stats.counts * (pinv_eigh_rcond(eigenvalues)[:, None] * projections**2).sum(axis=0)))
 
 

@@ -98,14 +98,9 @@ def logme(
     """
     if algorithm not in _ALGORITHMS:
         raise ValueError(f"unknown LogME algorithm {algorithm!r}; use one of {sorted(_ALGORITHMS)}")
-    if regression:
-        if stats is None:
-            stats = Statistics(features)
-            targets = check_targets(labels, stats.n_samples)
-        else:
-            if features is not None:
-                raise ValueError("pass either stats or features, not both")
-            targets = check_targets(labels, stats.n_samples)
+    if regression:  # continuous targets are not class labels: validate them apart from Statistics
+        stats = resolve_stats(features, None, stats)
+        targets = check_targets(labels, stats.n_samples)
     else:
         stats = resolve_stats(features, labels, stats)
         targets = None
