@@ -4,7 +4,11 @@ Floor: convert F to float64, form FᵀF and ``numpy.linalg.eigh`` it — the lea
 eigendecomposition-based score must do. Everything runs on one BLAS thread (the numbers are
 then comparable across machines with different core counts).
 
-Usage: python benchmarks/speed_estimators.py [--n 20000 --d 2048 --c 100] [--quick]
+``--backend torch`` runs the estimators on the torch backend (float64, ``--device``, CPU by
+default; one torch thread); ``--backend both`` measures numpy and torch in the same
+interleaved rounds and adds a torch / numpy column. The floor is always numpy.
+
+Usage: python benchmarks/speed_estimators.py [--n 20000 --d 2048 --c 100] [--backend numpy|torch|both] [--quick]
 Writes benchmarks/results/speed_estimators-<fingerprint>.json and prints a markdown table.
 """
 
@@ -27,7 +31,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 from threadpoolctl import threadpool_info, threadpool_limits  # noqa: E402
 
-from estimators import Statistics, score  # noqa: E402
+from estimators import Statistics, score, use_backend  # noqa: E402
 
 SUITE = ("logme", "h_score", "shrinkage_h_score", "gbc", "transrate", "sfda", "class_means", "lda")
 
@@ -110,19 +114,35 @@ def main() -> None:
     parser.add_argument("--c", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="N=4000, D=512, C=20, one repeat")
+    parser.add_argument("--backend", choices=("numpy", "torch", "both"), default="numpy")
+    parser.add_argument("--device", default="cpu", help="torch device for --backend torch/both")
+    parser.add_argument("--suite-only", action="store_true", help="time only the floor and the shared-Statistics suite")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     if args.quick:
         args.n, args.d, args.c, args.repeats = 4000, 512, 20, 1
     features, labels = make_features(args.n, args.d, args.c)
+    backends = ["numpy", "torch"] if args.backend == "both" else [args.backend]
+    if "torch" in backends:
+        import torch
+
+        torch.set_num_threads(1)
+
+    def on(backend: str, task: Callable[[], object]) -> Callable[[], object]:
+        device = args.device if backend == "torch" else None
+        return lambda: _run_on(backend, device, task)
+
     def suite() -> None:
         stats = Statistics(features, labels)
         for name in SUITE:
             score(name, stats=stats)
 
     tasks: dict[str, Callable[[], object]] = {"floor (FᵀF + eigh)": lambda: floor(features)}
-    tasks.update({name: (lambda name=name: score(name, features, labels)) for name in SUITE})
-    tasks["suite of 8, one shared Statistics"] = suite
+    for backend in backends:
+        tag = "" if backends == ["numpy"] else f" [{backend}]"
+        if not args.suite_only:
+            tasks.update({name + tag: on(backend, lambda name=name: score(name, features, labels)) for name in SUITE})
+        tasks["suite of 8, one shared Statistics" + tag] = on(backend, suite)
     rows: dict[str, dict[str, float]] = {}
     with threadpool_limits(limits=1):
         # Rounds interleave all tasks, so slow phases of a shared machine hit every row alike.
@@ -132,8 +152,9 @@ def main() -> None:
                 row = rows.setdefault(name, {"seconds": float("inf"), "peak_mib": 0.0})
                 row["seconds"] = min(row["seconds"], seconds)
                 row["peak_mib"] = max(row["peak_mib"], peak)
-        seconds, peak = measure(lambda: thuml_default_logme(features, labels), 1)
-        rows["thuml/LogME default algorithm (reference)"] = {"seconds": seconds, "peak_mib": peak}
+        if not args.suite_only:
+            seconds, peak = measure(lambda: thuml_default_logme(features, labels), 1)
+            rows["thuml/LogME default algorithm (reference)"] = {"seconds": seconds, "peak_mib": peak}
     floor_s = rows["floor (FᵀF + eigh)"]["seconds"]
     for row in rows.values():
         row["x_floor"] = row["seconds"] / floor_s
@@ -141,17 +162,31 @@ def main() -> None:
         "benchmark": "speed_estimators",
         "n": args.n, "d": args.d, "c": args.c, "repeats": args.repeats,
         "blas_threads": 1, "fingerprint": fingerprint(), "input_mib": features.nbytes / 2**20,
+        "backends": backends, "device": args.device if "torch" in backends else "cpu",
         "rows": rows,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"speed_estimators-n{args.n}-d{args.d}-c{args.c}-{result['fingerprint']}.json"
+    suffix = "" if backends == ["numpy"] else f"-{args.backend}-{args.device.replace(':', '')}"
+    suffix += "-suite" if args.suite_only else ""
+    path = args.out / f"speed_estimators-n{args.n}-d{args.d}-c{args.c}-{result['fingerprint']}{suffix}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"N={args.n}, D={args.d}, C={args.c}, float32 input ({result['input_mib']:.0f} MiB), 1 BLAS thread\n")
     print("| what | seconds | x floor | peak traced MiB |")
     print("|---|---:|---:|---:|")
     for name, row in rows.items():
         print(f"| {name} | {row['seconds']:.2f} | {row['x_floor']:.2f} | {row['peak_mib']:.0f} |")
+    if args.backend == "both":
+        print("\n| what | numpy s | torch s | torch / numpy |")
+        print("|---|---:|---:|---:|")
+        for name in [*([] if args.suite_only else SUITE), "suite of 8, one shared Statistics"]:
+            a, b = rows[f"{name} [numpy]"]["seconds"], rows[f"{name} [torch]"]["seconds"]
+            print(f"| {name} | {a:.2f} | {b:.2f} | {b / a:.2f} |")
     print(f"\nwritten to {path}")
+
+
+def _run_on(backend: str, device: str | None, task: Callable[[], object]) -> object:
+    with use_backend(backend, device):
+        return task()
 
 
 if __name__ == "__main__":

@@ -10,17 +10,20 @@ so that the Gram matrix and its eigendecomposition are computed once per backbon
 >>> y = np.repeat(np.arange(3), 30)
 >>> F = rng.normal(size=(90, 16)) + y[:, None]
 >>> stats = Statistics(F, y)
->>> sorted({info.name for info in list_estimators()} - {"leep", "nce"})[:3]
-['class_means', 'gbc', 'h_score']
+>>> {"logme", "sfda", "nleep", "parc"} <= {info.name for info in list_estimators()}
+True
 >>> 0.0 < score("sfda", stats=stats) <= 1.0
 True
 """
 
 from ._api import score
+from ._backend import use_backend
 from ._base import TransferabilityEstimator
 from ._registry import EstimatorInfo, get_estimator, list_estimators
-from ._stats import Statistics
+from ._stats import SamplesRequiredError, Statistics
+from ._streaming import StreamingStatistics
 from .class_means import ClassMeans, class_means
+from .etran import ETranEnergy, etran_energy
 from .gbc import GBC, gbc
 from .hscore import HScore, ShrinkageHScore, h_score, shrinkage_h_score
 from .knn import KNN, knn
@@ -28,6 +31,10 @@ from .leep import LEEP, leep
 from .linear_probe import LinearProbe, linear_probe
 from .logme import LogME, logme
 from .nce import NCE, nce
+from .ncti import NCTI, ncti
+from .nleep import NLEEP, nleep
+from .pactran import PACTranDirichlet, PACTranGauss, pactran_dirichlet, pactran_gauss
+from .parc import PARC, parc
 from .sfda import SFDA, ShrinkageLDA, lda, sfda
 from .transrate import TransRate, transrate
 
@@ -36,18 +43,27 @@ __all__ = [
     "KNN",
     "LEEP",
     "NCE",
+    "NCTI",
+    "NLEEP",
+    "PARC",
     "SFDA",
     "ClassMeans",
+    "ETranEnergy",
     "EstimatorInfo",
     "HScore",
     "LinearProbe",
     "LogME",
+    "PACTranDirichlet",
+    "PACTranGauss",
     "ShrinkageHScore",
     "ShrinkageLDA",
+    "SamplesRequiredError",
     "Statistics",
+    "StreamingStatistics",
     "TransRate",
     "TransferabilityEstimator",
     "class_means",
+    "etran_energy",
     "gbc",
     "get_estimator",
     "h_score",
@@ -58,8 +74,14 @@ __all__ = [
     "list_estimators",
     "logme",
     "nce",
+    "ncti",
+    "nleep",
+    "pactran_dirichlet",
+    "pactran_gauss",
+    "parc",
     "score",
     "sfda",
     "shrinkage_h_score",
     "transrate",
+    "use_backend",
 ]

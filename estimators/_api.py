@@ -7,7 +7,7 @@ from typing import Any
 from numpy.typing import ArrayLike
 
 from ._registry import get_estimator
-from ._stats import Statistics
+from ._stats import SamplesRequiredError, Statistics
 
 __all__ = ["score"]
 
@@ -33,7 +33,9 @@ def score(
         Target class labels (ints or strings).
     stats : Statistics, optional
         Shared precomputed statistics; pass instead of features/labels/source_probs to reuse
-        Gram matrices and eigendecompositions across estimators.
+        Gram matrices and eigendecompositions across estimators. Streamed statistics
+        (:class:`StreamingStatistics`) serve the moment-based estimators; the others raise
+        :class:`SamplesRequiredError` (a ValueError) naming the estimator.
     source_probs : array-like of shape (N, C_s), optional
         Source-head softmax outputs, required by ``leep`` and ``nce``.
     **params
@@ -50,8 +52,11 @@ def score(
         accepted = ", ".join(info.params) or "none"
         raise ValueError(f"unknown parameter(s) {unknown} for estimator {name!r}; accepted: {accepted}")
     if "source_probs" in info.needs:
-        available = source_probs if stats is None else stats.source_probs
-        if available is None:
+        if stats is None:
+            available = source_probs is not None
+        else:  # a non-Statistics ``stats`` is refused by the estimator itself, with a clear message
+            available = not isinstance(stats, Statistics) or stats.has_source_probs
+        if not available:
             raise ValueError(
                 f"estimator {name!r} needs source_probs: the source classifier's softmax outputs of shape "
                 "(N, C_s); pass source_probs=..., or use a feature-only estimator for headless backbones"
@@ -59,4 +64,7 @@ def score(
         params["source_probs"] = source_probs
     elif stats is None and source_probs is not None:
         source_probs = None  # feature-only estimators ignore the source head
-    return float(info.func(features, labels, stats=stats, **params))
+    try:
+        return float(info.func(features, labels, stats=stats, **params))
+    except SamplesRequiredError as err:
+        raise SamplesRequiredError(f"estimator {name!r} cannot run on streamed statistics: {err}") from None

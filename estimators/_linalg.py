@@ -6,7 +6,7 @@ import numpy as np
 import scipy.linalg
 from numpy.typing import NDArray
 
-__all__ = ["softmax", "pinv_eigh_rcond", "logdet_spd"]
+__all__ = ["softmax", "pinv_eigh_rcond", "logdet_spd", "solve_spd", "symmetrize"]
 
 #: numpy.linalg.pinv's default relative cutoff used by the official H-score code.
 PINV_RCOND = 1e-15
@@ -41,3 +41,23 @@ def logdet_spd(matrix: NDArray[np.float64]) -> float:
         sign, value = np.linalg.slogdet(matrix)
         return float(value) if sign > 0 else float("-inf")
     return float(2.0 * np.log(np.diag(factor)).sum())
+
+
+def solve_spd(matrix: NDArray[np.float64], rhs: NDArray[np.float64]) -> NDArray[np.float64]:
+    """``matrix⁻¹ rhs`` for a symmetric positive-definite matrix (Cholesky; eigh if not numerically PD).
+
+    The eigh fallback is ``V diag(1/w) Vᵀ rhs``, what SFDA's official ``V Vᵀ`` amounts to.
+    """
+    try:
+        factor = scipy.linalg.cho_factor(matrix, lower=True, check_finite=False)
+    except np.linalg.LinAlgError:
+        values, vectors = np.linalg.eigh(matrix)
+        return vectors @ ((vectors.T @ rhs) / values[:, None])
+    return scipy.linalg.cho_solve(factor, rhs, check_finite=False)
+
+
+def symmetrize(matrix: NDArray[np.float64]) -> NDArray[np.float64]:
+    """``(M + Mᵀ) / 2`` in place (removes the rounding asymmetry of accumulated products)."""
+    matrix += matrix.T
+    matrix *= 0.5
+    return matrix

@@ -4,11 +4,17 @@ The expensive pieces of most closed-form scores are the same few matrices: the (
 matrix FᵀF, its eigendecomposition, class counts and means. ``Statistics`` computes each on
 first use and caches it, so scoring a backbone with many estimators costs little more than
 the most expensive one alone.
+
+A ``Statistics`` is either built from the samples in memory or *streamed*: accumulated batch by
+batch by :class:`~estimators.StreamingStatistics`, which keeps only moments (counts, means, the
+centred Gram matrix, ...). The estimators that need the individual samples then raise
+:class:`SamplesRequiredError`. The heavy kernels run on a :mod:`backend <estimators._backend>`
+(numpy, or PyTorch on CPU / CUDA).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from functools import cached_property
 from typing import Any, TypeVar
 
@@ -16,15 +22,31 @@ import numpy as np
 import scipy.sparse
 from numpy.typing import ArrayLike, NDArray
 
+from ._backend import Backend, get_backend
+from ._linalg import symmetrize
 from ._validation import check_features, check_labels, check_source_probs
 
-__all__ = ["Statistics", "resolve_stats"]
+__all__ = ["Statistics", "SamplesRequiredError", "resolve_stats"]
 
 T = TypeVar("T")
 
 #: Rows per block when streaming over the features (bounds the temporary memory to
 #: block_size x D float64 while keeping BLAS efficient).
 DEFAULT_BLOCK_SIZE = 8192
+
+
+class SamplesRequiredError(ValueError):
+    """An estimator needs per-sample data that a streamed :class:`Statistics` does not keep.
+
+    ``score`` re-raises it naming the estimator; catch it to skip such estimators on streamed
+    statistics (the ranking pipeline reports them with a null score and this message).
+    """
+
+
+_STREAMED_HINT = (
+    "this Statistics was accumulated batch by batch (StreamingStatistics / Statistics.from_batches) and keeps "
+    "only moments; score this estimator on in-memory features, Statistics(features, labels), or drop it"
+)
 
 
 class Statistics:
@@ -40,6 +62,12 @@ class Statistics:
         The source classifier's softmax outputs (for LEEP and NCE).
     block_size : int, default=8192
         Rows per block when streaming over the features.
+    backend : {"numpy", "torch"}, optional
+        Where the heavy linear algebra runs (Gram matrix, eigendecompositions, solves, N x D
+        products), always in float64. None: the default set by :func:`estimators.use_backend`
+        (numpy unless changed). ``"torch"`` needs PyTorch.
+    device : str, optional
+        torch device (``"cpu"``, ``"cuda"``, ``"cuda:1"``); None: CUDA when present, else CPU.
 
     Attributes
     ----------
@@ -49,6 +77,10 @@ class Statistics:
     classes : ndarray of shape (C,) or None
         The original label of each class code.
     source_probs : ndarray of shape (N, C_s) or None
+    streamed : bool
+        True for statistics accumulated by :class:`~estimators.StreamingStatistics`: then
+        ``features``, ``labels`` and ``source_probs`` raise :class:`SamplesRequiredError`.
+    backend : Backend
 
     Notes
     -----
@@ -75,39 +107,132 @@ class Statistics:
         *,
         source_probs: ArrayLike | None = None,
         block_size: int = DEFAULT_BLOCK_SIZE,
+        backend: str | Backend | None = None,
+        device: str | None = None,
     ) -> None:
         if features is None and labels is None:
             raise ValueError("Statistics needs features (N, D), labels (N,), or both")
-        self.features: NDArray[np.float64] | None = None if features is None else check_features(features)
-        n_samples = None if self.features is None else self.features.shape[0]
-        self.labels: NDArray[np.intp] | None = None
+        self._features: NDArray[np.float64] | None = None if features is None else check_features(features)
+        n_samples = None if self._features is None else self._features.shape[0]
+        self._labels: NDArray[np.intp] | None = None
         self.classes: NDArray[Any] | None = None
         if labels is not None:
-            self.labels, self.classes = check_labels(labels, n_samples)
-            n_samples = self.labels.shape[0]
-        self.source_probs = None if source_probs is None else check_source_probs(source_probs, int(n_samples))
+            self._labels, self.classes = check_labels(labels, n_samples)
+            n_samples = self._labels.shape[0]
+        self._source_probs = None if source_probs is None else check_source_probs(source_probs, int(n_samples))
         self.n_samples: int = int(n_samples)  # type: ignore[arg-type]
+        self._n_features = None if self._features is None else int(self._features.shape[1])
+        self._n_classes = None if self.classes is None else int(self.classes.shape[0])
+        self._has_source_probs = self._source_probs is not None
+        self.streamed = False
         self.block_size = int(block_size)
+        self.backend: Backend = get_backend(backend, device)
         self._memo: dict[Any, Any] = {}
+
+    @classmethod
+    def _from_moments(
+        cls,
+        *,
+        n_samples: int,
+        n_features: int,
+        classes: NDArray[Any],
+        has_source_probs: bool,
+        cached: dict[str, Any],
+        block_size: int = DEFAULT_BLOCK_SIZE,
+        backend: str | Backend | None = None,
+        device: str | None = None,
+    ) -> Statistics:
+        """A streamed Statistics: no samples, its cached properties filled from accumulated moments."""
+        stats = cls.__new__(cls)
+        stats._features = stats._labels = stats._source_probs = None
+        stats.classes = classes
+        stats.n_samples = int(n_samples)
+        stats._n_features = int(n_features)
+        stats._n_classes = int(classes.shape[0])
+        stats._has_source_probs = bool(has_source_probs)
+        stats.streamed = True
+        stats.block_size = int(block_size)
+        stats.backend = get_backend(backend, device)
+        stats._memo = {}
+        stats.__dict__.update(cached)  # pre-fills the cached_property values
+        return stats
+
+    @classmethod
+    def from_batches(
+        cls,
+        batches: Iterable[tuple[ArrayLike, ...]],
+        *,
+        n_classes: int | None = None,
+        class_scatter: bool = False,
+        backend: str | Backend | None = None,
+        device: str | None = None,
+    ) -> Statistics:
+        """Accumulate ``(features, labels[, source_probs])`` batches; memory independent of N.
+
+        Shorthand for feeding a :class:`~estimators.StreamingStatistics` and finalising it; see
+        there for the parameters and for which estimators work on the result.
+        """
+        from ._streaming import StreamingStatistics
+
+        stream = StreamingStatistics(n_classes, class_scatter=class_scatter, backend=backend, device=device)
+        for batch in batches:
+            stream.update(*batch)
+        return stream.finalize()
+
+    # -- samples ------------------------------------------------------------------------------
+    @property
+    def features(self) -> NDArray[np.float64] | None:
+        """The (N, D) float64 features; raises :class:`SamplesRequiredError` when streamed."""
+        if self.streamed:
+            raise SamplesRequiredError(f"it needs the individual feature rows; {_STREAMED_HINT}")
+        return self._features
+
+    @property
+    def labels(self) -> NDArray[np.intp] | None:
+        """Class codes (N,) in 0..C-1; raises :class:`SamplesRequiredError` when streamed."""
+        if self.streamed:
+            raise SamplesRequiredError(f"it needs the label of every sample; {_STREAMED_HINT}")
+        return self._labels
+
+    @property
+    def source_probs(self) -> NDArray[np.float64] | None:
+        """Source softmax outputs (N, C_s) or None; streamed: raises if they were streamed."""
+        if self.streamed and self._has_source_probs:
+            raise SamplesRequiredError(
+                "it needs the source probabilities of every sample (streaming keeps only the class x "
+                f"source-class joint tables); {_STREAMED_HINT}"
+            )
+        return self._source_probs
+
+    @property
+    def has_source_probs(self) -> bool:
+        """Whether source-head probabilities were given (in memory or streamed)."""
+        return self._has_source_probs
 
     # -- shapes -------------------------------------------------------------------------------
     @property
     def n_features(self) -> int:
-        return self._require_features().shape[1]
+        if self._n_features is None:
+            self._require_features()
+        return self._n_features  # type: ignore[return-value]
 
     @property
     def n_classes(self) -> int:
-        return int(self._require_labels().max()) + 1
+        if self._n_classes is None:
+            self._require_labels()
+        return self._n_classes  # type: ignore[return-value]
 
     def _require_features(self) -> NDArray[np.float64]:
-        if self.features is None:
+        features = self.features
+        if features is None:
             raise ValueError("this estimator needs features (N, D); build Statistics(features, labels)")
-        return self.features
+        return features
 
     def _require_labels(self) -> NDArray[np.intp]:
-        if self.labels is None:
+        labels = self.labels
+        if labels is None:
             raise ValueError("this estimator needs class labels; build Statistics(features, labels)")
-        return self.labels
+        return labels
 
     # -- classes ------------------------------------------------------------------------------
     @cached_property
@@ -125,9 +250,7 @@ class Statistics:
         """Sparse class-membership matrix, shape (C, N): ``indicator @ X`` sums X's rows per class."""
         labels = self._require_labels()
         n = labels.shape[0]
-        return scipy.sparse.csr_matrix(
-            (np.ones(n), (labels, np.arange(n))), shape=(self.n_classes, n)
-        )
+        return scipy.sparse.csr_matrix((np.ones(n), (labels, np.arange(n))), shape=(self.n_classes, n))
 
     @cached_property
     def class_indices(self) -> list[NDArray[np.intp]]:
@@ -176,11 +299,7 @@ class Statistics:
     @cached_property
     def centered_gram(self) -> NDArray[np.float64]:
         """(F - μ)ᵀ(F - μ), shape (D, D): N times the biased total covariance."""
-        d = self.n_features
-        gram = np.zeros((d, d))
-        for _, block in self.iter_centered_blocks():
-            gram += block.T @ block  # numpy dispatches Aᵀ·A to BLAS syrk
-        return _symmetrize(gram)
+        return self.backend.centered_gram(self._require_features(), self.mean, self.block_size)
 
     @cached_property
     def centered_sq_norms(self) -> NDArray[np.float64]:
@@ -191,10 +310,40 @@ class Statistics:
         return out
 
     @cached_property
+    def centered_fourth_moment(self) -> float:
+        """Σ_i ‖f_i - μ‖⁴ (Ledoit-Wolf's shrinkage needs it; streamed it comes from merged moments)."""
+        return float(np.sum(self.centered_sq_norms**2))
+
+    @cached_property
+    def class_sq_deviations(self) -> NDArray[np.float64]:
+        """Σ_{i in c} (f_i - μ_c)² per dimension, shape (C, D): n_c times the per-class variances."""
+        residual = self._require_features() - self.class_means[self._require_labels()]
+        return np.asarray(self.indicator @ residual**2)
+
+    @cached_property
+    def class_scatters(self) -> NDArray[np.float64]:
+        """Σ_{i in c} (f_i - μ_c)(f_i - μ_c)ᵀ per class, shape (C, D, D).
+
+        Streamed statistics have it only when built with ``class_scatter=True`` (C·D² floats).
+        """
+        if self.streamed:
+            raise SamplesRequiredError(
+                "it needs each class's D x D scatter matrix, which this streamed Statistics did not keep; "
+                "build it with StreamingStatistics(class_scatter=True) (C·D² floats of memory), or score it "
+                "on in-memory features"
+            )
+        features = self._require_features()
+        out = np.empty((self.n_classes, self.n_features, self.n_features))
+        for c, rows in enumerate(self.class_indices):
+            block = features[rows] - self.class_means[c]
+            out[c] = symmetrize(block.T @ block)
+        return out
+
+    @cached_property
     def between_scatter_sum(self) -> NDArray[np.float64]:
         """Σ_c n_c (μ_c - μ)(μ_c - μ)ᵀ, shape (D, D)."""
         centred = self.centered_class_means
-        return _symmetrize((centred.T * self.counts) @ centred)
+        return symmetrize((centred.T * self.counts) @ centred)
 
     @cached_property
     def within_scatter(self) -> NDArray[np.float64]:
@@ -204,14 +353,33 @@ class Statistics:
     @cached_property
     def kernel(self) -> NDArray[np.float64]:
         """F Fᵀ, shape (N, N): used instead of FᵀF when D >= N."""
-        features = self._require_features()
-        return _symmetrize(features @ features.T)
+        return self.backend.kernel(self._require_features())
+
+    # -- source head ------------------------------------------------------------------------------
+    @cached_property
+    def source_joint(self) -> NDArray[np.float64]:
+        """Σ_i θ_i(z) 1[y_i = y]: the class x source-class table of summed source probabilities (C, C_s)."""
+        theta = self.source_probs
+        if theta is None:
+            raise ValueError("this estimator needs source_probs: the source classifier's softmax outputs (N, C_s)")
+        return np.asarray(self.indicator @ theta)
+
+    @cached_property
+    def hard_source_joint(self) -> NDArray[np.float64]:
+        """Counts of (class y, source argmax z) pairs, shape (C, C_s); ties go to the lowest z."""
+        theta = self.source_probs
+        if theta is None:
+            raise ValueError("this estimator needs source_probs: the source classifier's softmax outputs (N, C_s)")
+        n_source = theta.shape[1]
+        pairs = self._require_labels() * n_source + theta.argmax(axis=1)
+        counts = np.bincount(pairs, minlength=self.n_classes * n_source)
+        return counts.reshape(self.n_classes, n_source).astype(np.float64)
 
     # -- eigendecompositions --------------------------------------------------------------------
     @cached_property
     def kernel_eigh(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         """Eigenvalues (ascending, clipped at 0) and eigenvectors of F Fᵀ."""
-        values, vectors = np.linalg.eigh(self.kernel)
+        values, vectors = self.backend.eigh(self.kernel)
         return np.clip(values, 0.0, None), vectors
 
     @cached_property
@@ -221,7 +389,7 @@ class Statistics:
         The one D x D eigendecomposition shared by LogME (with a rank-one update for the mean),
         H-score, shrinkage H-score, TransRate and GBC's PCA.
         """
-        return np.linalg.eigh(self.centered_gram)
+        return self.backend.eigh(self.centered_gram)
 
     def top_principal_axes(self, k: int) -> NDArray[np.float64]:
         """The k leading principal axes (eigenvectors of the centred Gram), shape (D, k), largest first."""
@@ -230,20 +398,25 @@ class Statistics:
     # -- products -----------------------------------------------------------------------------
     def centered_dot(self, matrix: NDArray[np.float64]) -> NDArray[np.float64]:
         """(F - μ) @ matrix without materialising the centred features, shape (N, k)."""
-        features = self._require_features()
-        return features @ matrix - self.mean @ matrix
+        return self.backend.centered_dot(self._require_features(), self.mean, matrix)
+
+    def dot(self, matrix: NDArray[np.float64]) -> NDArray[np.float64]:
+        """F @ matrix on the backend, shape (N, k)."""
+        return self.backend.dot(self._require_features(), matrix)
+
+    def weighted_class_scatter(
+        self, offsets: NDArray[np.float64], weights: NDArray[np.float64]
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """One pass: ``Σ_i w_i² z_i z_iᵀ`` (D, D) and per-class ``Σ_i w_i z_i`` (C, D), z_i = f_i - μ - offsets[y_i]."""
+        return self.backend.weighted_class_scatter(
+            self._require_features(), self.mean, self._require_labels(), offsets, weights, self.block_size
+        )
 
     def memo(self, key: Any, compute: Callable[[], T]) -> T:
         """Cache an estimator-specific intermediate shared by several estimators."""
         if key not in self._memo:
             self._memo[key] = compute()
         return self._memo[key]  # type: ignore[no-any-return]
-
-
-def _symmetrize(matrix: NDArray[np.float64]) -> NDArray[np.float64]:
-    matrix += matrix.T
-    matrix *= 0.5
-    return matrix
 
 
 def resolve_stats(

@@ -68,8 +68,7 @@ def class_means_logits(stats: Statistics) -> NDArray[np.float64]:
         n_classes = stats.n_classes
         center = stats.class_means.mean(axis=0)
         weights = stats.class_means - center  # u_k, (C, D)
-        features = stats._require_features()
-        logits = features @ weights.T - center @ weights.T  # <u_k, a_i>, (N, C)
+        logits = stats.dot(weights.T) - center @ weights.T  # <u_k, a_i>, (N, C)
         weight_gram = weights @ weights.T
         shift = stats.mean - center  # a_i = (x_i - μ) + (μ - μ̄): reuse the centred norms
         sq_norm = stats.centered_sq_norms + 2.0 * stats.centered_dot(shift[:, None])[:, 0] + shift @ shift

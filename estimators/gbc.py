@@ -64,6 +64,7 @@ def gbc(
     once on the scalar variances (not summed over the dimensions) — a quirk of the official
     implementation that we keep. The official code casts the PCA output to float32; we stay in
     float64. With fewer samples than ``pca_dim`` we keep N components (sklearn would refuse).
+    On streamed statistics the PCA case needs ``StreamingStatistics(class_scatter=True)``.
 
     References
     ----------
@@ -75,12 +76,8 @@ def gbc(
     if pca_dim is not None and pca_dim < 1:
         raise ValueError(f"pca_dim must be a positive integer or None; got {pca_dim}")
     stats = resolve_stats(features, labels, stats)
-    reduced = _reduce(stats, pca_dim)
-    labels_ = stats._require_labels()
-    counts = stats.counts
-    means = np.asarray(stats.indicator @ reduced) / counts[:, None]
-    residual = reduced - means[labels_]
-    variances = np.maximum(np.asarray(stats.indicator @ residual**2) / counts[:, None], _VARIANCE_FLOOR)
+    means, variances = _class_gaussians(stats, pca_dim)
+    variances = np.maximum(variances, _VARIANCE_FLOOR)
     if gaussian_type == "spherical":
         variances = variances.mean(axis=1, keepdims=True)
     log_var = np.log(variances)
@@ -96,13 +93,20 @@ def gbc(
     return float(-total)
 
 
-def _reduce(stats: Statistics, pca_dim: int | None) -> NDArray[np.float64]:
-    features = stats._require_features()
-    n, d = features.shape
-    if pca_dim is None or pca_dim >= d:
-        return features
-    k = min(pca_dim, n)
-    return stats.centered_dot(stats.top_principal_axes(k))
+def _class_gaussians(stats: Statistics, pca_dim: int | None) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Per-class means and population variances (C, k) of the (PCA-reduced) features."""
+    n, d = stats.n_samples, stats.n_features
+    counts = stats.counts[:, None]
+    if pca_dim is None or pca_dim >= d:  # raw features: both come from the shared class statistics
+        return stats.class_means, stats.class_sq_deviations / counts
+    axes = stats.top_principal_axes(min(pca_dim, n))
+    if stats.streamed:  # variance along axis w of class c is wᵀ S_c w / n_c: exact, no per-sample projection
+        variances = np.einsum("cdk,dk->ck", stats.class_scatters @ axes, axes) / counts
+        return stats.centered_class_means @ axes, variances
+    reduced = stats.centered_dot(axes)
+    means = np.asarray(stats.indicator @ reduced) / counts
+    residual = reduced - means[stats._require_labels()]
+    return means, np.asarray(stats.indicator @ residual**2) / counts
 
 
 class GBC(TransferabilityEstimator):

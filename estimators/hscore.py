@@ -68,13 +68,14 @@ def ledoit_wolf_shrinkage_from_stats(stats: Statistics) -> float:
 
     Same formula as ``sklearn.covariance.ledoit_wolf_shrinkage`` (which a test checks), but
     reusing the shared centred Gram matrix instead of recomputing XᵀX block by block:
-    ``Σ_jk (X²ᵀX²)_jk = Σ_i ‖x_i‖⁴`` and ``Σ_jk (XᵀX)_jk² = ‖Gram‖_F²``.
+    ``Σ_jk (X²ᵀX²)_jk = Σ_i ‖x_i‖⁴`` (``Statistics.centered_fourth_moment``, also streamed) and
+    ``Σ_jk (XᵀX)_jk² = ‖Gram‖_F²``.
     """
     n, p = stats.n_samples, stats.n_features
     if p == 1:
         return 0.0
     gram = stats.centered_gram
-    sum_fourth = float(np.sum(stats.centered_sq_norms**2))
+    sum_fourth = stats.centered_fourth_moment
     delta_ = float(np.sum(gram**2)) / n**2
     trace_sum = float(np.trace(gram)) / n
     mu = trace_sum / p

@@ -182,18 +182,30 @@ class _RankOneSpectrum:
 
 
 def _spectrum(stats: Statistics, targets: NDArray[np.float64] | None) -> _PlainSpectrum | _RankOneSpectrum:
-    features = stats._require_features()
-    n, d = features.shape
+    n, d = stats.n_samples, stats.n_features
     if targets is None:
         target_sq = stats.counts
     else:
         target_sq = (targets**2).sum(axis=0)
     if n > d:
         values, vectors = stats.centered_gram_eigh
-        cross = stats.class_sums.T if targets is None else features.T @ targets  # Fᵀy: class sums for one-hot y
+        # Fᵀy: the class sums for one-hot y
+        cross = stats.class_sums.T if targets is None else stats._require_features().T @ targets
         return _RankOneSpectrum(
             np.clip(values, 0.0, None), vectors.T @ cross, vectors.T @ stats.mean, target_sq, n
         )
+    if stats.streamed:
+        # No N x N kernel without the samples. With D >= N the centred Gram matrix has a null space
+        # that the mean mostly lies in, and Sherman-Morrison there loses ~1e-8; the raw FᵀF (a sum,
+        # no cancellation) decomposed directly keeps full precision, for one more D x D eigh.
+        def raw_gram_eigh() -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+            raw = stats.centered_gram + n * np.outer(stats.mean, stats.mean)
+            values, vectors = stats.backend.eigh(raw)
+            return np.clip(values, 0.0, None), vectors
+
+        sigma, vectors = stats.memo("logme_raw_gram_eigh", raw_gram_eigh)
+        cross = stats.class_sums.T if targets is None else stats._require_features().T @ targets
+        return _PlainSpectrum(sigma, (vectors.T @ cross) ** 2, target_sq, n_zero=0)
     sigma, vectors = stats.kernel_eigh  # F Fᵀ = U diag(σ) Uᵀ; x = Uᵀ y and (vᵀFᵀy)² = σ x²
     x = np.asarray(stats.indicator @ vectors).T if targets is None else vectors.T @ targets
     return _PlainSpectrum(sigma, sigma[:, None] * x**2, target_sq, n_zero=d - n)

@@ -58,14 +58,9 @@ def nce(
        Classification Tasks. ICCV 2019.
     """
     stats = resolve_stats(None, labels, stats, source_probs=source_probs)
-    theta = stats.source_probs
-    if theta is None:
+    if not stats.has_source_probs:
         raise ValueError("nce needs source_probs: the source classifier's softmax outputs (N, C_s)")
-    labels_ = stats._require_labels()
-    n_source = theta.shape[1]
-    hard = theta.argmax(axis=1)
-    counts = np.bincount(labels_ * n_source + hard, minlength=stats.n_classes * n_source)
-    joint = counts.reshape(stats.n_classes, n_source) / stats.n_samples
+    joint = stats.hard_source_joint / stats.n_samples  # counts of (y, argmax θ): also kept by streaming
     marginal = joint.sum(axis=0)
     y, z = np.nonzero(joint)
     return float(np.sum(joint[y, z] * np.log(joint[y, z] / marginal[z])))

@@ -21,8 +21,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.linalg
-import scipy.sparse
 from numpy.typing import ArrayLike, NDArray
 
 from ._base import TransferabilityEstimator
@@ -60,15 +58,6 @@ def _shrink(scatter: NDArray[np.float64], shrinkage: float) -> NDArray[np.float6
     return shrunk
 
 
-def _solve_spd(matrix: NDArray[np.float64], rhs: NDArray[np.float64]) -> NDArray[np.float64]:
-    try:
-        factor = scipy.linalg.cho_factor(matrix, lower=True, check_finite=False)
-    except np.linalg.LinAlgError:
-        values, vectors = np.linalg.eigh(matrix)  # not numerically PD: V diag(1/w) Vᵀ as the official V Vᵀ
-        return vectors @ ((vectors.T @ rhs) / values[:, None])
-    return scipy.linalg.cho_solve(factor, rhs, check_finite=False)
-
-
 @dataclass(frozen=True)
 class _LdaFit:
     shrinkage: float
@@ -91,7 +80,7 @@ def _first_fit(stats: Statistics, shrinkage: float | None) -> _LdaFit:
         within = stats.within_scatter
         lam = adaptive_shrinkage(within) if shrinkage is None else float(shrinkage)
         means = stats.centered_class_means
-        coef = _solve_spd(_shrink(within, lam), means.T)  # (D, C) = S̃_w⁻¹ Mᵀ
+        coef = stats.backend.solve_spd(_shrink(within, lam), means.T)  # (D, C) = S̃_w⁻¹ Mᵀ
         return _LdaFit(lam, _posterior(stats.centered_dot(coef), means, coef, stats.priors))
 
     return stats.memo(("shrinkage_lda", shrinkage), compute)
@@ -211,23 +200,12 @@ def sfda(
     # Mixed sample: x' = a x + (1 - a) m_c = m_c + w with w = a (x - m_c). Its within-class
     # scatter is that of w: Σ_c [Σ_i w_i w_iᵀ - s_c s_cᵀ / n_c] / N with s_c = Σ_{i in c} w_i,
     # one pass over the data.
-    d = stats.n_features
-    second_moment = np.zeros((d, d))
-    sums = np.zeros((n_classes, d))
-    for block_rows, block in stats.iter_centered_blocks():
-        y = labels_[block_rows]
-        block -= outer[y]
-        block *= confidence[block_rows, None]
-        second_moment += block.T @ block
-        membership = scipy.sparse.csr_matrix(
-            (np.ones(y.size), (y, np.arange(y.size))), shape=(n_classes, y.size)
-        )
-        sums += membership @ block
+    second_moment, sums = stats.weighted_class_scatter(outer, confidence)
     within = (second_moment - (sums.T / stats.counts) @ sums) / stats.n_samples
     new_means = outer + sums / stats.counts[:, None]
     keep = 1.0 - confidence
 
-    coef = _solve_spd(_shrink(within, first.shrinkage), new_means.T)
+    coef = stats.backend.solve_spd(_shrink(within, first.shrinkage), new_means.T)
     projected = confidence[:, None] * stats.centered_dot(coef) + keep[:, None] * (outer @ coef)[labels_]
     posterior = _posterior(projected, new_means, coef, stats.priors)
     return _true_class_mean(posterior, labels_)

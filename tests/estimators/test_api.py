@@ -31,11 +31,13 @@ def clustered(n_per_class: int = 30, n_classes: int = 3, dim: int = 6, seed: int
 def test_public_names_are_pinned():
     assert sorted(estimators.__all__) == sorted(
         [
-            "GBC", "KNN", "LEEP", "NCE", "SFDA", "ClassMeans", "EstimatorInfo", "HScore", "LinearProbe",
-            "LogME", "ShrinkageHScore", "ShrinkageLDA", "Statistics", "TransRate",
-            "TransferabilityEstimator", "class_means", "gbc", "get_estimator", "h_score", "knn", "lda",
-            "leep", "linear_probe", "list_estimators", "logme", "nce", "score", "sfda",
-            "shrinkage_h_score", "transrate",
+            "GBC", "KNN", "LEEP", "NCE", "NCTI", "NLEEP", "PARC", "SFDA", "ClassMeans", "ETranEnergy",
+            "EstimatorInfo", "HScore", "LinearProbe", "LogME", "PACTranDirichlet", "PACTranGauss",
+            "SamplesRequiredError", "ShrinkageHScore", "ShrinkageLDA", "Statistics", "StreamingStatistics",
+            "TransRate", "TransferabilityEstimator", "class_means", "etran_energy", "gbc", "get_estimator",
+            "h_score", "knn", "lda", "leep", "linear_probe", "list_estimators", "logme", "nce", "ncti", "nleep",
+            "pactran_dirichlet", "pactran_gauss", "parc", "score", "sfda", "shrinkage_h_score", "transrate",
+            "use_backend",
         ]
     )
     for name in estimators.__all__:
@@ -46,7 +48,8 @@ def test_registry_lists_every_estimator_with_metadata():
     infos = {info.name: info for info in list_estimators()}
     assert set(infos) == {
         "logme", "leep", "nce", "h_score", "shrinkage_h_score", "gbc", "transrate", "sfda", "lda", "knn",
-        "linear_probe", "class_means",
+        "linear_probe", "class_means", "nleep", "parc", "pactran_gauss", "pactran_dirichlet", "etran_energy",
+        "ncti",
     }
     assert infos["leep"].needs == ("source_probs",) and infos["nce"].needs == ("source_probs",)
     assert infos["gbc"].params == {"gaussian_type": "spherical", "pca_dim": 64}
