@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "get_settings", "default_cache_dir"]
@@ -36,12 +36,55 @@ class Settings(BaseSettings):
         default_factory=list, description="Extra directories searched for <arch>[.<tag>].safetensors weights."
     )
     hf_cache_dir: Path | None = Field(None, description="HuggingFace hub cache (default: huggingface_hub's).")
+    zoo_dir: Path | None = Field(
+        None, description="Where the built-in zoo is built and loaded from (default: <cache_dir>/zoo)."
+    )
     max_image_pixels: int = Field(50_000_000, description="Images with more pixels are skipped, never decoded.")
     max_image_bytes: int = Field(100 * 2**20, description="Image files larger than this are skipped.")
     min_samples_per_class: int = Field(2, ge=2, description="Classes with fewer usable images are an error.")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
     batch_size: int = Field(64, ge=1)
     num_threads: int | None = Field(None, description="torch CPU threads (default: torch's choice).")
+
+    # --- service (HTTP API, job store, workers) ---
+    host: str = Field("127.0.0.1", description="Bind address of `backbone-rank serve` (loopback by default).")
+    port: int = Field(8000, ge=1, le=65535, description="Port of `backbone-rank serve`.")
+    database_path: Path | None = Field(None, description="SQLite job store (default: <cache_dir>/jobs.sqlite3).")
+    api_keys: list[SecretStr] = Field(
+        default_factory=list, description="Accepted X-API-Key values; empty: no authentication (loopback use)."
+    )
+    max_queued_jobs: int = Field(100, ge=1, description="Queued jobs beyond this are refused with 429.")
+    max_request_bytes: int = Field(1 << 20, ge=1024, description="Request bodies beyond this are refused (413).")
+    job_lease_seconds: float = Field(
+        60.0, gt=0, description="A running job whose worker sent no heartbeat for this long is reclaimed."
+    )
+    max_job_attempts: int = Field(3, ge=1, description="Claims of one job before it fails with worker_lost.")
+    worker_poll_seconds: float = Field(0.5, gt=0, description="How often an idle worker looks for queued jobs.")
+    finetunes_dir: Path | None = Field(
+        None, description="Where fine-tune jobs write their weights (default: <cache_dir>/finetunes/<job id>)."
+    )
+    benchmark_results_dir: Path | None = Field(
+        None, description="Benchmark result JSON files served under /reports/benchmarks (default: the repo's)."
+    )
+    allowed_backbones: list[str] = Field(
+        default_factory=list,
+        description="Service allowlist of backbone ids (fnmatch patterns, e.g. 'zoo:*'); empty: any timm id, "
+        "zoo:* and random:*. local-dir:/@file ids are accepted only under weights_dirs.",
+    )
+    fault_progress_delay_s: float = Field(
+        0.0, ge=0, description="Test hook: the worker sleeps this long at every progress event (slow jobs)."
+    )
+
+    @model_validator(mode="after")
+    def _fill_service_paths(self) -> Settings:
+        # Derived from cache_dir after it is known, so one BACKBONE_RANK_CACHE_DIR moves everything.
+        if self.database_path is None:
+            self.database_path = self.cache_dir / "jobs.sqlite3"
+        if self.finetunes_dir is None:
+            self.finetunes_dir = self.cache_dir / "finetunes"
+        if self.benchmark_results_dir is None:
+            self.benchmark_results_dir = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+        return self
 
 
 @lru_cache

@@ -14,10 +14,29 @@ Every error a user can cause carries a ``code`` (stable, documented, never rewor
     ├── BackboneError
     │   ├── UnknownBackbone            unknown_backbone             422
     │   ├── WeightsUnavailable         weights_unavailable          422
-    │   └── UnsafeCheckpointFormat     unsafe_checkpoint_format     422
-    └── EstimatorError
-        ├── UnknownEstimator           unknown_estimator            422
-        └── EstimatorNeedsSourceHead   estimator_needs_source_head  422
+    │   ├── UnsafeCheckpointFormat     unsafe_checkpoint_format     422
+    │   └── ZooBuildFailed             zoo_build_failed             500  (a zoo model did not learn its source)
+    ├── EstimatorError
+    │   ├── UnknownEstimator           unknown_estimator            422
+    │   └── EstimatorNeedsSourceHead   estimator_needs_source_head  422
+    ├── InvalidResult                  invalid_result               422  (also a ValueError)
+    ├── InvalidFinetuneConfig          invalid_finetune_config      422  (also a ValueError)
+    └── ServiceError                   (the HTTP API and its jobs)
+        ├── InvalidRequest             invalid_request              422
+        ├── Unauthorized               unauthorized                 401
+        ├── JobNotFound                job_not_found                404
+        ├── ReportNotFound             report_not_found             404
+        ├── ArtifactNotFound           artifact_not_found           404
+        ├── JobFinished                job_finished                 409
+        ├── JobNotSucceeded            job_not_succeeded            409
+        ├── IdempotencyKeyReused       idempotency_key_reused       422
+        ├── RequestTooLarge            request_too_large            413
+        ├── QueueFull                  queue_full                   429
+        └── NotReady                   not_ready                    503
+
+A failed job's ``error`` is ``{"code", "detail"}`` with one of the codes above or, for failures
+only a worker can see: ``worker_lost`` (its worker stopped responding ``max_job_attempts`` times),
+``internal_error`` (a bug: see the worker log) and ``gpu_out_of_memory``.
 """
 
 from __future__ import annotations
@@ -37,9 +56,24 @@ __all__ = [
     "UnknownBackbone",
     "WeightsUnavailable",
     "UnsafeCheckpointFormat",
+    "ZooBuildFailed",
     "EstimatorError",
     "UnknownEstimator",
     "EstimatorNeedsSourceHead",
+    "InvalidResult",
+    "InvalidFinetuneConfig",
+    "ServiceError",
+    "InvalidRequest",
+    "Unauthorized",
+    "JobNotFound",
+    "ReportNotFound",
+    "ArtifactNotFound",
+    "JobFinished",
+    "JobNotSucceeded",
+    "IdempotencyKeyReused",
+    "RequestTooLarge",
+    "QueueFull",
+    "NotReady",
 ]
 
 
@@ -107,6 +141,13 @@ class UnsafeCheckpointFormat(BackboneError):
     code = "unsafe_checkpoint_format"
 
 
+class ZooBuildFailed(BackboneError):
+    """A built-in zoo model failed to build, e.g. it did not learn its source task (a recipe bug)."""
+
+    code = "zoo_build_failed"
+    status = 500
+
+
 class EstimatorError(BackboneRankError):
     code = "estimator_error"
     status = 422
@@ -118,3 +159,80 @@ class UnknownEstimator(EstimatorError):
 
 class EstimatorNeedsSourceHead(EstimatorError):
     code = "estimator_needs_source_head"
+
+
+class InvalidResult(BackboneRankError, ValueError):
+    """A result file or dict that is not a benchmark, ranking or fine-tune result (reports, ``backbone-rank report``).
+
+    Also a ``ValueError``, so library callers can treat it like any other bad argument.
+    """
+
+    code = "invalid_result"
+    status = 422
+
+
+class ServiceError(BackboneRankError):
+    code = "service_error"
+    status = 400
+
+
+class InvalidRequest(ServiceError):
+    code = "invalid_request"
+    status = 422
+
+
+class Unauthorized(ServiceError):
+    code = "unauthorized"
+    status = 401
+
+
+class JobNotFound(ServiceError):
+    code = "job_not_found"
+    status = 404
+
+
+class ReportNotFound(ServiceError):
+    code = "report_not_found"
+    status = 404
+
+
+class ArtifactNotFound(ServiceError):
+    code = "artifact_not_found"
+    status = 404
+
+
+class JobFinished(ServiceError):
+    code = "job_finished"
+    status = 409
+
+
+class JobNotSucceeded(ServiceError):
+    code = "job_not_succeeded"
+    status = 409
+
+
+class IdempotencyKeyReused(ServiceError):
+    code = "idempotency_key_reused"
+    status = 422
+
+
+class RequestTooLarge(ServiceError):
+    code = "request_too_large"
+    status = 413
+
+
+class QueueFull(ServiceError):
+    code = "queue_full"
+    status = 429
+
+
+class NotReady(ServiceError):
+    code = "not_ready"
+    status = 503
+
+
+class InvalidFinetuneConfig(BackboneRankError, ValueError):
+    """A fine-tuning request that cannot run as given: unknown strategy, empty learning-rate grid, ..."""
+
+    code = "invalid_finetune_config"
+    status = 422

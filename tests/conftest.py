@@ -9,6 +9,7 @@ import pytest
 
 _BACKBONES = "service.pipeline.backbones"
 _PACKAGED = "packaged"
+_ZOO = "zoo"
 
 
 def _providers() -> list[str]:
@@ -18,9 +19,14 @@ def _providers() -> list[str]:
 
 @pytest.fixture(autouse=True)
 def _no_leaked_packaged_provider() -> Iterator[None]:
-    """``rank_backbones`` registers the ``packaged`` weights provider as a side effect; a test that ranks must
-    not leave it registered for the next one (tests of weight resolution count the places searched)."""
-    before = _PACKAGED in _providers()
+    """``rank_backbones`` registers the ``packaged`` and ``zoo`` weights providers as a side effect; a test that
+    ranks must not leave them registered for the next one (tests of weight resolution count the places searched),
+    nor leave the zoo pointed at its temporary directory."""
+    before = {name for name in (_PACKAGED, _ZOO) if name in _providers()}
     yield
-    if not before and _PACKAGED in _providers():
-        sys.modules[_BACKBONES].unregister_weights_provider(_PACKAGED)
+    for name in (_PACKAGED, _ZOO):
+        if name not in before and name in _providers():
+            sys.modules[_BACKBONES].unregister_weights_provider(name)
+    zoo = sys.modules.get("service.builtin.zoo")
+    if zoo is not None:
+        zoo.set_zoo_dir(None)

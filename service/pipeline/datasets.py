@@ -67,6 +67,7 @@ __all__ = [
     "DatasetRef",
     "ImageDecodeError",
     "ImageItem",
+    "check_dataset_path",
     "list_builtin_datasets",
     "load_dataset",
     "parse_dataset_ref",
@@ -564,6 +565,27 @@ def _require_dir(real: str, user: str, what: str) -> None:
         raise InvalidDataset(
             f"dataset path {user!r} is not a directory; a {what} dataset is a directory{hint}", path=user
         )
+
+
+def check_dataset_path(ref: DatasetRef, roots: Sequence[str | Path]) -> None:
+    """The cheap checks :func:`load_dataset` starts with, without listing anything: for a caller (the web
+    API) that must refuse a bad path at once and leave the listing to a worker.
+
+    ``builtin`` refs are not checked here. Raises what ``load_dataset`` raises for the same path:
+    :class:`InvalidDataset` (NUL byte, a manifest that is no ``.csv``/``.jsonl`` file, a folder or hf
+    path that is no directory), :class:`PathOutsideRoots`, :class:`DatasetNotFound`.
+    """
+    if ref.kind == "builtin":
+        return
+    user = cast(str, ref.path)
+    real = _resolve_user_path(user, roots)
+    if ref.kind != "manifest":
+        _require_dir(real, user, ref.kind)
+        return
+    if not user.lower().endswith(_MANIFEST_SUFFIXES):
+        raise InvalidDataset(f"manifest {user!r} must end in .csv or .jsonl", path=user)
+    if not stat.S_ISREG(_stat_user_path(real, user).st_mode):
+        raise InvalidDataset(f"manifest {user!r} is not a regular file", path=user)
 
 
 # --------------------------------------------------------------------------------------------------
