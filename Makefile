@@ -6,12 +6,12 @@ STAMP := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: install demo test test-slow lint bench clean
+.PHONY: install demo test test-slow lint bench serve chromium clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[ml,hf,dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[ml,hf,service,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -22,11 +22,20 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check estimators service tests benchmarks
 
-test: $(STAMP) lint
+test: $(STAMP) lint chromium
 	$(BIN)/python -m pytest
+
+# The report tests render pages in a real headless browser (Debian's chromium); installed once, when absent.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+		SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+		$$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; }
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow
+
+serve: $(STAMP)
+	$(BIN)/backbone-rank serve
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/speed_estimators.py

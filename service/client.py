@@ -1,0 +1,356 @@
+"""A typed Python client of the backbone-rank HTTP API (httpx).
+
+>>> from service.client import Client
+>>> with Client("http://127.0.0.1:8000") as client:                    # doctest: +SKIP
+...     result = client.rank("builtin:glyphs-greek", ["random:resnet10t", "tf_efficientnet_lite0.in1k"],
+...                          max_per_class=8, on_progress=print)
+...     print([(b["rank"], b["id"]) for b in result["backbones"]])
+
+:meth:`Client.rank` and :meth:`Client.finetune` submit, follow the job's server-sent events (reconnecting,
+or polling, if the stream breaks) and return the result; a failed or cancelled job raises
+:class:`ClientError` with the job's ``code`` and ``detail``. Every HTTP error is a :class:`ClientError`
+too, carrying the server's ``{code, detail}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+__all__ = ["Client", "ClientError", "dataset_ref"]
+
+ProgressCallback = Callable[[dict[str, Any]], None]
+_TERMINAL = ("succeeded", "failed", "cancelled")
+_PREFIX = {"ranking": "/v1/rankings", "finetune": "/v1/finetunes"}
+
+
+class ClientError(Exception):
+    """An error answer of the API, or a job that did not succeed.
+
+    Attributes
+    ----------
+    code : str
+        The server's stable code (``path_outside_roots``, ``queue_full``, ...), a failed job's error code,
+        ``cancelled``, or, from the client itself, ``connection_error`` / ``timeout``.
+    detail : str
+        What went wrong and how to fix it.
+    status : int or None
+        HTTP status, when the error is an HTTP answer.
+    body : dict
+        The full error body (context fields such as ``suggestions``), or the job for job failures.
+    """
+
+    def __init__(self, code: str, detail: str, *, status: int | None = None, body: Any = None) -> None:
+        super().__init__(f"[{code}] {detail}")
+        self.code = code
+        self.detail = detail
+        self.status = status
+        self.body = body
+
+
+def dataset_ref(dataset: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, Any]:
+    """A dataset reference as the API takes it: a dict is passed through; text is parsed like the CLI's
+    (``builtin:NAME``, ``hf:PATH``, ``.csv``/``.jsonl`` manifests, folders, ``#split`` suffixes). Paths are
+    the *server's* paths."""
+    if isinstance(dataset, Mapping):
+        return dict(dataset)
+    from service.pipeline.datasets import parse_dataset_ref  # no torch; numpy/PIL at most
+
+    return parse_dataset_ref(os.fspath(dataset)).to_dict()
+
+
+class Client:
+    """Client of one backbone-rank server.
+
+    Parameters
+    ----------
+    base_url : str
+        E.g. ``"http://127.0.0.1:8000"``.
+    api_key : str, optional
+        Sent as ``X-API-Key`` (default: ``$BACKBONE_RANK_API_KEY`` when set).
+    timeout : float
+        Seconds for ordinary requests (streams wait longer between events).
+    transport : httpx.BaseTransport, optional
+        For tests (e.g. ``httpx.WSGITransport``); default: the network.
+    """
+
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        api_key: str | None = None,
+        *,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        api_key = api_key if api_key is not None else os.environ.get("BACKBONE_RANK_API_KEY") or None
+        headers = {"X-API-Key": api_key} if api_key else {}
+        self._http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout, transport=transport)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------------------------ http
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TimeoutException as err:
+            raise ClientError("timeout", f"{method} {path} timed out: {err}") from err
+        except httpx.TransportError as err:
+            raise ClientError("connection_error", f"cannot reach {self._http.base_url}: {err}") from err
+        if response.status_code >= 400:
+            raise _http_error(response)
+        return response
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self._request(method, path, **kwargs).json()
+
+    # --------------------------------------------------------------------------------------- service
+
+    def health(self) -> dict[str, Any]:
+        return self._json("GET", "/healthz")
+
+    def ready(self) -> dict[str, Any]:
+        """``/readyz``; raises ``ClientError`` (``not_ready``) while no worker is alive."""
+        return self._json("GET", "/readyz")
+
+    def backbones(self) -> dict[str, Any]:
+        return self._json("GET", "/v1/backbones")
+
+    def estimators(self) -> list[dict[str, Any]]:
+        return self._json("GET", "/v1/estimators")["estimators"]
+
+    def builtin_datasets(self) -> list[dict[str, Any]]:
+        return self._json("GET", "/v1/datasets/builtin")["datasets"]
+
+    # ------------------------------------------------------------------------------------------- jobs
+
+    def submit_ranking(
+        self,
+        dataset: str | os.PathLike[str] | Mapping[str, Any],
+        backbones: Sequence[str],
+        *,
+        estimators: Sequence[str] | None = None,
+        max_per_class: int | None = None,
+        seed: int = 0,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        """Queue a ranking; returns ``{id, kind, state, url, events_url}``."""
+        body: dict[str, Any] = {"dataset": dataset_ref(dataset), "backbones": list(backbones), "seed": seed}
+        if estimators:
+            body["estimators"] = list(estimators)
+        if max_per_class is not None:
+            body["max_per_class"] = max_per_class
+        return self._submit("ranking", body, idempotency_key)
+
+    def submit_finetune(
+        self,
+        dataset: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+        backbone: str | None = None,
+        *,
+        ranking_id: str | None = None,
+        strategy: str = "full",
+        epochs: int | None = None,
+        lr_grid: Sequence[float] | None = None,
+        seeds: Sequence[int] | None = None,
+        batch_size: int | None = None,
+        max_per_class: int | None = None,
+        input_size: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        """Queue a fine-tuning of ``backbone``, or of the winner of ``ranking_id`` (on its dataset unless
+        ``dataset`` is given)."""
+        body: dict[str, Any] = {"strategy": strategy}
+        optional = {
+            "dataset": None if dataset is None else dataset_ref(dataset),
+            "backbone": backbone,
+            "ranking_id": ranking_id,
+            "epochs": epochs,
+            "lr_grid": None if lr_grid is None else list(lr_grid),
+            "seeds": None if seeds is None else list(seeds),
+            "batch_size": batch_size,
+            "max_per_class": max_per_class,
+            "input_size": input_size,
+        }
+        body.update({k: v for k, v in optional.items() if v is not None})
+        return self._submit("finetune", body, idempotency_key)
+
+    def _submit(self, kind: str, body: dict[str, Any], idempotency_key: str | None) -> dict[str, Any]:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return self._json("POST", _PREFIX[kind], json=body, headers=headers)
+
+    def get(self, kind: str, job_id: str) -> dict[str, Any]:
+        """The job (``kind``: ``"ranking"`` or ``"finetune"``)."""
+        return self._json("GET", f"{_PREFIX[kind]}/{job_id}")
+
+    def get_ranking(self, job_id: str) -> dict[str, Any]:
+        return self.get("ranking", job_id)
+
+    def get_finetune(self, job_id: str) -> dict[str, Any]:
+        return self.get("finetune", job_id)
+
+    def cancel(self, kind: str, job_id: str) -> dict[str, Any]:
+        """Cancel a job; raises ``ClientError`` ``job_finished`` when it already ended."""
+        return self._json("DELETE", f"{_PREFIX[kind]}/{job_id}")
+
+    def events(self, kind: str, job_id: str, *, read_timeout: float = 60.0) -> Iterator[tuple[str, Any]]:
+        """The job's server-sent events as ``(event, data)`` until ``end`` (or the stream breaks)."""
+        timeout = httpx.Timeout(self._http.timeout.connect or 30.0, read=read_timeout)
+        try:
+            with self._http.stream("GET", f"{_PREFIX[kind]}/{job_id}/events", timeout=timeout) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise _http_error(response)
+                yield from _parse_sse(response.iter_lines())
+        except httpx.TimeoutException as err:
+            raise ClientError("timeout", f"no event from job {job_id} for {read_timeout} s") from err
+        except httpx.TransportError as err:
+            raise ClientError("connection_error", f"event stream of job {job_id} broke: {err}") from err
+
+    def wait(
+        self,
+        kind: str,
+        job_id: str,
+        *,
+        on_progress: ProgressCallback | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Follow the job until it ends; returns the final job. ``on_progress(progress)`` gets every progress
+        event. A broken stream is reopened (the job is read once in between, so nothing is missed)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                for event, data in self.events(kind, job_id):
+                    if event == "progress" and on_progress is not None:
+                        on_progress(data)
+                    elif event == "end":
+                        return self.get(kind, job_id)
+                    if deadline is not None and time.monotonic() > deadline:
+                        break
+            except ClientError as err:
+                if err.code not in ("connection_error", "timeout"):
+                    raise
+            job = self.get(kind, job_id)
+            if job["state"] in _TERMINAL:
+                return job
+            if deadline is not None and time.monotonic() > deadline:
+                raise ClientError("timeout", f"job {job_id} is still {job['state']} after {timeout} s", body=job)
+            time.sleep(0.5)
+
+    def _result(self, job: dict[str, Any]) -> dict[str, Any]:
+        if job["state"] == "succeeded":
+            return job["result"]
+        if job["state"] == "cancelled":
+            raise ClientError("cancelled", f"job {job['id']} was cancelled", body=job)
+        error = job.get("error") or {}
+        raise ClientError(error.get("code", "job_failed"), error.get("detail", "the job failed"), body=job)
+
+    def rank(
+        self,
+        dataset: str | os.PathLike[str] | Mapping[str, Any],
+        backbones: Sequence[str],
+        *,
+        estimators: Sequence[str] | None = None,
+        max_per_class: int | None = None,
+        seed: int = 0,
+        idempotency_key: str | None = None,
+        on_progress: ProgressCallback | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Rank ``backbones`` on ``dataset`` and return the result (schema: ``service.pipeline.rank``), best first.
+
+        Raises
+        ------
+        ClientError
+            The request was refused (its code), or the job failed (the job's code) or was cancelled.
+        """
+        job = self.submit_ranking(
+            dataset,
+            backbones,
+            estimators=estimators,
+            max_per_class=max_per_class,
+            seed=seed,
+            idempotency_key=idempotency_key,
+        )
+        return self._result(self.wait("ranking", job["id"], on_progress=on_progress, timeout=timeout))
+
+    def finetune(
+        self,
+        dataset: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+        backbone: str | None = None,
+        *,
+        on_progress: ProgressCallback | None = None,
+        timeout: float | None = None,
+        **options: Any,
+    ) -> dict[str, Any]:
+        """Fine-tune and return the result (options as :meth:`submit_finetune`); the job id is in
+        ``result["job_id"]`` for :meth:`download_weights`."""
+        job = self.submit_finetune(dataset, backbone, **options)
+        result = self._result(self.wait("finetune", job["id"], on_progress=on_progress, timeout=timeout))
+        return {**result, "job_id": job["id"]}
+
+    def download_weights(self, job_id: str, path: str | os.PathLike[str]) -> Path:
+        """Write a succeeded fine-tune's ``model.safetensors`` to ``path`` (streamed); returns the path."""
+        target = Path(path)
+        try:
+            with self._http.stream("GET", f"/v1/finetunes/{job_id}/weights") as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise _http_error(response)
+                tmp = target.with_name(target.name + ".part")
+                with open(tmp, "wb") as fh:
+                    for chunk in response.iter_bytes():
+                        fh.write(chunk)
+                os.replace(tmp, target)
+        except httpx.TransportError as err:
+            raise ClientError("connection_error", f"download of the weights of {job_id} failed: {err}") from err
+        return target
+
+
+def _http_error(response: httpx.Response) -> ClientError:
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    if not isinstance(body, dict):
+        body = {}
+    code = str(body.get("code") or f"http_{response.status_code}")
+    detail = str(body.get("detail") or response.text[:500] or response.reason_phrase)
+    return ClientError(code, detail, status=response.status_code, body=body)
+
+
+def _parse_sse(lines: Iterator[str]) -> Iterator[tuple[str, Any]]:
+    """Events of a ``text/event-stream`` (``event:``/``data:`` fields, blank line ends an event)."""
+    event, data = "message", []
+    for line in lines:
+        if not line:
+            if data:
+                text = "\n".join(data)
+                try:
+                    payload: Any = json.loads(text)
+                except ValueError:
+                    payload = text
+                yield event, payload
+            event, data = "message", []
+            continue
+        if line.startswith(":"):
+            yield "keepalive", None  # a comment: lets a waiting caller check its deadline
+            continue
+        field, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if field == "event":
+            event = value
+        elif field == "data":
+            data.append(value)

@@ -1,0 +1,80 @@
+"""``/v1/finetunes``: fine-tune a backbone (or a ranking's winner), follow it, download its weights."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import FileResponse
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+
+from service.deps import SettingsDep, StoreDep, require_api_key
+from service.errors import ArtifactNotFound, JobNotSucceeded
+from service.jobs.store import Job
+from service.schemas import ErrorBody, FinetuneRequest, JobCreated, JobView
+from service.validate import finetune_request
+
+from . import _jobs
+from .rankings import IdempotencyKey
+
+router = APIRouter(prefix="/v1/finetunes", tags=["finetunes"], dependencies=[Depends(require_api_key)])
+
+_ERRORS = {status: {"model": ErrorBody} for status in (401, 403, 404, 409, 413, 422, 429)}
+
+
+@router.post("", status_code=202, response_model=JobCreated, responses=_ERRORS)
+def create_finetune(
+    body: FinetuneRequest,
+    response: Response,
+    store: StoreDep,
+    settings: SettingsDep,
+    idempotency_key: IdempotencyKey = None,
+) -> JobCreated:
+    """Queue a fine-tuning of ``backbone``, or of the winner of the succeeded ranking ``ranking_id``."""
+    request = finetune_request(body, settings, store)
+    job, is_new = store.submit(
+        "finetune", request, idempotency_key=idempotency_key, max_queued=settings.max_queued_jobs
+    )
+    return _jobs.created(job, is_new, response)
+
+
+@router.get("", response_model=list[JobView], responses=_ERRORS)
+def list_finetunes(store: StoreDep, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[JobView]:
+    return [_jobs.job_view(job) for job in store.list_jobs("finetune", limit=limit)]
+
+
+@router.get("/{job_id}", response_model=JobView, responses=_ERRORS)
+def get_finetune(job_id: str, store: StoreDep) -> JobView:
+    return _jobs.job_view(_jobs.get_job(store, "finetune", job_id))
+
+
+@router.get("/{job_id}/events", response_class=EventSourceResponse, responses=_ERRORS)
+async def finetune_events(
+    job: Annotated[Job, Depends(_jobs.job_dependency("finetune"))], request: Request, store: StoreDep
+) -> AsyncIterator[ServerSentEvent]:
+    async for event in _jobs.job_events(store, job, request):
+        yield event
+
+
+@router.delete("/{job_id}", response_model=JobView, responses=_ERRORS)
+def cancel_finetune(job_id: str, store: StoreDep, response: Response) -> JobView:
+    return _jobs.cancel(store, "finetune", job_id, response)
+
+
+@router.get(
+    "/{job_id}/weights",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/octet-stream": {}}, "description": "model.safetensors"}, **_ERRORS},
+)
+def finetune_weights(job_id: str, store: StoreDep, settings: SettingsDep) -> FileResponse:
+    """The fine-tuned model as safetensors (its timm config is in the job's result); 409 until it succeeded."""
+    job = _jobs.get_job(store, "finetune", job_id)
+    if job.state != "succeeded":
+        raise JobNotSucceeded(f"fine-tune {job_id} is {job.state}; weights exist once it succeeded", state=job.state)
+    # Server-generated location (never a path from the result or the request).
+    path = Path(settings.finetunes_dir or settings.cache_dir / "finetunes") / job.id / "model.safetensors"
+    if not path.is_file():
+        raise ArtifactNotFound(f"the weights of fine-tune {job_id} are no longer on the server", job_id=job_id)
+    return FileResponse(path, media_type="application/octet-stream", filename=f"finetune-{job.id}.safetensors")

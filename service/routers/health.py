@@ -1,0 +1,54 @@
+"""Liveness, readiness and Prometheus metrics (open: no API key, for probes and scrapers)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.deps import SettingsDep, StoreDep
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", summary="Liveness: the process answers")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get(
+    "/readyz",
+    summary="Readiness: the job store takes writes and a worker sent a heartbeat recently",
+    responses={503: {"description": "Not ready: `{code: not_ready, detail, checks}`"}},
+)
+def readyz(store: StoreDep, settings: SettingsDep) -> Any:
+    checks: dict[str, Any] = {}
+    try:
+        store.check_writable()
+        checks["store"] = "ok"
+    except Exception as err:  # any failure to write means not ready; say which
+        checks["store"] = f"not writable: {type(err).__name__}: {err}"
+    workers = store.live_workers(worker_max_age(settings)) if checks["store"] == "ok" else []
+    checks["workers"] = len(workers)
+    problems = [] if checks["store"] == "ok" else ["the job store does not take writes"]
+    if not workers:
+        problems.append("no worker has sent a heartbeat recently; start one with `backbone-rank worker`")
+    if problems:
+        return JSONResponse(
+            {"code": "not_ready", "detail": "; ".join(problems), "checks": checks},
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
+    return {"status": "ready", "checks": checks}
+
+
+def worker_max_age(settings: Any) -> float:
+    """A worker is alive when its last heartbeat is younger than this (an idle worker beats every poll)."""
+    return max(float(settings.job_lease_seconds), 3 * float(settings.worker_poll_seconds))
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+def metrics(request: Request) -> Response:
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,70 @@
+"""``/v1/rankings``: submit a ranking job, read it, follow it (SSE), cancel it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+
+from service.deps import SettingsDep, StoreDep, require_api_key
+from service.jobs.store import Job
+from service.schemas import ErrorBody, JobCreated, JobView, RankingRequest
+from service.validate import ranking_request
+
+from . import _jobs
+
+router = APIRouter(prefix="/v1/rankings", tags=["rankings"], dependencies=[Depends(require_api_key)])
+
+_ERRORS = {status: {"model": ErrorBody} for status in (401, 403, 404, 409, 413, 422, 429)}
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=255,
+        description="Same key + same body: the same job (200); same key + another body: 422.",
+    ),
+]
+
+
+@router.post("", status_code=202, response_model=JobCreated, responses=_ERRORS)
+def create_ranking(
+    body: RankingRequest,
+    response: Response,
+    store: StoreDep,
+    settings: SettingsDep,
+    idempotency_key: IdempotencyKey = None,
+) -> JobCreated:
+    """Queue a ranking; follow it at ``Location`` (GET) or ``Location/events`` (SSE)."""
+    request = ranking_request(body, settings)
+    job, is_new = store.submit("ranking", request, idempotency_key=idempotency_key, max_queued=settings.max_queued_jobs)
+    return _jobs.created(job, is_new, response)
+
+
+@router.get("", response_model=list[JobView], responses=_ERRORS)
+def list_rankings(store: StoreDep, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[JobView]:
+    """The newest rankings first."""
+    return [_jobs.job_view(job) for job in store.list_jobs("ranking", limit=limit)]
+
+
+@router.get("/{job_id}", response_model=JobView, responses=_ERRORS)
+def get_ranking(job_id: str, store: StoreDep) -> JobView:
+    """State, progress and, once succeeded, the ranked table (schema: service.pipeline.rank)."""
+    return _jobs.job_view(_jobs.get_job(store, "ranking", job_id))
+
+
+@router.get("/{job_id}/events", response_class=EventSourceResponse, responses=_ERRORS)
+async def ranking_events(
+    job: Annotated[Job, Depends(_jobs.job_dependency("ranking"))], request: Request, store: StoreDep
+) -> AsyncIterator[ServerSentEvent]:
+    """Server-sent events: ``state``, ``progress`` (stage, backbone, done/total), then ``end``."""
+    async for event in _jobs.job_events(store, job, request):
+        yield event
+
+
+@router.delete("/{job_id}", response_model=JobView, responses=_ERRORS)
+def cancel_ranking(job_id: str, store: StoreDep, response: Response) -> JobView:
+    """Cancel: 200 when it was still queued (cancelled now), 202 when running (its worker stops at its next
+    progress event), 409 ``job_finished`` when it already ended."""
+    return _jobs.cancel(store, "ranking", job_id, response)

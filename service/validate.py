@@ -1,0 +1,142 @@
+"""Checks the web process makes before it queues a job: cheap, and without torch.
+
+What can be known from the request and the filesystem's top level is refused here with the
+pipeline's own error codes (``path_outside_roots``, ``dataset_not_found``, ``unknown_backbone``,
+``unknown_estimator``, ...). What needs the images or the weights (an empty dataset, one class,
+corrupt files, weights that cannot be found) is found by the worker, and the job fails with the same
+codes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from service.config import Settings
+from service.errors import (
+    DatasetNotFound,
+    InvalidRequest,
+    JobNotFound,
+    JobNotSucceeded,
+    UnknownBackbone,
+    WeightsUnavailable,
+)
+from service.jobs.store import JobStore
+from service.pipeline.backbone_ids import check_backbone_id, load_timm_registry, service_allows
+from service.pipeline.datasets import DatasetRef, check_dataset_path
+from service.schemas import DatasetSpec, FinetuneRequest, RankingRequest
+
+__all__ = ["check_dataset", "check_backbones", "check_estimator_names", "ranking_request", "finetune_request"]
+
+
+def check_dataset(spec: DatasetSpec | dict[str, Any], settings: Settings) -> dict[str, str]:
+    """The dataset reference as stored with the job (``DatasetRef.to_dict()``)."""
+    data = spec.model_dump(exclude_none=True) if isinstance(spec, DatasetSpec) else dict(spec)
+    ref = DatasetRef.from_dict(data)
+    if ref.kind == "builtin":
+        from service.builtin.datasets import BUILTIN_DATASETS
+
+        if ref.name not in BUILTIN_DATASETS:
+            raise DatasetNotFound(
+                f"unknown built-in dataset {ref.name!r}; known: {', '.join(BUILTIN_DATASETS)} "
+                "(GET /v1/datasets/builtin)",
+                name=ref.name,
+            )
+    else:
+        # The service never falls back to "the dataset's own folder": no data roots, no paths.
+        check_dataset_path(ref, list(settings.data_roots))
+    return ref.to_dict()
+
+
+def check_backbones(ids: list[str], settings: Settings) -> list[str]:
+    """Syntax, the service allowlist and (once a worker published timm's registry) the timm name."""
+    registry = load_timm_registry(settings.cache_dir / "catalog")
+    checked: list[str] = []
+    for raw in ids:
+        backbone = check_backbone_id(raw, registry=registry)
+        if not service_allows(backbone, patterns=settings.allowed_backbones, weights_dirs=settings.weights_dirs):
+            raise UnknownBackbone(
+                f"backbone {backbone!r} is not allowed by this service (local-dir:/@file ids must lie under the "
+                "server's weights dirs; other ids must match its allowlist); pick one from GET /v1/backbones",
+                backbone=backbone,
+            )
+        if backbone.startswith("zoo:"):
+            _check_zoo(backbone, settings)
+        if backbone in checked:
+            raise InvalidRequest(f"backbone {backbone!r} is listed twice; list each candidate once")
+        checked.append(backbone)
+    return checked
+
+
+def _check_zoo(backbone: str, settings: Settings) -> None:
+    from service.builtin.zoo import list_zoo  # reads model cards; no torch
+    from service.catalog import zoo_dir
+
+    rows = {row["id"]: row for row in list_zoo(zoo_dir(settings))}
+    row = rows.get(backbone)
+    if row is None:
+        raise UnknownBackbone(
+            f"no zoo model {backbone!r}; the zoo has {', '.join(rows) or 'no models'} (GET /v1/backbones)",
+            backbone=backbone,
+        )
+    if not row["built"]:
+        raise WeightsUnavailable(
+            f"zoo model {backbone!r} is not built on this server; build it with `backbone-rank zoo build`",
+            backbone=backbone,
+        )
+
+
+def check_estimator_names(names: list[str] | None) -> list[str] | None:
+    if not names:
+        return None
+    from estimators import list_estimators  # numpy/scipy/sklearn: no torch
+    from service.errors import UnknownEstimator
+
+    known = [info.name for info in list_estimators()]
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise UnknownEstimator(
+            f"unknown estimator(s) {unknown}; known estimators: {', '.join(sorted(known))} (GET /v1/estimators)",
+            estimators=unknown,
+        )
+    return list(dict.fromkeys(names))
+
+
+def ranking_request(body: RankingRequest, settings: Settings) -> dict[str, Any]:
+    """The validated request as stored with the job."""
+    return {
+        "dataset": check_dataset(body.dataset, settings),
+        "backbones": check_backbones(body.backbones, settings),
+        "estimators": check_estimator_names(body.estimators),
+        "max_per_class": body.max_per_class,
+        "seed": body.seed,
+    }
+
+
+def finetune_request(body: FinetuneRequest, settings: Settings, store: JobStore) -> dict[str, Any]:
+    """The validated request as stored with the job; ``ranking_id`` is resolved to its winner (and, without
+    a ``dataset``, to the ranking's dataset, split dropped: fine-tuning picks train/val/test itself)."""
+    request = body.model_dump(mode="json", exclude={"dataset", "backbone", "ranking_id"})
+    if body.ranking_id is not None:
+        ranking = store.get(body.ranking_id)
+        if ranking is None or ranking.kind != "ranking":
+            raise JobNotFound(f"no ranking with id {body.ranking_id!r}", job_id=body.ranking_id)
+        if ranking.state != "succeeded" or not ranking.result:
+            raise JobNotSucceeded(
+                f"ranking {body.ranking_id} is {ranking.state}; only a succeeded ranking has a winner to fine-tune",
+                state=ranking.state,
+            )
+        winner = ranking.result["backbones"][0]["id"]
+        backbone = check_backbones([winner], settings)[0]
+        if body.dataset is not None:
+            dataset = check_dataset(body.dataset, settings)
+        else:
+            dataset = {k: v for k, v in ranking.result["dataset"]["ref"].items() if k != "split"}
+            dataset = check_dataset(dataset, settings)
+        request["ranking_id"] = body.ranking_id
+    else:
+        assert body.backbone is not None and body.dataset is not None  # the schema's validator
+        backbone = check_backbones([body.backbone], settings)[0]
+        dataset = check_dataset(body.dataset, settings)
+    request["backbone"] = backbone
+    request["dataset"] = dataset
+    return request

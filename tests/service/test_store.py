@@ -1,0 +1,210 @@
+"""The SQLite job store: atomic claims, leases, bounded retries, idempotency, durability."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from service.errors import IdempotencyKeyReused, JobFinished, JobNotFound, QueueFull
+from service.jobs.store import JobStore, StoreCorrupt
+
+REQUEST = {"dataset": {"kind": "builtin", "name": "digits"}, "backbones": ["random:resnet10t"]}
+
+
+def open_store(path: Path, **kwargs: float) -> JobStore:
+    return JobStore(path, **kwargs).initialize()  # type: ignore[arg-type]
+
+
+def test_submit_get_roundtrip_and_strict_json(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "jobs.db")
+    job, created = store.submit("ranking", REQUEST)
+    assert created and job.state == "queued" and job.attempts == 0 and len(job.id) == 32
+    assert store.get(job.id) == job
+    assert store.get("nope") is None
+    worker = "w1"
+    assert store.claim(worker).id == job.id
+    # NaN/inf are not JSON: they are stored as null so every client can parse the result.
+    assert store.finish(job.id, worker, "succeeded", result={"score": float("nan"), "x": [1.5, float("inf")]})
+    assert store.get(job.id).result == {"score": None, "x": [1.5, None]}
+
+
+def test_idempotency_key_same_body_same_job_other_body_refused(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "jobs.db")
+    first, created = store.submit("ranking", REQUEST, idempotency_key="k1")
+    again, created_again = store.submit("ranking", dict(REQUEST), idempotency_key="k1")
+    assert created and not created_again and again.id == first.id
+    with pytest.raises(IdempotencyKeyReused):
+        store.submit("ranking", {**REQUEST, "seed": 1}, idempotency_key="k1")
+    with pytest.raises(IdempotencyKeyReused):  # same body under another kind is another request
+        store.submit("finetune", REQUEST, idempotency_key="k1")
+    assert len(store.list_jobs()) == 1
+    # The database enforces it, not only the code path above.
+    conn = sqlite3.connect(tmp_path / "jobs.db")
+    with pytest.raises(sqlite3.IntegrityError):
+        conn.execute(
+            "INSERT INTO jobs (id, kind, state, request, request_hash, idempotency_key, created_at, max_attempts) "
+            "VALUES ('x', 'ranking', 'queued', '{}', 'h', 'k1', 0, 3)"
+        )
+
+
+def test_concurrent_submissions_with_one_key_make_one_job(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    open_store(path)
+    ids: list[str] = []
+    errors: list[BaseException] = []
+
+    def submit() -> None:
+        store = JobStore(path)  # one store (connection) per thread, as separate processes would have
+        try:
+            ids.append(store.submit("ranking", REQUEST, idempotency_key="same")[0].id)
+        except BaseException as err:  # noqa: BLE001 - collected and asserted below
+            errors.append(err)
+        finally:
+            store.close()
+
+    threads = [threading.Thread(target=submit) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(ids) == 12 and len(set(ids)) == 1
+    assert len(open_store(path).list_jobs()) == 1
+
+
+def test_claims_are_atomic_across_connections(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    store = open_store(path)
+    submitted = {store.submit("ranking", {**REQUEST, "seed": i})[0].id for i in range(30)}
+    claimed: dict[str, list[str]] = {"a": [], "b": []}
+
+    def claimer(name: str) -> None:
+        own = JobStore(path)
+        while (job := own.claim(name)) is not None:
+            claimed[name].append(job.id)
+        own.close()
+
+    threads = [threading.Thread(target=claimer, args=(n,)) for n in claimed]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    everything = claimed["a"] + claimed["b"]
+    assert sorted(everything) == sorted(submitted)  # each job exactly once
+    assert all(store.get(i).state == "running" and store.get(i).attempts == 1 for i in submitted)
+
+
+def test_expired_lease_is_reclaimed_and_the_old_worker_is_fenced_off(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "jobs.db", lease_seconds=0.2)
+    job, _ = store.submit("ranking", REQUEST)
+    assert store.claim("w1").id == job.id
+    assert store.heartbeat(job.id, "w1") == "ok"
+    assert store.claim("w2") is None  # lease still held
+    time.sleep(0.3)
+    again = store.claim("w2")
+    assert again is not None and again.id == job.id and again.attempts == 2 and again.worker_id == "w2"
+    # The first worker lost the job: every write of its is refused.
+    assert store.heartbeat(job.id, "w1") == "lost"
+    assert store.set_progress(job.id, "w1", {"stage": "extract"}) == "lost"
+    assert not store.finish(job.id, "w1", "succeeded", result={"from": "w1"})
+    assert store.finish(job.id, "w2", "succeeded", result={"from": "w2"})
+    final = store.get(job.id)
+    assert final.state == "succeeded" and final.result == {"from": "w2"}
+
+
+def test_heartbeats_keep_the_lease(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "jobs.db", lease_seconds=0.3)
+    job, _ = store.submit("ranking", REQUEST)
+    store.claim("w1")
+    for _ in range(4):
+        time.sleep(0.15)
+        assert store.heartbeat(job.id, "w1") == "ok"
+    assert store.expire_leases() == 0 and store.get(job.id).state == "running"
+
+
+def test_after_max_attempts_an_expired_job_fails_with_worker_lost(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "jobs.db", lease_seconds=0.1, max_attempts=2)
+    job, _ = store.submit("ranking", REQUEST)
+    for attempt in (1, 2):
+        claimed = store.claim(f"w{attempt}")
+        assert claimed is not None and claimed.attempts == attempt
+        time.sleep(0.15)
+    assert store.expire_leases() == 1
+    final = store.get(job.id)
+    assert final.state == "failed" and final.error["code"] == "worker_lost"
+    assert final.finished_at is not None and final.worker_id is None
+    assert store.claim("w3") is None  # never running again
+
+
+def test_cancel_queued_running_finished_unknown(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "jobs.db")
+    queued, _ = store.submit("ranking", {**REQUEST, "seed": 1})
+    assert store.request_cancel(queued.id).state == "cancelled"
+    running, _ = store.submit("ranking", {**REQUEST, "seed": 2})
+    assert store.claim("w1").id == running.id
+    assert store.request_cancel(running.id).state == "running"
+    assert store.heartbeat(running.id, "w1") == "cancel"
+    assert store.finish(running.id, "w1", "cancelled")
+    with pytest.raises(JobFinished):
+        store.request_cancel(running.id)
+    with pytest.raises(JobNotFound):
+        store.request_cancel("0" * 32)
+
+
+def test_release_requeues_without_counting_the_attempt(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "jobs.db")
+    job, _ = store.submit("ranking", REQUEST)
+    store.claim("w1")
+    assert store.release(job.id, "w1")
+    released = store.get(job.id)
+    assert released.state == "queued" and released.attempts == 0 and released.worker_id is None
+    assert not store.release(job.id, "w1")
+
+
+def test_queue_limit(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "jobs.db")
+    for seed in range(3):
+        store.submit("ranking", {**REQUEST, "seed": seed}, max_queued=3)
+    with pytest.raises(QueueFull):
+        store.submit("ranking", {**REQUEST, "seed": 99}, max_queued=3)
+    store.claim("w1")  # running jobs do not count
+    store.submit("ranking", {**REQUEST, "seed": 99}, max_queued=3)
+    # An idempotent replay is never refused for a full queue: the job already exists.
+    store.submit("ranking", {**REQUEST, "seed": 7}, idempotency_key="k")
+    assert store.submit("ranking", {**REQUEST, "seed": 7}, idempotency_key="k", max_queued=1)[1] is False
+
+
+def test_counts_counters_and_workers(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "jobs.db")
+    a, _ = store.submit("ranking", {**REQUEST, "seed": 1})
+    store.submit("finetune", {**REQUEST, "seed": 2})
+    store.claim("w1")
+    store.finish(a.id, "w1", "succeeded", result={}, counters={"feature_cache_hits": 2, "extraction_seconds": 1.5})
+    counts = store.counts()
+    assert counts[("ranking", "succeeded")] == 1 and counts[("finetune", "queued")] == 1
+    assert counts[("ranking", "running")] == 0
+    assert store.counters() == {"feature_cache_hits": 2.0, "extraction_seconds": 1.5}
+    store.register_worker("w1", pid=123, host="h")
+    assert [w["id"] for w in store.live_workers(60)] == ["w1"]
+    assert store.live_workers(-1) == []
+    store.unregister_worker("w1")
+    assert store.live_workers(60) == []
+
+
+def test_jobs_survive_reopening_and_corruption_fails_closed(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    store = open_store(path)
+    job, _ = store.submit("ranking", REQUEST, idempotency_key="k")
+    store.close()
+    reopened = open_store(path)
+    assert reopened.get(job.id).request == REQUEST
+    assert reopened.submit("ranking", REQUEST, idempotency_key="k")[0].id == job.id
+    reopened.close()
+    bad = tmp_path / "bad.db"
+    bad.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreCorrupt):
+        open_store(bad)

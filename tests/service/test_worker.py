@@ -1,0 +1,202 @@
+"""The worker in process: outcomes, cancel, shutdown, heartbeats (stand-in executors), then real jobs
+submitted through the API and run by the real executor (torch), for the bad inputs only a worker can see."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.config import Settings
+from service.errors import EmptyDataset
+from service.jobs.executor import JobContext
+from service.jobs.store import JobStore
+from service.jobs.worker import Worker
+from service.main import create_app
+
+from .conftest import write_image_folder
+
+REQUEST = {"dataset": {"kind": "builtin", "name": "digits"}, "backbones": ["random:resnet10t"]}
+
+
+def make_worker(settings: Settings, run: Any, counters: Any = None) -> tuple[Worker, JobStore]:
+    store = JobStore(settings.database_path, lease_seconds=settings.job_lease_seconds).initialize()  # type: ignore[arg-type]
+    worker = Worker(settings, worker_id="w-test", executors={"ranking": (run, counters), "finetune": (run, None)})
+    return worker, store
+
+
+def test_success_writes_result_progress_and_counters(settings: Settings) -> None:
+    def run(request: Mapping[str, Any], ctx: JobContext) -> dict[str, Any]:
+        ctx.progress({"stage": "extract", "backbone": "b", "done": 1, "total": 2}, force=True)
+        return {"backbones": [{"id": "b", "from_cache": True}], "echo": request["backbones"]}
+
+    worker, store = make_worker(settings, run, lambda result: {"feature_cache_hits": 1})
+    job, _ = store.submit("ranking", REQUEST)
+    assert worker.run(max_jobs=1, publish_registry=False) == 1
+    done = store.get(job.id)
+    assert done.state == "succeeded" and done.result["echo"] == ["random:resnet10t"]
+    assert done.progress == {"stage": "extract", "backbone": "b", "done": 1, "total": 2}
+    assert done.attempts == 1 and done.finished_at is not None
+    assert store.counters() == {"feature_cache_hits": 1.0}
+    assert store.live_workers(60) == []  # unregistered on exit
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (EmptyDataset("dataset 'x' has no usable images", path="x"), "empty_dataset"),
+        (ValueError("no backbone given"), "invalid_request"),
+        (RuntimeError("boom at /secret/path"), "internal_error"),
+    ],
+)
+def test_errors_become_failed_jobs_with_codes(settings: Settings, error: Exception, code: str) -> None:
+    def run(request: Mapping[str, Any], ctx: JobContext) -> dict[str, Any]:
+        raise error
+
+    worker, store = make_worker(settings, run)
+    job, _ = store.submit("ranking", REQUEST)
+    worker.run(max_jobs=1, publish_registry=False)
+    failed = store.get(job.id)
+    assert failed.state == "failed" and failed.error["code"] == code and failed.result is None
+    if code == "internal_error":
+        assert "/secret/path" not in failed.error["detail"]  # the traceback goes to the log, not the API
+
+
+def _run_in_thread(worker: Worker) -> threading.Thread:
+    thread = threading.Thread(target=worker.run, kwargs={"max_jobs": 1, "publish_registry": False})
+    thread.start()
+    return thread
+
+
+def _looping_run(started: threading.Event) -> Any:
+    def run(request: Mapping[str, Any], ctx: JobContext) -> dict[str, Any]:
+        for step in range(2000):
+            ctx.progress({"stage": "extract", "done": step, "total": 2000}, force=True)
+            started.set()
+            time.sleep(0.01)
+        return {"finished": True}
+
+    return run
+
+
+def test_cancel_of_a_running_job_stops_it(settings: Settings) -> None:
+    started = threading.Event()
+    worker, store = make_worker(settings, _looping_run(started))
+    job, _ = store.submit("ranking", REQUEST)
+    thread = _run_in_thread(worker)
+    assert started.wait(10)
+    store.request_cancel(job.id)
+    thread.join(20)
+    assert not thread.is_alive()
+    cancelled = store.get(job.id)
+    assert cancelled.state == "cancelled" and cancelled.result is None
+    assert cancelled.progress["done"] < 1999
+
+
+def test_shutdown_releases_the_running_job(settings: Settings) -> None:
+    started = threading.Event()
+    worker, store = make_worker(settings, _looping_run(started))
+    job, _ = store.submit("ranking", REQUEST)
+    thread = _run_in_thread(worker)
+    assert started.wait(10)
+    worker.shutting_down.set()
+    thread.join(20)
+    released = store.get(job.id)
+    assert released.state == "queued" and released.attempts == 0 and released.worker_id is None
+
+
+def test_heartbeats_keep_a_long_silent_job_alive(tmp_path: Path, data_root: Path) -> None:
+    settings = Settings(cache_dir=tmp_path / "cache", data_roots=[data_root], job_lease_seconds=0.6)
+
+    def run(request: Mapping[str, Any], ctx: JobContext) -> dict[str, Any]:
+        time.sleep(2.0)  # no progress for more than three leases: only the heartbeat thread keeps it
+        return {"ok": True}
+
+    worker, store = make_worker(settings, run)
+    job, _ = store.submit("ranking", REQUEST)
+    thread = _run_in_thread(worker)
+    time.sleep(1.2)
+    other = JobStore(settings.database_path, lease_seconds=0.6).initialize()  # type: ignore[arg-type]
+    assert other.claim("thief") is None and other.expire_leases() == 0
+    thread.join(10)
+    assert store.get(job.id).state == "succeeded" and store.get(job.id).attempts == 1
+
+
+# ------------------------------------------------------------------------------- real executor (torch)
+
+
+@pytest.fixture
+def api(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def run_jobs(settings: Settings, n: int = 1) -> None:
+    assert Worker(settings, worker_id="w-real").run(max_jobs=n, publish_registry=False) == n
+
+
+def submit(api: TestClient, path: Path, backbones: list[str], **extra: Any) -> str:
+    body = {"dataset": {"kind": "folder", "path": str(path)}, "backbones": backbones, **extra}
+    response = api.post("/v1/rankings", json=body)
+    assert response.status_code == 202, response.json()
+    return response.json()["id"]
+
+
+def test_real_ranking_through_the_api(api: TestClient, settings: Settings, data_root: Path) -> None:
+    dataset = write_image_folder(data_root / "shapes", {"a": 6, "b": 6, "c": 6}, size=16)
+    job_id = submit(api, dataset, ["random:test_resnet", "random:test_vit"], estimators=["logme", "leep", "nce"])
+    run_jobs(settings)
+    job = api.get(f"/v1/rankings/{job_id}").json()
+    assert job["state"] == "succeeded", job["error"]
+    result = job["result"]
+    assert sorted(b["id"] for b in result["backbones"]) == ["random:test_resnet", "random:test_vit"]
+    assert [b["rank"] for b in result["backbones"]] == [1, 2]
+    assert set(result["backbones"][0]["scores"]) == {"logme", "leep", "nce"}
+    assert result["class_map"] == {"a": 0, "b": 1, "c": 2} and result["dataset"]["n_images"] == 18
+    assert job["progress"]["stage"] == "done" and job["progress"]["backbones_done"] == 2
+    assert job["links"]["report"] == f"/reports/rankings/{job_id}"
+    page = api.get(job["links"]["report"])
+    assert page.status_code == 200 and "random:test_vit" in page.text and "<table" in page.text
+    # Ranked again: both backbones come from the feature cache, and /metrics says so.
+    submit(api, dataset, ["random:test_resnet", "random:test_vit"], estimators=["logme"])
+    run_jobs(settings)
+    metrics = api.get("/metrics").text
+    assert "backbone_rank_feature_cache_hits_total 2.0" in metrics
+    assert "backbone_rank_feature_cache_misses_total 2.0" in metrics
+
+
+def test_bad_inputs_only_a_worker_can_see_fail_the_job_with_their_code(
+    api: TestClient, settings: Settings, data_root: Path
+) -> None:
+    empty = data_root / "empty"
+    (empty / "a").mkdir(parents=True)
+    (empty / "b").mkdir()
+    (empty / "a" / "notes.txt").write_text("not an image")
+    one_class = write_image_folder(data_root / "one", {"only": 4}, size=16)
+    corrupt = write_image_folder(data_root / "corrupt", {"a": 4, "b": 4}, size=16)
+    (corrupt / "a" / "001.png").write_bytes((corrupt / "a" / "001.png").read_bytes()[:60])  # truncated
+    (corrupt / "b" / "002.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)  # broken header
+    cases = {
+        "empty_dataset": submit(api, empty, ["random:test_resnet"]),
+        "too_few_classes": submit(api, one_class, ["random:test_resnet"]),
+        "weights_unavailable": submit(api, corrupt, ["resnet10t.c3_in1k"]),  # pretrained, nowhere offline
+        "unknown_backbone": submit(api, corrupt, ["resnet999"]),  # no registry snapshot: the worker finds it
+        "corrupt_ok": submit(api, corrupt, ["random:test_resnet"], estimators=["logme"]),
+    }
+    run_jobs(settings, len(cases))
+    for code, job_id in cases.items():
+        job = api.get(f"/v1/rankings/{job_id}").json()
+        if code == "corrupt_ok":
+            # Corrupt images are skipped and counted; the job still succeeds.
+            assert job["state"] == "succeeded", job["error"]
+            skipped = job["result"]["dataset"]["skipped"]
+            assert sum(skipped.values()) + job["result"]["failed_images"] == 2
+            assert job["result"]["backbones"][0]["n_images"] == 8 - 2
+        else:
+            assert job["state"] == "failed" and job["error"]["code"] == code, job["error"]
+            assert job["error"]["detail"]
