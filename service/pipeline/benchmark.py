@@ -1,0 +1,669 @@
+"""Benchmark: does the ranking predict what fine-tuning actually gives?
+
+For every (target, backbone) pair of a suite (:mod:`service.pipeline.benchmark_suites`) this scores
+the backbone with every estimator on the target's train split (features extracted without the
+feature cache, so the ranking cost is measured honestly), obtains the ground-truth accuracy — by
+fine-tuning (:func:`service.pipeline.finetune.finetune`: lr chosen on the val split, mean and spread
+over seeds, reported on the test split) or from a published table — and then, per target and per
+method, measures how well the scores predict the accuracies (:mod:`.benchmark_metrics`: weighted
+Kendall τ as the literature uses, Kendall τ, Pearson r, top-1 regret, bootstrap intervals).
+
+Next to the estimators stand the baselines a skeptic asks for: the backbone's accuracy on its own
+source task, its feature dimension (wide features favour several scores) and a random ranking.
+
+The result follows the benchmark schema (``schema_version`` 1, ``"kind": "benchmark"``) documented
+in ``benchmarks/README.md`` and rendered by :mod:`service.reports`; it is written as
+``benchmark-<suite>-<fingerprint>.json`` plus a ``.csv`` with one row per (target, backbone). Work is
+checkpointed after every fine-tuned pair in a ``.partial.jsonl`` file, so an interrupted hour-long run
+resumes where it stopped (same suite definition and environment only).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from estimators import get_estimator
+from service.errors import BackboneRankError, WeightsUnavailable
+
+from .backbones import LoadedBackbone, load_backbone
+from .benchmark_metrics import aggregate_over_targets, as_higher_is_better, random_baseline_metrics, target_metrics
+from .benchmark_suites import Suite, SuiteBackbone, SuiteTarget
+from .datasets import load_dataset
+from .extract import extract_features, select_device
+from .rank import default_estimators, rank_feature_sets
+
+__all__ = [
+    "BASELINES",
+    "BenchmarkProgress",
+    "SCHEMA_VERSION",
+    "environment_info",
+    "run_benchmark",
+    "summarize",
+    "write_results",
+]
+
+_logger = logging.getLogger(__name__)
+SCHEMA_VERSION = 1
+
+#: Baselines reported beside the estimators (all higher-is-better).
+BASELINES: tuple[dict[str, Any], ...] = (
+    {
+        "name": "source_accuracy",
+        "higher_is_better": True,
+        "description": "accuracy of the backbone on its own source task (zoo card / published ImageNet top-1)",
+    },
+    {"name": "feature_dim", "higher_is_better": True, "description": "dimension of the pooled features"},
+    {
+        "name": "random",
+        "higher_is_better": True,
+        "description": "a random ranking: the expectation over 1,000 permutations, with the 95 % range it reaches",
+    },
+)
+
+
+@dataclass(frozen=True)
+class BenchmarkProgress:
+    """Where a benchmark run is. ``detail`` carries the fine-tune progress event during fine-tuning."""
+
+    stage: str  # "rank" | "finetune" | "linear_probe" | "skip" | "done"
+    target: str
+    backbone: str | None
+    done: int  # (target, backbone) pairs finished
+    total: int
+    detail: Any = None
+
+
+BenchmarkCallback = Callable[[BenchmarkProgress], None]
+
+
+# ------------------------------------------------------------------------------------------ environment
+
+
+def environment_info(device: str = "cpu") -> dict[str, Any]:
+    """Versions, device and machine; ``fingerprint`` names result files so runs of different setups never mix."""
+    import scipy
+    import timm
+    import torch
+
+    threads = torch.get_num_threads()
+    info: dict[str, Any] = {
+        "device": device,
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "threads": threads,
+        "git_commit": _git_commit(),
+    }
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    digest = hashlib.sha256(
+        json.dumps(
+            {k: info[k] for k in ("device", "torch", "timm", "numpy", "python", "machine", "cpu_count")}, sort_keys=True
+        ).encode()
+    ).hexdigest()[:8]
+    kind = "gpu" if device.startswith("cuda") else "cpu"
+    info["fingerprint"] = f"{kind}-torch{torch.__version__.split('+')[0]}-timm{timm.__version__}-{digest}"
+    return info
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+# -------------------------------------------------------------------------------------------- checkpoint
+
+
+class _Checkpoint:
+    """Append-only JSON lines of finished work; keyed by (stage, target, backbone)."""
+
+    def __init__(self, path: Path | None, resume: bool) -> None:
+        self.path = path
+        self.done: dict[tuple[str, str, str], Any] = {}
+        if path is None:
+            return
+        if resume and path.is_file():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    record = json.loads(line)
+                    self.done[(record["stage"], record["target"], record["backbone"])] = record["data"]
+                except (ValueError, KeyError, TypeError):
+                    continue  # a line cut short by a crash: redo that piece
+            _logger.info("resuming from %s: %d finished pieces", path, len(self.done))
+        elif path.exists():
+            path.unlink()
+
+    def get(self, stage: str, target: str, backbone: str) -> Any:
+        return self.done.get((stage, target, backbone))
+
+    def put(self, stage: str, target: str, backbone: str, data: Any) -> None:
+        self.done[(stage, target, backbone)] = data
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"stage": stage, "target": target, "backbone": backbone, "data": data}) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+# ---------------------------------------------------------------------------------------------- running
+
+
+def run_benchmark(
+    suite: Suite,
+    *,
+    out_dir: Path | None = Path("benchmarks/results"),
+    resume: bool = True,
+    targets: Sequence[str] | None = None,
+    device: str = "auto",
+    batch_size: int = 64,
+    roots: Sequence[str | Path] | None = None,
+    builtin_dir: Path | None = None,
+    weights_dirs: Sequence[Path] = (),
+    hf_cache_dir: Path | None = None,
+    n_bootstrap: int = 500,
+    build_zoo: bool = True,
+    progress: BenchmarkCallback | None = None,
+) -> dict[str, Any]:
+    """Run ``suite`` and return the benchmark result (written to ``out_dir`` unless it is None).
+
+    Parameters
+    ----------
+    suite : Suite
+    out_dir : Path or None
+        Where the JSON/CSV results and the resume checkpoint go.
+    resume : bool
+        Reuse finished pieces of an interrupted run of the same suite definition and environment.
+    targets : sequence of str, optional
+        Run only these targets of the suite.
+    build_zoo : bool
+        Build the zoo models the suite uses and that are missing (``backbone-rank zoo build``).
+
+    Raises
+    ------
+    ValueError
+        Unknown target names, or fewer than 2 usable backbones / no usable target.
+    BackboneRankError
+        A dataset or backbone problem of a fine-tuned suite (published suites skip what is missing).
+    """
+    started = time.perf_counter()
+    chosen = _select_targets(suite, targets)
+    from service.builtin.datasets import register_builtin_datasets
+    from service.builtin.packaged_weights import register_packaged_weights
+    from service.builtin.zoo import register_zoo
+
+    register_builtin_datasets()
+    register_packaged_weights()
+    register_zoo()
+    if build_zoo:
+        _build_missing_zoo(suite)
+    env = environment_info(str(select_device(device)))
+    checkpoint = _Checkpoint(
+        out_dir / f".benchmark-{suite.name}-{suite.fingerprint()}-{env['fingerprint']}.partial.jsonl"
+        if out_dir is not None
+        else None,
+        resume,
+    )
+    loaded, skipped = _load_backbones(suite, weights_dirs, hf_cache_dir)
+    estimator_names = list(suite.estimators) if suite.estimators else None
+    total = len(chosen) * len(loaded)
+    done = 0
+    target_results: list[dict[str, Any]] = []
+    skipped_targets: list[dict[str, str]] = []
+    for target in chosen:
+        try:
+            dataset = load_dataset(
+                target.dataset, roots=roots, max_per_class=suite.rank_max_per_class, builtin_dir=builtin_dir
+            )
+        except BackboneRankError as e:
+            if suite.ground_truth != "published":
+                raise
+            skipped_targets.append({"target": target.name, "reason": f"[{e.code}] {e.detail}"})
+            _emit(progress, BenchmarkProgress("skip", target.name, None, done, total, e.detail))
+            continue
+        _emit(progress, BenchmarkProgress("rank", target.name, None, done, total))
+        ranking = _rank_target(dataset, loaded, suite, estimator_names, device, batch_size, checkpoint, target)
+        rows = []
+        for suite_backbone, backbone in loaded:
+            row = _pair(
+                suite,
+                target,
+                suite_backbone,
+                backbone,
+                ranking,
+                checkpoint,
+                done,
+                total,
+                progress,
+                roots=roots,
+                builtin_dir=builtin_dir,
+                weights_dirs=weights_dirs,
+                hf_cache_dir=hf_cache_dir,
+                device=device,
+            )
+            rows.append(row)
+            done += 1
+            _emit(progress, BenchmarkProgress("done", target.name, suite_backbone.id, done, total))
+        target_results.append(
+            {
+                "name": target.name,
+                "dataset": target.dataset,
+                "relation": target.relation,
+                "n_classes": len(dataset.classes),
+                "n_rank_images": ranking["n_images"],
+                "n_test_images": _first(r.get("_n_test") for r in rows),
+                "backbones": rows,
+            }
+        )
+    if not target_results:
+        raise ValueError(
+            f"no target of suite {suite.name!r} could be loaded: "
+            + "; ".join(f"{s['target']}: {s['reason']}" for s in skipped_targets)
+        )
+    estimators_meta = [
+        {"name": n, "higher_is_better": get_estimator(n).higher_is_better, "reference": get_estimator(n).reference}
+        for n in (estimator_names or _estimators_of(target_results))
+    ]
+    for result in target_results:
+        for row in result["backbones"]:
+            row.pop("_n_test", None)
+    result = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "benchmark",
+        "suite": {
+            "name": suite.name,
+            "description": suite.description,
+            "ground_truth": suite.ground_truth,
+            "fingerprint": suite.fingerprint(),
+            "definition": suite.to_dict(),
+        },
+        "created": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "environment": env,
+        "estimators": estimators_meta,
+        "baselines": [dict(b) for b in BASELINES],
+        "targets": target_results,
+        "skipped": {"backbones": skipped, "targets": skipped_targets},
+    }
+    summarize(result, n_bootstrap=n_bootstrap)
+    result["seconds"] = {"total": time.perf_counter() - started}
+    if out_dir is not None:
+        paths = write_results(result, out_dir)
+        result["files"] = {k: str(v) for k, v in paths.items()}
+        if checkpoint.path is not None and checkpoint.path.exists():
+            checkpoint.path.unlink()  # the run is complete; its results are in the JSON
+    return result
+
+
+def _emit(progress: BenchmarkCallback | None, event: BenchmarkProgress) -> None:
+    if progress is not None:
+        progress(event)
+
+
+def _first(values: Any) -> Any:
+    return next((v for v in values if v is not None), None)
+
+
+def _select_targets(suite: Suite, names: Sequence[str] | None) -> list[SuiteTarget]:
+    if not names:
+        return list(suite.targets)
+    known = {t.name: t for t in suite.targets}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"suite {suite.name!r} has no target(s) {unknown}; its targets: {', '.join(known)}")
+    return [known[n] for n in dict.fromkeys(names)]
+
+
+def _build_missing_zoo(suite: Suite) -> None:
+    from service.builtin.zoo import ZOO_ENTRIES, build_zoo, list_zoo
+
+    wanted = [b.id.removeprefix("zoo:") for b in suite.backbones if b.id.startswith("zoo:")]
+    built = {entry["name"] for entry in list_zoo() if entry.get("current")}
+    missing = [name for name in wanted if name in ZOO_ENTRIES and name not in built]
+    if missing:
+        _logger.info("building missing zoo models: %s", ", ".join(missing))
+        build_zoo(names=missing)
+
+
+def _load_backbones(
+    suite: Suite, weights_dirs: Sequence[Path], hf_cache_dir: Path | None
+) -> tuple[list[tuple[SuiteBackbone, LoadedBackbone]], list[dict[str, str]]]:
+    """Load every backbone; published suites skip (and report) the unavailable ones."""
+    loaded: list[tuple[SuiteBackbone, LoadedBackbone]] = []
+    skipped: list[dict[str, str]] = []
+    for suite_backbone in suite.backbones:
+        if suite_backbone.id.startswith("unavailable:"):
+            skipped.append(
+                {
+                    "backbone": suite_backbone.published_name or suite_backbone.id,
+                    "reason": "timm has no such weights; map it with --backbone NAME=ARCH@/path/weights.safetensors",
+                }
+            )
+            continue
+        try:
+            backbone = load_backbone(suite_backbone.id, weights_dirs=weights_dirs, hf_cache_dir=hf_cache_dir)
+        except (WeightsUnavailable, BackboneRankError) as e:
+            if suite.ground_truth != "published":
+                raise
+            skipped.append({"backbone": suite_backbone.id, "reason": f"[{e.code}] {e.detail}"})
+            continue
+        if suite_backbone.input_size is not None:
+            size = int(suite_backbone.input_size)
+            backbone = replace(backbone, data_config={**backbone.data_config, "input_size": (3, size, size)})
+        loaded.append((suite_backbone, backbone))
+    if len(loaded) < 2:
+        raise ValueError(
+            f"suite {suite.name!r}: fewer than 2 usable backbones; skipped: "
+            + "; ".join(f"{s['backbone']}: {s['reason']}" for s in skipped)
+        )
+    return loaded, skipped
+
+
+def _rank_target(
+    dataset: Any,
+    loaded: Sequence[tuple[SuiteBackbone, LoadedBackbone]],
+    suite: Suite,
+    estimator_names: list[str] | None,
+    device: str,
+    batch_size: int,
+    checkpoint: _Checkpoint,
+    target: SuiteTarget,
+) -> dict[str, Any]:
+    """Scores and ranking seconds per backbone id (checkpointed as one piece per target)."""
+    cached = checkpoint.get("rank", target.name, "*")
+    if cached is not None:
+        return cached
+    backbones = [b for _, b in loaded]
+    feature_sets = extract_features(dataset, backbones, device=device, batch_size=batch_size, cache=None)
+    ranked = rank_feature_sets(
+        dataset, feature_sets, estimators=estimator_names or default_estimators(len(dataset), len(dataset.classes))
+    )
+    by_id = {}
+    for row in ranked["backbones"]:
+        seconds = row["seconds"]
+        by_id[row["id"]] = {
+            "scores": row["scores"],
+            "feature_dim": row["feature_dim"],
+            "seconds": seconds["extract"] + seconds["score"],
+            "extract_seconds": seconds["extract"],
+            "estimator_seconds": seconds.get("per_estimator", {}),
+        }
+    piece = {"n_images": len(dataset), "backbones": by_id, "estimators": [e["name"] for e in ranked["estimators"]]}
+    checkpoint.put("rank", target.name, "*", piece)
+    return piece
+
+
+def _pair(
+    suite: Suite,
+    target: SuiteTarget,
+    suite_backbone: SuiteBackbone,
+    backbone: LoadedBackbone,
+    ranking: dict[str, Any],
+    checkpoint: _Checkpoint,
+    done: int,
+    total: int,
+    progress: BenchmarkCallback | None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """One (target, backbone) row: scores, baselines, ground truth, seconds."""
+    ranked = ranking["backbones"][backbone.spec.id]
+    source, source_accuracy = _source_of(suite_backbone, backbone)
+    scores = dict(ranked["scores"])
+    scores["source_accuracy"] = source_accuracy
+    scores["feature_dim"] = float(ranked["feature_dim"])
+    row: dict[str, Any] = {
+        "id": suite_backbone.id,
+        "arch": backbone.spec.arch,
+        "feature_dim": ranked["feature_dim"],
+        "input_size": int(backbone.data_config["input_size"][-1]),
+        "source": source,
+        "source_accuracy": source_accuracy,
+        "scores": scores,
+        "linear_probe_accuracy": None,
+        "finetune": None,
+        "seconds": {
+            "rank": ranked["seconds"],
+            "extract": ranked["extract_seconds"],
+            "per_estimator": ranked["estimator_seconds"],
+            "finetune": None,
+        },
+    }
+    if suite.ground_truth == "published":
+        value = suite.published[target.name][suite_backbone.id]
+        row["accuracy"] = {"mean": value, "std": None, "per_seed": [value]}
+        return row
+    spec = suite.finetune
+    common = {
+        "epochs": spec.epochs,
+        "batch_size": spec.batch_size,
+        "max_per_class": spec.max_per_class,
+        "input_size": suite_backbone.input_size,
+        **kwargs,
+    }
+
+    def relay(stage: str) -> Callable[[Any], None]:
+        def forward(event: Any) -> None:
+            _emit(progress, BenchmarkProgress(stage, target.name, suite_backbone.id, done, total, event))
+
+        return forward
+
+    from .finetune import finetune
+
+    tuned = checkpoint.get("finetune", target.name, suite_backbone.id)
+    if tuned is None:
+        _emit(progress, BenchmarkProgress("finetune", target.name, suite_backbone.id, done, total))
+        result = finetune(
+            target.dataset,
+            suite_backbone.id,
+            strategy=spec.strategy,
+            lr_grid=spec.lr_grid,
+            seeds=spec.seeds,
+            progress=relay("finetune"),
+            **common,
+        )
+        tuned = {
+            "accuracy": result["test_accuracy"],
+            "chosen_lr": result["chosen_lr"],
+            "val_accuracy_by_lr": result["val_accuracy_by_lr"],
+            "seconds": result["seconds"]["total"],
+            "n_test": _n_test(result),
+        }
+        checkpoint.put("finetune", target.name, suite_backbone.id, tuned)
+    row["accuracy"] = {k: tuned["accuracy"][k] for k in ("mean", "std", "per_seed")}
+    row["finetune"] = {
+        "strategy": spec.strategy,
+        "chosen_lr": tuned["chosen_lr"],
+        "epochs": spec.epochs,
+        "input_size": row["input_size"],
+        "seeds": list(spec.seeds),
+        "val_accuracy_by_lr": tuned["val_accuracy_by_lr"],
+    }
+    row["seconds"]["finetune"] = tuned["seconds"]
+    row["_n_test"] = tuned.get("n_test")
+    if spec.linear_probe:
+        probe = checkpoint.get("linear_probe", target.name, suite_backbone.id)
+        if probe is None:
+            _emit(progress, BenchmarkProgress("linear_probe", target.name, suite_backbone.id, done, total))
+            result = finetune(target.dataset, suite_backbone.id, strategy="linear", seeds=(0,), **common)
+            probe = {"accuracy": result["test_accuracy"]["mean"], "seconds": result["seconds"]["total"]}
+            checkpoint.put("linear_probe", target.name, suite_backbone.id, probe)
+        row["linear_probe_accuracy"] = probe["accuracy"]
+    return row
+
+
+def _n_test(finetune_result: dict[str, Any]) -> int | None:
+    test = (finetune_result.get("dataset", {}).get("splits") or {}).get("test") or {}
+    return test.get("n_images")
+
+
+def _source_of(suite_backbone: SuiteBackbone, backbone: LoadedBackbone) -> tuple[str | None, float | None]:
+    """``(source task, accuracy on it)`` from the suite, else the zoo card."""
+    if suite_backbone.source_accuracy is not None:
+        return (
+            "imagenet-1k" if suite_backbone.published_name or ".in1k" in suite_backbone.id else None,
+            suite_backbone.source_accuracy,
+        )
+    if suite_backbone.id.startswith("zoo:"):
+        from service.builtin.zoo import read_card, zoo_provider
+
+        folder = zoo_provider(suite_backbone.id)
+        card = (read_card(folder) if folder is not None else None) or {}
+        accuracy = card.get("source_accuracy")
+        return card.get("source"), float(accuracy) if accuracy is not None else None
+    return None, None
+
+
+def _estimators_of(targets: Sequence[dict[str, Any]]) -> list[str]:
+    baseline_names = {b["name"] for b in BASELINES}
+    for target in targets:
+        for row in target["backbones"]:
+            return [n for n in row["scores"] if n not in baseline_names]
+    return []
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+
+
+def summarize(result: dict[str, Any], *, n_bootstrap: int = 500) -> dict[str, Any]:
+    """Fill ``metrics`` of every target, ``summary`` and ``cost`` of a benchmark result (in place)."""
+    methods = [(e["name"], e["higher_is_better"], False) for e in result["estimators"]]
+    methods += [(b["name"], b["higher_is_better"], True) for b in result["baselines"]]
+    per_method: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in methods}
+    for index, target in enumerate(result["targets"]):
+        rows = target["backbones"]
+        metrics: dict[str, Any] = {}
+        for name, higher, _ in methods:
+            if name == "random":
+                if len(rows) < 2:  # one backbone: nothing to rank
+                    metrics[name] = None
+                    continue
+                metrics[name] = random_baseline_metrics([r["accuracy"]["per_seed"] for r in rows], seed=index)
+            else:
+                usable = [r for r in rows if r["scores"].get(name) is not None]
+                if len(usable) < 2:
+                    metrics[name] = None
+                    continue
+                metrics[name] = target_metrics(
+                    as_higher_is_better([r["scores"][name] for r in usable], higher),
+                    [r["accuracy"]["per_seed"] for r in usable],
+                    n_bootstrap=n_bootstrap,
+                    seed=index,
+                )
+            per_method[name].append(metrics[name])
+        target["metrics"] = metrics
+    result["summary"] = {
+        name: {"is_baseline": is_baseline, **aggregate_over_targets([m for m in per_method[name] if m])}
+        for name, _, is_baseline in methods
+    }
+    rank_seconds = [r["seconds"]["rank"] for t in result["targets"] for r in t["backbones"]]
+    tune_seconds = [r["seconds"]["finetune"] for t in result["targets"] for r in t["backbones"]]
+    per_backbone: dict[str, dict[str, float]] = {}
+    for target in result["targets"]:
+        for row in target["backbones"]:
+            entry = per_backbone.setdefault(row["id"], {"rank_seconds": 0.0, "finetune_seconds": 0.0})
+            entry["rank_seconds"] += row["seconds"]["rank"] or 0.0
+            entry["finetune_seconds"] += row["seconds"]["finetune"] or 0.0
+    ranking = float(sum(s for s in rank_seconds if s is not None))
+    tuning = float(sum(s for s in tune_seconds if s is not None)) if any(s is not None for s in tune_seconds) else None
+    rows = [r for t in result["targets"] for r in t["backbones"]]
+    extract = float(sum(r["seconds"].get("extract") or 0.0 for r in rows))
+    per_estimator: dict[str, float] = {}
+    for row in rows:
+        for name, seconds in (row["seconds"].get("per_estimator") or {}).items():
+            per_estimator[name] = per_estimator.get(name, 0.0) + seconds
+    result["cost"] = {
+        "ranking_seconds": ranking,
+        "extract_seconds": extract,
+        "estimator_seconds": per_estimator,
+        "finetune_seconds": tuning,
+        "ratio": tuning / ranking if tuning and ranking > 0 else None,
+        # what ranking with one estimator alone costs next to fine-tuning: features + that score
+        "ratio_per_estimator": {
+            name: tuning / (extract + seconds)
+            for name, seconds in per_estimator.items()
+            if tuning and extract + seconds
+        },
+        "per_backbone": [{"id": k, **v} for k, v in per_backbone.items()],
+    }
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- writing
+
+
+def write_results(result: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+    """Write ``benchmark-<suite>-<fingerprint>.json`` and ``.csv`` atomically; return their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"benchmark-{result['suite']['name']}-{result['environment']['fingerprint']}"
+    json_path = out_dir / f"{stem}.json"
+    csv_path = out_dir / f"{stem}.csv"
+    _atomic_write(json_path, json.dumps(result, indent=1, allow_nan=False, default=_json_default) + "\n")
+    methods = [e["name"] for e in result["estimators"]]
+    methods += [b["name"] for b in result["baselines"] if b["name"] != "random"]
+    header = ["target", "backbone", "accuracy_mean", "accuracy_std", "n_seeds", "linear_probe_accuracy", *methods]
+    lines = []
+    for target in result["targets"]:
+        for row in target["backbones"]:
+            acc = row["accuracy"]
+            lines.append(
+                [
+                    target["name"],
+                    row["id"],
+                    acc["mean"],
+                    acc["std"],
+                    len(acc["per_seed"]),
+                    row.get("linear_probe_accuracy"),
+                    *(row["scores"].get(m) for m in methods),
+                ]
+            )
+    tmp = csv_path.with_name(csv_path.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows([["" if v is None else v for v in line] for line in lines])
+    os.replace(tmp, csv_path)
+    return {"json": json_path, "csv": csv_path}
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, tuple | set):
+        return list(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON-able: {type(value).__name__}")

@@ -1,0 +1,365 @@
+"""Benchmark suites: which backbones on which targets, and where the ground truth comes from.
+
+=============  ==============  =====================================================================
+suite          ground truth    what
+=============  ==============  =====================================================================
+``default``    fine-tuned      the built-in zoo (random-init controls included) and the real
+                               ImageNet EfficientNet-Lite0 on the six built-in targets; about an
+                               hour on a 2-core CPU (input sizes below)
+``quick``      fine-tuned      four zoo backbones on two built-in targets, one seed: minutes, for
+                               trying the machinery out
+``standard``   published       the literature's 11 supervised ImageNet models x 11 targets with the
+                               published fine-tuned accuracies (SFDA's ``tw_group1.py``), so only
+                               feature extraction is paid; needs the datasets and weights locally
+=============  ==============  =====================================================================
+
+A suite may also be a TOML file (``--suite my_suite.toml``)::
+
+    name = "mine"
+    description = "two backbones on my data"
+    ground_truth = "finetune"            # or "published" with a [published] table
+    [[targets]]
+    name = "plants"
+    dataset = "/data/plants"             # any dataset reference rank accepts
+    [[backbones]]
+    id = "zoo:latin-resnet10t"
+    [[backbones]]
+    id = "tf_efficientnet_lite0.in1k"
+    input_size = 64                      # optional: override the input size (rank and fine-tune)
+    [finetune]                           # optional; defaults as in FinetuneSpec
+    epochs = 6
+    seeds = [0, 1, 2]
+    [published.plants]                   # with ground_truth = "published": accuracy in [0, 1]
+    "zoo:latin-resnet10t" = 0.71
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = [
+    "FinetuneSpec",
+    "STANDARD_TARGET_FOLDERS",
+    "SUITES",
+    "Suite",
+    "SuiteBackbone",
+    "SuiteTarget",
+    "get_suite",
+    "load_suite_file",
+    "standard_ground_truth",
+]
+
+
+@dataclass(frozen=True)
+class SuiteTarget:
+    """One target task: a dataset reference (its train split is ranked, val picks the lr, test is reported)."""
+
+    name: str
+    dataset: str
+    relation: str = ""
+
+
+@dataclass(frozen=True)
+class SuiteBackbone:
+    """One candidate. ``input_size`` overrides the model's input size for ranking and fine-tuning alike."""
+
+    id: str
+    input_size: int | None = None
+    #: For published ground truth: the model's key in the published table (``"resnet50"``).
+    published_name: str | None = None
+    #: Accuracy of the backbone on its own source task (0-1), when the suite knows it (a baseline).
+    source_accuracy: float | None = None
+
+
+@dataclass(frozen=True)
+class FinetuneSpec:
+    """How the ground truth is fine-tuned (``service.pipeline.finetune``)."""
+
+    strategy: str = "full"
+    epochs: int = 8
+    lr_grid: tuple[float, ...] = (0.01, 0.03)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    batch_size: int = 64
+    max_per_class: int | None = None
+    #: Also record a linear-probe accuracy (frozen backbone, one seed): cheap, and a second ground truth.
+    linear_probe: bool = True
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    description: str
+    targets: tuple[SuiteTarget, ...]
+    backbones: tuple[SuiteBackbone, ...]
+    ground_truth: Literal["finetune", "published"] = "finetune"
+    finetune: FinetuneSpec = field(default_factory=FinetuneSpec)
+    #: Images per class used for ranking (None: the whole train split).
+    rank_max_per_class: int | None = None
+    #: Estimators to score (None: every registered one).
+    estimators: tuple[str, ...] | None = None
+    #: ``{target name: {backbone id: accuracy in [0, 1]}}`` for ``ground_truth == "published"``.
+    published: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["published"] = {t: dict(v) for t, v in self.published.items()}
+        return data
+
+    def fingerprint(self) -> str:
+        """sha256 prefix of the definition: partial results of another definition are never resumed."""
+        text = json.dumps(self.to_dict(), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+# ------------------------------------------------------------------------------------ built-in suites
+
+#: Input sizes of the default suite (recorded in every result): the zoo is pretrained at 32 px, and the
+#: ImageNet EfficientNet-Lite0 runs at 64 px instead of its native 224 px so that fine-tuning it three
+#: times per target fits a CPU hour (224 px would cost ~12x more per image).
+_LITE_INPUT_SIZE = 64
+
+_BUILTIN_TARGETS = (
+    SuiteTarget("glyphs-greek", "builtin:glyphs-greek", "near glyphs-latin"),
+    SuiteTarget("glyphs-cyrillic", "builtin:glyphs-cyrillic", "near glyphs-latin"),
+    SuiteTarget("math-symbols", "builtin:math-symbols", "mid glyphs-latin"),
+    SuiteTarget("digits", "builtin:digits", "different domain (handwriting)"),
+    SuiteTarget("textures-fine", "builtin:textures-fine", "near textures (fine-grained)"),
+    SuiteTarget("natural-patches", "builtin:natural-patches", "far (photographs)"),
+)
+
+
+def _zoo_backbones() -> tuple[SuiteBackbone, ...]:
+    from service.builtin.zoo import ZOO_ENTRIES
+
+    return tuple(SuiteBackbone(f"zoo:{name}") for name in ZOO_ENTRIES)
+
+
+def _default_suite() -> Suite:
+    lite = SuiteBackbone("tf_efficientnet_lite0.in1k", input_size=_LITE_INPUT_SIZE, source_accuracy=0.7483)
+    return Suite(
+        name="default",
+        description=(
+            "The built-in zoo (small timm CNNs and a ViT pretrained on built-in source tasks, random-init "
+            f"controls) and the real ImageNet EfficientNet-Lite0 (at {_LITE_INPUT_SIZE} px) on the six built-in "
+            "targets; ground truth = full fine-tuning, 3 seeds, lr chosen on the val split."
+        ),
+        targets=_BUILTIN_TARGETS,
+        backbones=(*_zoo_backbones(), lite),
+    )
+
+
+def _quick_suite() -> Suite:
+    from service.builtin.zoo import ZOO_ENTRIES
+
+    names = list(ZOO_ENTRIES)[:3] + [n for n in ZOO_ENTRIES if n.startswith("random")][:1]
+    return Suite(
+        name="quick",
+        description="Four zoo backbones on two built-in targets, one seed and few epochs: a smoke run in minutes.",
+        targets=(_BUILTIN_TARGETS[0], _BUILTIN_TARGETS[4]),
+        backbones=tuple(SuiteBackbone(f"zoo:{n}") for n in dict.fromkeys(names)),
+        finetune=FinetuneSpec(epochs=3, lr_grid=(0.03,), seeds=(0,), linear_probe=False),
+        rank_max_per_class=None,
+    )
+
+
+# Table GT-1: full fine-tuning top-1 accuracy (%; VOC2007: mAP), TencentARC/SFDA tw_group1.py.
+_GT1 = """\
+model,aircraft,caltech101,cars,cifar10,cifar100,dtd,flowers,food,pets,sun397,voc2007
+resnet34,84.06,91.15,88.63,96.12,81.94,72.96,95.20,81.99,93.50,61.02,84.60
+resnet50,84.64,91.98,89.09,96.28,82.80,74.72,96.26,84.45,93.88,63.54,85.80
+resnet101,85.53,92.38,89.47,97.39,84.88,74.80,96.53,85.58,93.92,63.76,85.68
+resnet152,86.29,93.10,89.88,97.53,85.66,76.44,96.86,86.28,94.42,64.82,86.32
+densenet121,84.66,91.50,89.34,96.45,82.75,74.18,97.02,84.99,93.07,63.26,85.28
+densenet169,84.19,92.51,89.02,96.77,84.26,74.72,97.32,85.84,93.62,64.10,85.77
+densenet201,85.38,93.14,89.44,97.02,84.88,76.04,97.10,86.71,94.03,64.57,85.67
+mnasnet1_0,66.48,89.34,72.58,92.59,72.04,70.12,95.39,71.35,91.08,56.56,81.06
+mobilenet_v2,79.68,88.64,86.44,94.74,78.11,71.72,96.20,81.12,91.28,60.29,82.80
+googlenet,80.32,90.85,87.76,95.54,79.84,72.53,95.76,79.30,91.38,59.89,82.58
+inception_v3,80.15,92.75,87.74,96.18,81.49,72.85,95.73,81.76,92.14,59.98,83.84
+"""
+
+#: The standard models: published name -> (default timm id with the torchvision weights or None when timm
+#: has no such weights, ImageNet top-1 of torchvision's documentation).
+_STANDARD_MODELS: dict[str, tuple[str | None, float]] = {
+    "resnet34": ("resnet34.tv_in1k", 0.7330),
+    "resnet50": ("resnet50.tv_in1k", 0.7615),
+    "resnet101": ("resnet101.tv_in1k", 0.7737),
+    "resnet152": ("resnet152.tv_in1k", 0.7831),
+    "densenet121": ("densenet121.tv_in1k", 0.7465),
+    "densenet169": ("densenet169.tv_in1k", 0.7600),
+    "densenet201": ("densenet201.tv_in1k", 0.7720),
+    # timm's mnasnet_100 / mobilenetv2_100 weights are not torchvision's, and timm has no GoogLeNet: map these
+    # to your converted torchvision weights (--backbone NAME=ARCH@file.safetensors) or they are skipped.
+    "mnasnet1_0": (None, 0.7351),
+    "mobilenet_v2": (None, 0.7188),
+    "googlenet": (None, 0.6978),
+    "inception_v3": ("inception_v3.tv_in1k", 0.7745),
+}
+
+#: Standard target name -> folder name expected under ``--data-dir`` (an ImageFolder with train/ [val/] test/).
+STANDARD_TARGET_FOLDERS: dict[str, str] = {
+    "aircraft": "aircraft", "caltech101": "caltech101", "cars": "cars", "cifar10": "cifar10",
+    "cifar100": "cifar100", "dtd": "dtd", "flowers": "flowers", "food": "food", "pets": "pets",
+    "sun397": "sun397", "voc2007": "voc2007",
+}  # fmt: skip
+
+
+def standard_ground_truth() -> dict[str, dict[str, float]]:
+    """Table GT-1 as ``{target: {published model name: accuracy in [0, 1]}}``."""
+    lines = _GT1.strip().splitlines()
+    header = lines[0].split(",")[1:]
+    table: dict[str, dict[str, float]] = {target: {} for target in header}
+    for line in lines[1:]:
+        model, *values = line.split(",")
+        for target, value in zip(header, values, strict=True):
+            table[target][model] = float(value) / 100.0
+    return table
+
+
+def _standard_suite(data_dir: Path | None = None, backbone_map: Mapping[str, str] | None = None) -> Suite:
+    overrides = dict(backbone_map or {})
+    unknown = sorted(set(overrides) - set(_STANDARD_MODELS))
+    if unknown:
+        raise ValueError(
+            f"--backbone names {unknown} are not standard models; the standard models are {', '.join(_STANDARD_MODELS)}"
+        )
+    backbones = []
+    for name, (default_id, top1) in _STANDARD_MODELS.items():
+        model_id = overrides.get(name, default_id)
+        if model_id is None:
+            model_id = f"unavailable:{name}"  # resolved (and skipped with a reason) at run time
+        backbones.append(SuiteBackbone(model_id, published_name=name, source_accuracy=top1))
+    root = Path(data_dir) if data_dir is not None else Path("standard-data")
+    table = standard_ground_truth()
+    targets = tuple(
+        SuiteTarget(target, str(root / folder), "published (SFDA group 1)")
+        for target, folder in STANDARD_TARGET_FOLDERS.items()
+    )
+    published = {
+        target: {b.id: table[target][b.published_name] for b in backbones if b.published_name} for target in table
+    }
+    return Suite(
+        name="standard",
+        description=(
+            "The literature's benchmark: 11 supervised ImageNet models x 11 targets, ground truth = the published "
+            "full fine-tuning accuracies (TencentARC/SFDA tw_group1.py; VOC2007 = mAP). Features at the models' "
+            "native preprocessing on each target's train split."
+        ),
+        targets=targets,
+        backbones=tuple(backbones),
+        ground_truth="published",
+        finetune=FinetuneSpec(linear_probe=False),
+        published=published,
+    )
+
+
+SUITES: dict[str, str] = {
+    "default": "built-in zoo + EfficientNet-Lite0 on the six built-in targets, fine-tuned ground truth (~1 h CPU)",
+    "quick": "four zoo backbones on two built-in targets, one seed (minutes)",
+    "standard": "11 ImageNet models x 11 targets with published ground truth (needs local data and weights)",
+}
+
+
+def get_suite(
+    name_or_path: str,
+    *,
+    data_dir: Path | None = None,
+    backbone_map: Mapping[str, str] | None = None,
+) -> Suite:
+    """A built-in suite by name, or a suite TOML file by path.
+
+    ``data_dir`` and ``backbone_map`` (published name -> backbone id) only apply to ``standard``.
+    """
+    if name_or_path == "default":
+        return _default_suite()
+    if name_or_path == "quick":
+        return _quick_suite()
+    if name_or_path == "standard":
+        return _standard_suite(data_dir, backbone_map)
+    path = Path(name_or_path)
+    if path.suffix == ".toml":
+        return load_suite_file(path)
+    raise ValueError(f"unknown suite {name_or_path!r}; built-in suites: {', '.join(SUITES)}, or give a .toml file")
+
+
+def load_suite_file(path: str | Path) -> Suite:
+    """Read a suite TOML file (format in the module docstring); every mistake is a ValueError naming it."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ValueError(f"cannot read suite file {path}: {e.strerror or e}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"suite file {path} is not valid TOML: {e}") from e
+    where = f"suite file {path}"
+    name = data.get("name") or path.stem
+    targets = _records(data, "targets", where, ("name", "dataset"), SuiteTarget)
+    backbones = _records(data, "backbones", where, ("id",), SuiteBackbone)
+    ground_truth = data.get("ground_truth", "finetune")
+    if ground_truth not in ("finetune", "published"):
+        raise ValueError(f"{where}: ground_truth must be 'finetune' or 'published', got {ground_truth!r}")
+    spec = data.get("finetune", {})
+    if not isinstance(spec, dict):
+        raise ValueError(f"{where}: [finetune] must be a table")
+    try:
+        finetune = FinetuneSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()})
+    except TypeError as e:
+        known = ", ".join(FinetuneSpec.__dataclass_fields__)
+        raise ValueError(f"{where}: bad [finetune] key ({e}); known: {known}") from e
+    published = data.get("published", {})
+    if ground_truth == "published":
+        _check_published(published, targets, backbones, where)
+    return Suite(
+        name=str(name),
+        description=str(data.get("description", "")),
+        targets=targets,
+        backbones=backbones,
+        ground_truth=ground_truth,
+        finetune=finetune,
+        rank_max_per_class=data.get("rank_max_per_class"),
+        estimators=tuple(data["estimators"]) if data.get("estimators") else None,
+        published=published,
+    )
+
+
+def _records(data: Mapping[str, Any], key: str, where: str, required: Sequence[str], cls: type) -> tuple[Any, ...]:
+    records = data.get(key)
+    if not isinstance(records, list) or not records:
+        raise ValueError(f"{where}: needs at least one [[{key}]] entry")
+    out = []
+    for i, record in enumerate(records, start=1):
+        missing = [k for k in required if k not in record]
+        if missing:
+            raise ValueError(f"{where}: [[{key}]] entry {i} lacks {', '.join(missing)}")
+        try:
+            out.append(cls(**record))
+        except TypeError as e:
+            raise ValueError(f"{where}: [[{key}]] entry {i}: {e}") from e
+    names = [getattr(r, "name", None) or r.id for r in out]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{where}: duplicate [[{key}]] entries: {sorted({n for n in names if names.count(n) > 1})}")
+    return tuple(out)
+
+
+def _check_published(
+    published: Any, targets: Sequence[SuiteTarget], backbones: Sequence[SuiteBackbone], where: str
+) -> None:
+    if not isinstance(published, dict):
+        raise ValueError(f"{where}: ground_truth = 'published' needs a [published.<target>] table per target")
+    for target in targets:
+        table = published.get(target.name)
+        if not isinstance(table, dict):
+            raise ValueError(f"{where}: no [published.{target.name}] table")
+        for backbone in backbones:
+            value = table.get(backbone.id)
+            if not isinstance(value, int | float) or not math.isfinite(value) or not 0.0 <= value <= 1.0:
+                raise ValueError(
+                    f"{where}: [published.{target.name}] needs an accuracy in [0, 1] for {backbone.id!r}, got {value!r}"
+                )

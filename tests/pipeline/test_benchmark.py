@@ -1,0 +1,228 @@
+"""run_benchmark end to end: real images, real timm backbones, published and fine-tuned ground truth, resume, CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from service.pipeline import benchmark as benchmark_module  # noqa: E402
+from service.pipeline.benchmark import run_benchmark  # noqa: E402
+from service.pipeline.benchmark_suites import FinetuneSpec, Suite, SuiteBackbone, SuiteTarget, get_suite  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+CLASSES = ("bars", "blob", "cross")
+ESTIMATORS = ("logme", "h_score", "class_means", "leep")
+
+
+def _draw(kind: str, rng: np.random.Generator, size: int = 32) -> Image.Image:
+    canvas = np.full((size, size, 3), rng.integers(0, 50, 3), dtype=np.uint8)
+    yy, xx = np.mgrid[:size, :size]
+    cx, cy = rng.integers(10, size - 10, 2)
+    if kind == "bars":
+        mask = ((xx + int(rng.integers(0, 4))) // 4) % 2 == 0
+    elif kind == "blob":
+        mask = (xx - cx) ** 2 + (yy - cy) ** 2 < rng.integers(30, 70)
+    else:
+        mask = (abs(xx - cx) < 2) | (abs(yy - cy) < 2)
+    canvas[mask] = rng.integers(160, 256, 3)
+    return Image.fromarray(canvas)
+
+
+def _splits(root: Path, seed: int, counts: dict[str, int]) -> Path:
+    rng = np.random.default_rng(seed)
+    for split, n in counts.items():
+        for kind in CLASSES:
+            (root / split / kind).mkdir(parents=True)
+            for i in range(n):
+                _draw(kind, rng).save(root / split / kind / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def target_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _splits(tmp_path_factory.mktemp("target"), 0, {"train": 8, "val": 4, "test": 6})
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(3)
+    model = timm.create_model("test_resnet", pretrained=False)
+    path = tmp_path_factory.mktemp("w") / "test_resnet.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+def _published_suite(target_dir: Path, weights: Path) -> Suite:
+    ids = ("random:test_resnet", f"test_resnet@{weights}", "random:test_efficientnet")
+    return Suite(
+        name="tiny-published",
+        description="three test backbones, published accuracies",
+        targets=(SuiteTarget("shapes", str(target_dir), "test"),),
+        backbones=tuple(SuiteBackbone(i, input_size=32) for i in ids),
+        ground_truth="published",
+        estimators=ESTIMATORS,
+        published={"shapes": {ids[0]: 0.40, ids[1]: 0.55, ids[2]: 0.50}},
+    )
+
+
+def test_published_suite_scores_every_pair_and_writes_json_and_csv(target_dir, weights, tmp_path):
+    suite = _published_suite(target_dir, weights)
+    events = []
+    result = run_benchmark(suite, out_dir=tmp_path, n_bootstrap=50, device="cpu", progress=events.append)
+    assert result["kind"] == "benchmark" and result["schema_version"] == 1
+    assert result["suite"]["ground_truth"] == "published"
+    [target] = result["targets"]
+    assert target["n_classes"] == 3 and target["n_rank_images"] == 24  # the train split is ranked
+    assert [r["id"] for r in target["backbones"]] == [b.id for b in suite.backbones]
+    for row in target["backbones"]:
+        assert row["input_size"] == 32 and row["accuracy"]["per_seed"] == [row["accuracy"]["mean"]]
+        assert set(row["scores"]) == {*ESTIMATORS, "source_accuracy", "feature_dim"}
+        assert row["scores"]["source_accuracy"] is None and row["seconds"]["rank"] > 0
+        assert row["seconds"]["finetune"] is None and row["finetune"] is None
+    assert set(target["metrics"]) == {*ESTIMATORS, "source_accuracy", "feature_dim", "random"}
+    assert target["metrics"]["source_accuracy"] is None  # no backbone knows its source accuracy
+    logme = target["metrics"]["logme"]["weighted_tau"]
+    assert -1.0 <= logme["value"] <= 1.0
+    assert result["summary"]["logme"]["weighted_tau"]["n_targets"] == 1
+    assert result["cost"]["ratio"] is None and result["cost"]["finetune_seconds"] is None
+    assert {e.stage for e in events} >= {"rank", "done"} and events[-1].done == events[-1].total == 3
+
+    files = result["files"]
+    saved = json.loads(Path(files["json"]).read_text())
+    assert saved["targets"][0]["metrics"]["logme"] == target["metrics"]["logme"]
+    assert Path(files["json"]).name == f"benchmark-tiny-published-{result['environment']['fingerprint']}.json"
+    with Path(files["csv"]).open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["backbone"] for r in rows] == [b.id for b in suite.backbones]
+    assert float(rows[1]["accuracy_mean"]) == 0.55 and rows[0]["source_accuracy"] == ""
+    assert not list(tmp_path.glob(".benchmark-*.partial.jsonl"))  # a finished run leaves no checkpoint
+
+
+def test_standard_suite_uses_the_published_table_and_skips_what_is_missing(target_dir, weights, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "pets").symlink_to(target_dir, target_is_directory=True)
+    mapping = {"resnet50": "random:test_resnet", "densenet121": f"test_resnet@{weights}",
+               "googlenet": "random:test_efficientnet"}  # fmt: skip
+    suite = get_suite("standard", data_dir=data, backbone_map=mapping)
+    suite = Suite(**{**suite.__dict__, "estimators": ("logme", "h_score")})
+    result = run_benchmark(suite, out_dir=None, n_bootstrap=20, device="cpu")
+    [target] = result["targets"]
+    assert target["name"] == "pets"
+    accuracy = {r["id"]: r["accuracy"]["mean"] for r in target["backbones"]}
+    assert accuracy == pytest.approx(
+        {"random:test_resnet": 0.9388, f"test_resnet@{weights}": 0.9307, "random:test_efficientnet": 0.9138}
+    )
+    top1 = {r["id"]: r["source_accuracy"] for r in target["backbones"]}
+    assert top1["random:test_resnet"] == pytest.approx(0.7615)  # the suite's ImageNet top-1 baseline
+    skipped = {s["backbone"] for s in result["skipped"]["backbones"]}
+    assert {"mnasnet1_0", "mobilenet_v2", "resnet34.tv_in1k", "inception_v3.tv_in1k"} <= skipped
+    assert len(skipped) == 8
+    assert len(result["skipped"]["targets"]) == 10
+    assert all("dataset_not_found" in s["reason"] for s in result["skipped"]["targets"])
+    assert result["summary"]["source_accuracy"]["weighted_tau"]["mean"] is not None
+
+
+def test_unknown_target_and_too_few_backbones_are_clear_errors(target_dir, weights):
+    suite = _published_suite(target_dir, weights)
+    with pytest.raises(ValueError, match="has no target"):
+        run_benchmark(suite, out_dir=None, targets=["nope"])
+    few = Suite(**{**suite.__dict__, "backbones": suite.backbones[:1]})
+    with pytest.raises(ValueError, match="fewer than 2 usable backbones"):
+        run_benchmark(few, out_dir=None)
+
+
+def _finetune_suite(target_dir: Path, weights: Path) -> Suite:
+    return Suite(
+        name="tiny-finetune",
+        description="two test backbones, fine-tuned ground truth",
+        targets=(SuiteTarget("shapes", str(target_dir), "test"),),
+        backbones=(SuiteBackbone("random:test_resnet", input_size=32), SuiteBackbone(f"test_resnet@{weights}", 32)),
+        estimators=ESTIMATORS,
+        finetune=FinetuneSpec(epochs=1, lr_grid=(0.05,), seeds=(0, 1), batch_size=16, linear_probe=True),
+    )
+
+
+def test_finetuned_ground_truth_and_resume_after_an_interruption(target_dir, weights, tmp_path, monkeypatch):
+    suite = _finetune_suite(target_dir, weights)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first_pair(event):
+        if event.stage == "done" and event.done == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_benchmark(suite, out_dir=tmp_path, n_bootstrap=20, device="cpu", progress=stop_after_first_pair)
+    [partial] = tmp_path.glob(".benchmark-tiny-finetune-*.partial.jsonl")
+    stages = [json.loads(line)["stage"] for line in partial.read_text().splitlines()]
+    assert stages == ["rank", "finetune", "linear_probe"]
+
+    from service.pipeline import finetune as finetune_module
+
+    calls = []
+    real = finetune_module.finetune
+
+    def counting(dataset, backbone, **kwargs):
+        calls.append((backbone, kwargs["strategy"]))
+        return real(dataset, backbone, **kwargs)
+
+    monkeypatch.setattr(finetune_module, "finetune", counting)
+    result = run_benchmark(suite, out_dir=tmp_path, n_bootstrap=20, device="cpu")
+    assert calls == [(f"test_resnet@{weights}", "full"), (f"test_resnet@{weights}", "linear")]
+    [target] = result["targets"]
+    for row in target["backbones"]:
+        acc = row["accuracy"]
+        assert len(acc["per_seed"]) == 2 and 0.0 <= acc["mean"] <= 1.0 and acc["std"] is not None
+        assert row["finetune"]["chosen_lr"] == 0.05 and row["finetune"]["seeds"] == [0, 1]
+        assert 0.0 <= row["linear_probe_accuracy"] <= 1.0
+        assert row["seconds"]["finetune"] > 0
+    assert target["n_test_images"] == 18
+    assert result["cost"]["ratio"] > 0
+    assert not partial.exists()
+
+
+def test_cli_benchmark_runs_a_suite_file_and_writes_the_report(target_dir, weights, tmp_path):
+    ids = ("random:test_resnet", f"test_resnet@{weights}")
+    suite_file = tmp_path / "mine.toml"
+    suite_file.write_text(
+        'name = "cli"\nground_truth = "published"\nestimators = ["logme", "h_score"]\n'
+        f'[[targets]]\nname = "shapes"\ndataset = "{target_dir}"\n'
+        f'[[backbones]]\nid = "{ids[0]}"\ninput_size = 32\n[[backbones]]\nid = "{ids[1]}"\ninput_size = 32\n'
+        f'[published.shapes]\n"{ids[0]}" = 0.3\n"{ids[1]}" = 0.6\n',
+        encoding="utf-8",
+    )
+    env = {**os.environ, "BACKBONE_RANK_CACHE_DIR": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    args = [sys.executable, "-m", "service.cli", "benchmark", "--suite", str(suite_file), "--out-dir",
+            str(tmp_path / "out"), "--bootstrap", "20", "--device", "cpu"]  # fmt: skip
+    proc = subprocess.run(args, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "Benchmark cli" in proc.stdout and "logme" in proc.stdout
+    [json_file] = (tmp_path / "out").glob("benchmark-cli-*.json")
+    html = json_file.with_suffix(".html")
+    assert html.is_file() and "<table" in html.read_text()
+    bad = subprocess.run(
+        [sys.executable, "-m", "service.cli", "benchmark", "--suite", "nope"],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "unknown suite 'nope'" in bad.stderr
+
+
+def test_benchmark_module_exports() -> None:
+    assert {"run_benchmark", "summarize", "write_results", "environment_info"} <= set(benchmark_module.__all__)
