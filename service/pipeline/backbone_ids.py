@@ -37,6 +37,7 @@ __all__ = [
     "TimmRegistry",
     "backbone_id_path",
     "check_backbone_id",
+    "check_safetensors_suffix",
     "installed_timm_version",
     "load_timm_registry",
     "service_allows",
@@ -46,11 +47,13 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 
-# Kept identical to service.pipeline.backbones (tests/service/test_backbone_ids.py compares the two).
-_PREFIX_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-_]+")
+# The syntax authority for service.pipeline.backbones too, which adds timm's registry on top.
+# A source prefix needs 2+ chars so that a Windows drive ("C:") is never taken for one (as in timm).
+SOURCE_PREFIX_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-_]+")
 _ZOO_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]*")
-_SAFETENSORS_SUFFIX = ".safetensors"
-_PICKLE_SUFFIXES = (".pt", ".pth", ".pth.tar", ".tar", ".bin", ".ckpt", ".pkl", ".pickle")
+SAFETENSORS_SUFFIX = ".safetensors"
+#: Suffixes of torch/pickle checkpoints: named in errors, and what a local-dir is refused for.
+PICKLE_SUFFIXES = (".pt", ".pth", ".pth.tar", ".tar", ".bin", ".ckpt", ".pkl", ".pickle")
 _REGISTRY_FORMAT = 1
 
 
@@ -66,7 +69,7 @@ def check_backbone_id(text: Any, *, registry: TimmRegistry | None = None) -> str
     if not raw:
         raise UnknownBackbone("empty backbone id; give a timm name such as 'resnet50.a1_in1k', or zoo:<name>")
     prefix, sep, rest = raw.partition(":")
-    if sep and _PREFIX_RE.fullmatch(prefix):
+    if sep and SOURCE_PREFIX_RE.fullmatch(prefix):
         source = prefix.lower()
         if source == "random":
             if "@" in rest:
@@ -99,7 +102,7 @@ def check_backbone_id(text: Any, *, registry: TimmRegistry | None = None) -> str
             )
         if not file:
             raise UnknownBackbone(f"{raw!r}: nothing after '@'; give a .safetensors file", backbone=raw)
-        _check_safetensors_suffix(file)
+        check_safetensors_suffix(file)
     _check_timm_name(name, registry)
     return raw
 
@@ -116,15 +119,17 @@ def _check_timm_name(name: str, registry: TimmRegistry | None) -> None:
         registry.check(name)
 
 
-def _check_safetensors_suffix(name: str) -> None:
-    if name.lower().endswith(_SAFETENSORS_SUFFIX):
+def check_safetensors_suffix(path: str | os.PathLike[str], what: str = "weights file") -> None:
+    """Refuse a weights path that is not ``.safetensors`` (pickles are never loaded), naming how to convert it."""
+    name = os.fspath(path)
+    if name.lower().endswith(SAFETENSORS_SUFFIX):
         return
-    if name.lower().endswith(_PICKLE_SUFFIXES):
+    if name.lower().endswith(PICKLE_SUFFIXES):
         why = ".pt/.pth/.bin/.ckpt are pickles and are never loaded"
     else:
         why = "only .safetensors weights are loaded"
     raise UnsafeCheckpointFormat(
-        f"weights file {name!r} is not a .safetensors file: {why}; convert it once, on a machine you trust, with "
+        f"{what} {name!r} is not a .safetensors file: {why}; convert it once, on a machine you trust, with "
         "safetensors (safetensors.torch.save_file(state_dict, 'weights.safetensors'))",
         path=name,
     )
@@ -133,7 +138,7 @@ def _check_safetensors_suffix(name: str) -> None:
 def backbone_id_path(backbone_id: str) -> str | None:
     """The filesystem path a ``local-dir:`` or ``arch@file`` id names, or None for every other id."""
     prefix, sep, rest = backbone_id.partition(":")
-    if sep and _PREFIX_RE.fullmatch(prefix):
+    if sep and SOURCE_PREFIX_RE.fullmatch(prefix):
         return rest if prefix.lower() == "local-dir" else None
     _, at, file = backbone_id.partition("@")
     return file if at else None

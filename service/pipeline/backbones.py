@@ -63,6 +63,14 @@ from timm.models._hub import load_model_config_from_path
 
 from service.errors import UnknownBackbone, UnsafeCheckpointFormat, WeightsUnavailable
 
+from .backbone_ids import (
+    PICKLE_SUFFIXES,
+    SAFETENSORS_SUFFIX,
+    SOURCE_PREFIX_RE,
+    check_backbone_id,
+    check_safetensors_suffix,
+)
+
 __all__ = [
     "BackboneSpec",
     "parse_backbone_spec",
@@ -80,13 +88,7 @@ _logger = logging.getLogger(__name__)
 
 WeightsProvider = Callable[[str], Path | str | None]
 
-_SAFETENSORS_SUFFIX = ".safetensors"
-# Suffixes of torch/pickle checkpoints: named in errors, and what a local-dir is refused for.
-_PICKLE_SUFFIXES = (".pt", ".pth", ".pth.tar", ".tar", ".bin", ".ckpt", ".pkl", ".pickle")
 _LOCAL_DIR_WEIGHTS = "model.safetensors"
-# A source prefix needs 2+ chars so that a Windows drive ("C:") is never taken for one (as in timm).
-_PREFIX_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-_]+")
-_ZOO_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]*")
 _PROVIDER_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]*")
 _RANDOM_HINT = "use random:<arch> for an untrained baseline"
 
@@ -177,46 +179,19 @@ def parse_backbone_spec(text: str) -> BackboneSpec:
     UnsafeCheckpointFormat
         An explicit weights file that is not ``.safetensors``.
     """
-    if not isinstance(text, str):
-        raise UnknownBackbone(f"a backbone id must be a string, got {type(text).__name__}")
-    raw = text.strip()
-    if not raw:
-        raise UnknownBackbone("empty backbone id; give a timm name such as 'resnet50.a1_in1k', or zoo:<name>")
+    raw = check_backbone_id(text)  # the syntax, shared with the torch-free web process
     prefix, sep, rest = raw.partition(":")
-    if sep and _PREFIX_RE.fullmatch(prefix):
+    if sep and SOURCE_PREFIX_RE.fullmatch(prefix):
         source = prefix.lower()
         if source == "random":
-            if "@" in rest:
-                raise UnknownBackbone(
-                    f"{raw!r}: random:<arch> builds an untrained model and takes no weights file", backbone=raw
-                )
             arch, tag = _canonical_timm_name(rest, default_tag=False)
             return BackboneSpec(id=f"random:{_join(arch, tag)}", arch=arch, pretrained=False)
         if source == "zoo":
-            if not _ZOO_NAME_RE.fullmatch(rest):
-                raise UnknownBackbone(
-                    f"{raw!r}: a zoo id is zoo:<name> with letters, digits, '.', '_' or '-'", backbone=raw
-                )
             return BackboneSpec(id=f"zoo:{rest}", arch="")
-        if source == "local-dir":
-            if not rest:
-                raise UnknownBackbone("local-dir: needs a folder path, e.g. local-dir:/models/my-model", backbone=raw)
-            return BackboneSpec(id=f"local-dir:{os.path.abspath(os.path.expanduser(rest))}", arch="")
-        raise UnknownBackbone(
-            f"unsupported backbone source {prefix!r} in {raw!r}: use a timm name ('resnet50.a1_in1k'), "
-            "<arch>@/path/weights.safetensors, local-dir:/path, zoo:<name> or random:<arch>; "
-            "hub ids and URLs are never fetched (mirror the repo to a folder and use local-dir:)",
-            backbone=raw,
-        )
+        # check_backbone_id lets no other source through
+        return BackboneSpec(id=f"local-dir:{os.path.abspath(os.path.expanduser(rest))}", arch="")
     name, at, file = raw.partition("@")
     if at:
-        if not name:
-            raise UnknownBackbone(
-                f"{raw!r}: a weights file needs its architecture, e.g. resnet50.a1_in1k@{file}", backbone=raw
-            )
-        if not file:
-            raise UnknownBackbone(f"{raw!r}: nothing after '@'; give a .safetensors file", backbone=raw)
-        _check_safetensors_suffix(file)
         file = os.path.abspath(os.path.expanduser(file))
     arch, tag = _canonical_timm_name(name, default_tag=True)
     canonical = _join(arch, tag)
@@ -230,16 +205,8 @@ def _join(arch: str, tag: str) -> str:
 
 
 def _canonical_timm_name(name: str, *, default_tag: bool) -> tuple[str, str]:
-    """Validate ``arch[.tag]`` against timm's registry; return ``(arch, tag)``."""
-    if not name or any(c in name for c in "/\\:") or any(c.isspace() for c in name):
-        hint = ""
-        if name.startswith("timm/"):
-            hint = f"; did you mean {name.removeprefix('timm/')!r}?"
-        raise UnknownBackbone(
-            f"{name!r} is not a timm model name (no paths, hub repo ids or spaces){hint} "
-            "A local folder is local-dir:/path; a weights file is <arch>@/path/weights.safetensors.",
-            backbone=name,
-        )
+    """Validate ``arch[.tag]`` (its syntax checked by :func:`check_backbone_id`) against timm's registry;
+    return ``(arch, tag)``."""
     deprecated = timm.models.get_deprecated_models()
     if deprecated.get(name):
         # timm would warn and redirect anyway; doing it here gives one canonical id for both names.
@@ -268,21 +235,6 @@ def _canonical_timm_name(name: str, *, default_tag: bool) -> tuple[str, str]:
         cfg = timm.models.get_pretrained_cfg(arch)
         tag = (cfg.tag or "") if cfg is not None else ""
     return arch, tag
-
-
-def _check_safetensors_suffix(path: str | os.PathLike[str], what: str = "weights file") -> None:
-    name = os.fspath(path)
-    if name.lower().endswith(_SAFETENSORS_SUFFIX):
-        return
-    if name.lower().endswith(_PICKLE_SUFFIXES):
-        why = ".pt/.pth/.bin/.ckpt are pickles and are never loaded"
-    else:
-        why = "only .safetensors weights are loaded"
-    raise UnsafeCheckpointFormat(
-        f"{what} {name!r} is not a .safetensors file: {why}; convert it once, on a machine you trust, with "
-        "safetensors (safetensors.torch.save_file(state_dict, 'weights.safetensors'))",
-        path=name,
-    )
 
 
 def _coerce_spec(spec: BackboneSpec | str) -> BackboneSpec:
@@ -425,7 +377,7 @@ def _resolve(spec: BackboneSpec, weights_dirs: Sequence[Path], hf_cache_dir: Pat
         return _Resolved("random-init", None)
     if kind == "file":
         assert spec.weights_file is not None
-        _check_safetensors_suffix(spec.weights_file)
+        check_safetensors_suffix(spec.weights_file)
         path = Path(spec.weights_file)
         if not path.is_file():
             raise WeightsUnavailable(
@@ -485,7 +437,7 @@ def _local_dir_weights(folder: Path, what: str) -> Path:
     preferred = folder / _LOCAL_DIR_WEIGHTS
     if preferred.is_file():
         return preferred
-    candidates = sorted(p for p in folder.glob(f"*{_SAFETENSORS_SUFFIX}") if p.is_file())
+    candidates = sorted(p for p in folder.glob(f"*{SAFETENSORS_SUFFIX}") if p.is_file())
     if len(candidates) == 1:
         return candidates[0]
     if len(candidates) > 1:
@@ -495,7 +447,7 @@ def _local_dir_weights(folder: Path, what: str) -> Path:
             backbone=what,
             searched=[str(p) for p in candidates],
         )
-    pickles = sorted(p.name for p in folder.iterdir() if p.name.lower().endswith(_PICKLE_SUFFIXES))
+    pickles = sorted(p.name for p in folder.iterdir() if p.name.lower().endswith(PICKLE_SUFFIXES))
     if pickles:
         raise UnsafeCheckpointFormat(
             f"{what}: {folder} only has pickle weights ({', '.join(pickles)}); .pt/.pth/.bin/.ckpt are pickles "
@@ -514,11 +466,11 @@ def _search_weights_dirs(spec: BackboneSpec, weights_dirs: Sequence[Path], searc
     if not weights_dirs:
         searched.append("weights dirs: none configured")
         return None
-    names = [f"{spec.id}{_SAFETENSORS_SUFFIX}"]
+    names = [f"{spec.id}{SAFETENSORS_SUFFIX}"]
     cfg = timm.models.get_pretrained_cfg(spec.arch)
     if spec.id != spec.arch and cfg is not None and spec.id == _join(spec.arch, cfg.tag or ""):
         # "<arch>.safetensors" means the arch's default weights, i.e. this (default) tag
-        names.append(f"{spec.arch}{_SAFETENSORS_SUFFIX}")
+        names.append(f"{spec.arch}{SAFETENSORS_SUFFIX}")
     for folder in weights_dirs:
         for name in names:
             path = Path(folder) / name
@@ -532,14 +484,14 @@ def _hf_safetensors_filename(filename: str | None) -> str | None:
     """The safetensors file to look for in a hub repo (timm's ``_get_safe_alternatives``, safe half only)."""
     if not filename:
         return "model.safetensors"
-    if filename.endswith(_SAFETENSORS_SUFFIX):
+    if filename.endswith(SAFETENSORS_SUFFIX):
         return filename
     if filename == "pytorch_model.bin":
         return "model.safetensors"
     if filename == "open_clip_pytorch_model.bin":
         return "open_clip_model.safetensors"
     if filename.endswith(".bin"):
-        return filename[: -len(".bin")] + _SAFETENSORS_SUFFIX
+        return filename[: -len(".bin")] + SAFETENSORS_SUFFIX
     return None
 
 
@@ -594,7 +546,7 @@ def _search_providers(spec: BackboneSpec, searched: list[str]) -> _Resolved | No
         source = f"provider:{provider.name}"
         if path.is_dir():
             return _Resolved(source, _local_dir_weights(path, spec.id), path)
-        _check_safetensors_suffix(path, what=f"weights provider {provider.name!r} returned")
+        check_safetensors_suffix(path, what=f"weights provider {provider.name!r} returned")
         if not path.is_file():
             searched.append(f"provider {provider.name!r}: returned {path}, which does not exist")
             continue
