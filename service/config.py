@@ -63,6 +63,11 @@ class Settings(BaseSettings):
     finetunes_dir: Path | None = Field(
         None, description="Where fine-tune jobs write their weights (default: <cache_dir>/finetunes/<job id>)."
     )
+    calibration_path: Path | None = Field(
+        None,
+        description="Calibration JSON for predicted accuracy and the fused order (`backbone-rank calibrate`); "
+        "default: the packaged service/builtin/calibration.json (mean-rank order when that is absent).",
+    )
     benchmark_results_dir: Path | None = Field(
         None, description="Benchmark result JSON files served under /reports/benchmarks (default: the repo's)."
     )

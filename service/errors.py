@@ -20,6 +20,7 @@ Every error a user can cause carries a ``code`` (stable, documented, never rewor
     │   ├── UnknownEstimator           unknown_estimator            422
     │   └── EstimatorNeedsSourceHead   estimator_needs_source_head  422
     ├── InvalidResult                  invalid_result               422  (also a ValueError)
+    ├── InvalidCalibration             invalid_calibration          500  (also a ValueError; a bad calibration file)
     ├── InvalidFinetuneConfig          invalid_finetune_config      422  (also a ValueError)
     └── ServiceError                   (the HTTP API and its jobs)
         ├── InvalidRequest             invalid_request              422
@@ -61,6 +62,7 @@ __all__ = [
     "UnknownEstimator",
     "EstimatorNeedsSourceHead",
     "InvalidResult",
+    "InvalidCalibration",
     "InvalidFinetuneConfig",
     "ServiceError",
     "InvalidRequest",
@@ -169,6 +171,17 @@ class InvalidResult(BackboneRankError, ValueError):
 
     code = "invalid_result"
     status = 422
+
+
+class InvalidCalibration(BackboneRankError, ValueError):
+    """A calibration file (predicted accuracy, fused ranking) that is missing, unreadable or malformed, or
+    benchmark results that cannot be calibrated (``backbone-rank calibrate``).
+
+    Status 500 in the service: the file is the operator's configuration, not the request's fault.
+    """
+
+    code = "invalid_calibration"
+    status = 500
 
 
 class ServiceError(BackboneRankError):

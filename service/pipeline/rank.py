@@ -10,21 +10,38 @@ Result schema (``schema_version`` 1)::
       "dataset": {ref, n_images, n_classes, classes, class_counts, skipped, splits, fingerprint},
       "class_map": {class name: index},
       "estimators": [{"name", "higher_is_better", "reference", "needs"}],
-      "backbones": [                       # best first (fused rank)
+      "backbones": [                       # best first (fused order)
         {"id", "rank", "mean_rank",
          "scores": {estimator: float | null},   # null: not applicable (LEEP/NCE without a source head)
          "unscored": {estimator: reason},       # why each null score is null
          "ranks": {estimator: float | null},    # 1 = best; ties share the average rank
+         "fused_score": float | null,           # calibrated fusion (higher = better); null without one
+         "p_best": float | null,                # probability of being best (half-sample resampling)
+         "predicted_accuracy": {                # null without a calibration or its inputs
+           "finetune": {"value", "low", "high", "inputs"} | null,
+           "linear_probe": {"value", "low", "high", "inputs"} | null} | null,
+         "source_accuracy": float | null,       # the prior: accuracy on its own source task, when known
          "feature_dim", "num_source_classes", "weights_source", "weights_sha256", "data_config",
          "n_images", "n_failed_images", "from_cache",
          "seconds": {"load", "extract", "score", "per_estimator": {estimator: seconds}}}
       ],
+      "fusion": {"method": "calibrated" | "mean_rank", "members", "weights", "normalisation",
+                 "calibration": {"path", "created", "source", "loto": {"finetune_mae", "finetune_coverage",
+                   "linear_probe_mae", "linear_probe_coverage", "nominal_coverage", "fused_mean_weighted_tau",
+                   "best_single", "best_single_mean_weighted_tau"}} | null,    # leave-one-target-out numbers
+                 "p_best": {"n_bootstrap", "seed", "resampling", "seconds"} | null, "note": str},
       "failed_images": int,                # images that could not be decoded (skipped)
       "seconds": {"total": float}
     }
 
-Fused rank: the mean of a backbone's per-estimator ranks (over the estimators that apply to
-it); ties broken by the first estimator's order. A calibrated fusion comes with issue 5.
+Fused order (:mod:`service.pipeline.calibration`): with a calibration (the packaged default, or
+``BACKBONE_RANK_CALIBRATION_PATH``) backbones are ordered by the calibrated fusion of a few cheap
+estimators (and the source-task prior), standardised across the candidates; ``p_best`` comes from
+recomputing those members on ``n_bootstrap`` class-stratified half-samples of the images (the same for
+every backbone; needs in-memory features), and ``predicted_accuracy`` from the calibrated class-mean
+softmax accuracy with a LOTO residual interval (nominal 90 %). Without a calibration, or when none of
+its members was computed, the order is the mean of a backbone's per-estimator ranks (over the
+estimators that apply to it), ties broken by the first estimator's order, as before.
 
 Streaming (``rank_backbones(..., streaming=True)``): features are accumulated into
 :class:`estimators.StreamingStatistics` batch by batch, in memory independent of the number of
@@ -36,7 +53,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +65,7 @@ from service.errors import EstimatorNeedsSourceHead, TooFewSamplesPerClass, Unkn
 
 from .backbones import BackboneSpec, LoadedBackbone, load_backbone
 from .cache import FeatureCache
+from .calibration import Calibration, Fusion, fused_scores, p_best, resolve_calibration, source_accuracy_of
 from .datasets import Dataset, DatasetRef, load_dataset
 from .extract import FeatureSet, ProgressCallback, extract_features
 
@@ -109,14 +127,23 @@ def rank_backbones(
     progress: ProgressCallback | None = None,
     builtin_dir: Path | None = None,
     streaming: bool = False,
+    calibration: Calibration | str | Path | None = "default",
+    n_bootstrap: int = 0,
 ) -> dict[str, Any]:
     """Rank ``backbones`` on ``dataset``; see the module docstring for the result schema.
 
     Everything the user can get wrong is checked before the first forward pass: estimator
-    names, the dataset (paths, images, class sizes) and every backbone's weights.
+    names, the calibration file, the dataset (paths, images, class sizes) and every backbone's weights.
+
+    ``calibration``: ``"default"`` (the packaged file; mean-rank order when it is absent), a path to a
+    calibration JSON (must be valid), a :class:`~service.pipeline.calibration.Calibration`, or None
+    (mean-rank order, no predicted accuracy). ``n_bootstrap``: half-sample replicates for ``p_best``
+    (0, the default: none; each replicate refits the fusion's members for every backbone, which for the
+    packaged linear-probe fusion costs ~0.1-1 s per backbone), seeded by ``seed``.
     """
     started = time.perf_counter()
     requested = check_estimators(estimators) if estimators else None
+    resolved = resolve_calibration(calibration)
     if not backbones:
         raise ValueError("no backbone given: pass at least one backbone id")
     if not isinstance(dataset, Dataset):
@@ -164,7 +191,15 @@ def rank_backbones(
         streaming=streaming,
     )
     result = rank_feature_sets(
-        dataset, feature_sets, estimators=requested, min_per_class=min_per_class, load_seconds=load_seconds
+        dataset,
+        feature_sets,
+        estimators=requested,
+        min_per_class=min_per_class,
+        load_seconds=load_seconds,
+        calibration=resolved,
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+        source_accuracy={b.spec.id: source_accuracy_of(b.spec.id) for b in loaded},
     )
     result["seconds"] = {"total": time.perf_counter() - started}
     return result
@@ -177,8 +212,17 @@ def rank_feature_sets(
     estimators: Sequence[str] | None = None,
     min_per_class: int = 2,
     load_seconds: Sequence[float] | None = None,
+    calibration: Calibration | None = None,
+    n_bootstrap: int = 0,
+    seed: int = 0,
+    source_accuracy: Mapping[str, float | None] | None = None,
 ) -> dict[str, Any]:
-    """Score already extracted features and build the ranked result (``backbones`` best first)."""
+    """Score already extracted features and build the ranked result (``backbones`` best first).
+
+    Without ``calibration`` (the default here, so the benchmark's scoring pays for no resampling) the
+    order is the mean rank; with one, the calibrated fused order, ``predicted_accuracy`` and ``p_best``
+    (``n_bootstrap`` half-samples seeded by ``seed``). ``source_accuracy`` maps backbone ids to the prior.
+    """
     names = list(estimators) if estimators else default_estimators(len(dataset), len(dataset.classes))
     infos = [get_estimator(name) for name in names]
     rows: list[dict[str, Any]] = []
@@ -230,6 +274,9 @@ def rank_feature_sets(
             }
         )
     _assign_ranks(rows, infos)
+    fusion = _fuse(
+        rows, feature_sets, infos, calibration, len(dataset.classes), n_bootstrap, seed, source_accuracy or {}
+    )
     for row in rows:
         del row["_position"]
     failed = max((len(fs.failed) for fs in feature_sets), default=0)
@@ -242,6 +289,7 @@ def rank_feature_sets(
             for i in infos
         ],
         "backbones": rows,
+        "fusion": fusion,
         "failed_images": failed,
     }
 
@@ -286,3 +334,135 @@ def _assign_ranks(rows: list[dict[str, Any]], infos: Sequence[Any]) -> None:
     rows.sort(key=lambda r: (r["mean_rank"], r["ranks"].get(first) or float("inf"), r["_position"]))
     for position, row in enumerate(rows, start=1):
         row["rank"] = position
+
+
+def _fuse(
+    rows: list[dict[str, Any]],
+    feature_sets: Sequence[FeatureSet],
+    infos: Sequence[Any],
+    calibration: Calibration | None,
+    n_classes: int,
+    n_bootstrap: int,
+    seed: int,
+    source_accuracy: Mapping[str, float | None],
+) -> dict[str, Any]:
+    """Calibrated fused order, predicted accuracy and p_best (in place on ``rows``); the ``fusion`` block."""
+    for row in rows:
+        row["source_accuracy"] = source_accuracy.get(row["id"])
+        row["fused_score"] = None
+        row["p_best"] = None
+        row["predicted_accuracy"] = None
+    fallback = {
+        "method": "mean_rank",
+        "members": [info.name for info in infos],
+        "weights": None,
+        "normalisation": "rank",
+        "calibration": None,
+        "p_best": None,
+    }
+    if calibration is None:
+        return {**fallback, "note": "no calibration: ordered by the mean of the per-estimator ranks"}
+    described = {
+        "path": calibration.path,
+        "created": calibration.created,
+        "source": dict(calibration.source),
+        "loto": calibration.headline(),
+    }
+    for row in rows:
+        row["predicted_accuracy"] = calibration.predict_accuracy(n_classes, row["scores"])
+    spec = calibration.fusion
+    computed = {info.name for info in infos} | {"source_accuracy"}
+    used = [m for m in spec.members if m in computed and any(_member(row, m) is not None for row in rows)]
+    if not [m for m in used if m != "source_accuracy"]:  # a prior alone says nothing about this dataset
+        return {
+            **fallback,
+            "calibration": described,
+            "note": f"none of the fusion's estimators {list(spec.members)} was computed: ordered by mean rank",
+        }
+    members = Fusion(
+        tuple(used), tuple(w for m, w in zip(spec.members, spec.weights, strict=True) if m in used),
+        spec.normalisation, spec.higher_is_better,
+    )  # fmt: skip
+    fused = fused_scores([{m: _member(row, m) for m in used} for row in rows], members)
+    for row, value in zip(rows, fused, strict=True):
+        row["fused_score"] = float(value) if np.isfinite(value) else None
+    rows.sort(
+        key=lambda r: (r["fused_score"] is None, -(r["fused_score"] or 0.0), r["mean_rank"], r["_position"])
+    )
+    for position, row in enumerate(rows, start=1):
+        row["rank"] = position
+    note = "ordered by the calibrated fusion"
+    left_out = [m for m in spec.members if m not in used]
+    if left_out:
+        note += f"; members not computed here (left out): {', '.join(left_out)}"
+    resampling = None
+    ordered = [feature_sets[row["_position"]] for row in rows]
+    if n_bootstrap > 0:
+        why_not = _why_no_resampling(ordered)
+        if why_not is None:
+            began = time.perf_counter()
+            probabilities = p_best(
+                _member_scorer(ordered, rows, used), ordered[0].labels, members, n_bootstrap=n_bootstrap, seed=seed
+            )
+            for row, value in zip(rows, probabilities, strict=True):
+                row["p_best"] = float(value)
+            resampling = {
+                "n_bootstrap": n_bootstrap,
+                "seed": seed,
+                "resampling": "class-stratified half-samples",
+                "seconds": time.perf_counter() - began,
+            }
+        else:
+            note += f"; no p_best: {why_not}"
+    return {
+        "method": "calibrated",
+        "members": list(members.members),
+        "weights": list(members.weights),
+        "normalisation": members.normalisation,
+        "calibration": described,
+        "p_best": resampling,
+        "note": note,
+    }
+
+
+def _member(row: Mapping[str, Any], name: str) -> float | None:
+    value = row["source_accuracy"] if name == "source_accuracy" else row["scores"].get(name)
+    return None if value is None or not np.isfinite(value) else float(value)
+
+
+def _why_no_resampling(feature_sets: Sequence[FeatureSet]) -> str | None:
+    if any(fs.features is None for fs in feature_sets):
+        return "streamed features keep no samples to resample"
+    first = feature_sets[0].indices
+    if any(fs.indices.shape != first.shape or not np.array_equal(fs.indices, first) for fs in feature_sets):
+        return "the backbones decoded different images, so no common resample exists"
+    return None
+
+
+def _member_scorer(
+    feature_sets: Sequence[FeatureSet], rows: Sequence[Mapping[str, Any]], members: Sequence[str]
+) -> Callable[[np.ndarray], list[dict[str, float | None]]]:
+    """``rows -> [{member: score}]`` on an image subset, one dict per backbone (in ``rows`` order)."""
+
+    def scores(subset: np.ndarray) -> list[dict[str, float | None]]:
+        out: list[dict[str, float | None]] = []
+        for fs, row in zip(feature_sets, rows, strict=True):
+            assert fs.features is not None
+            probs = fs.source_probs[subset] if fs.source_probs is not None else None
+            stats = Statistics(fs.features[subset], fs.labels[subset], source_probs=probs)
+            values: dict[str, float | None] = {}
+            for name in members:
+                if name == "source_accuracy":
+                    values[name] = row["source_accuracy"]
+                    continue
+                if row["scores"].get(name) is None:  # not applicable to this backbone on the full data either
+                    values[name] = None
+                    continue
+                try:
+                    values[name] = score(name, stats=stats)
+                except ValueError:  # e.g. a degenerate subsample for this estimator: the member sits out
+                    values[name] = None
+            out.append(values)
+        return out
+
+    return scores

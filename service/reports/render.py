@@ -573,7 +573,44 @@ def render_ranking_report(result: Mapping[str, Any]) -> str:
         rows=rows,
         winner=rows[0]["id"] if rows else None,
         bars=bars,
+        prediction=_prediction_table(result, backbones),
     )
+
+
+def _prediction_table(result: Mapping[str, Any], backbones: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """Fused score, p(best) and predicted accuracies of a calibrated ranking; None for a mean-rank one."""
+    fusion = _mapping(result.get("fusion"))
+    if fusion.get("method") != "calibrated":
+        return None
+
+    def predicted(backbone: Mapping[str, Any], ground_truth: str) -> dict[str, str]:
+        entry = _mapping(_mapping(backbone.get("predicted_accuracy")).get(ground_truth))
+        return {"value": fmt_percent(entry.get("value")), "ci": fmt_ci(entry.get("low"), entry.get("high"), 100, 1)}
+
+    calibration = _mapping(fusion.get("calibration"))
+    resampling = _mapping(fusion.get("p_best"))
+    loto = _mapping(calibration.get("loto"))
+    return {
+        "loto_mae": fmt_percent(loto.get("finetune_mae")),
+        "loto_coverage": fmt_percent(loto.get("finetune_coverage"), 0),
+        "members": ", ".join(str(m) for m in _sequence(fusion.get("members"))),
+        "normalisation": str(fusion.get("normalisation") or NA),
+        "calibration": str(calibration.get("path") or "in-memory calibration"),
+        "created": str(calibration.get("created") or NA),
+        "n_bootstrap": fmt_int(resampling.get("n_bootstrap")) if resampling else None,
+        "note": str(fusion.get("note") or ""),
+        "rows": [
+            {
+                "rank": fmt_rank(backbone.get("rank")),
+                "id": str(backbone.get("id", NA)),
+                "fused": fmt_fixed(backbone.get("fused_score"), 2),
+                "p_best": fmt_fixed(backbone.get("p_best"), 2),
+                "finetune": predicted(backbone, "finetune"),
+                "linear_probe": predicted(backbone, "linear_probe"),
+            }
+            for backbone in backbones
+        ],
+    }
 
 
 # --- fine-tune ------------------------------------------------------------------------------------------------------

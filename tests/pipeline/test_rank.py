@@ -82,7 +82,12 @@ def test_rank_returns_every_backbone_ranked_with_scores(image_folder, resnet_wei
     rows = result["backbones"]
     assert [row["rank"] for row in rows] == [1, 2, 3]
     assert len({row["id"] for row in rows}) == 3
-    assert [row["mean_rank"] for row in rows] == sorted(row["mean_rank"] for row in rows)
+    if result["fusion"]["method"] == "mean_rank":  # no packaged calibration
+        assert [row["mean_rank"] for row in rows] == sorted(row["mean_rank"] for row in rows)
+    else:  # the calibrated fused order (tests/pipeline/test_rank_calibrated.py checks it in detail)
+        fused = [row["fused_score"] for row in rows]
+        assert fused == sorted(fused, reverse=True)
+        assert result["fusion"]["p_best"] is None and all(row["p_best"] is None for row in rows)  # opt-in
     names = {e["name"] for e in result["estimators"]}
     assert {"logme", "sfda", "class_means", "leep", "nce", "knn"} <= names
     for row in rows:
