@@ -234,16 +234,21 @@ def worker_command() -> None:
     worker_main()
 
 
+def _rich_progress(*, transient: bool) -> Any:
+    """rich progress bars on stderr: description, bar, done/total, elapsed."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    return Progress(*columns, console=err_console, transient=transient)
+
+
 @contextlib.contextmanager
 def _progress_bars(enabled: bool) -> Iterator[Callable[[Any], None] | None]:
     """Rich progress bars on stderr, one per backbone, fed by extraction progress events."""
     if not enabled:
         yield None
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=err_console, transient=True) as bars:
+    with _rich_progress(transient=True) as bars:
         tasks: dict[str, Any] = {}
 
         def on_progress(event: Any) -> None:
@@ -425,10 +430,7 @@ def benchmark_command(
 @contextlib.contextmanager
 def _benchmark_progress() -> Iterator[Callable[[Any], None]]:
     """One bar over (target, backbone) pairs, with what is running now as its description."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=err_console, transient=True) as bars:
+    with _rich_progress(transient=True) as bars:
         task = bars.add_task("benchmark", total=None)
 
         def on_progress(event: Any) -> None:
@@ -790,10 +792,7 @@ def _finetune_progress(enabled: bool) -> Iterator[Callable[[Any], None] | None]:
     if not enabled:
         yield None
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=err_console, transient=True) as bars:
+    with _rich_progress(transient=True) as bars:
         tasks: dict[int, Any] = {}
         loading = bars.add_task("loading data and backbone", total=5)
 
@@ -1082,10 +1081,7 @@ def _zoo_progress(enabled: bool) -> Iterator[Callable[[Any], None]]:
 
         yield log_only
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=err_console) as bars:
+    with _rich_progress(transient=False) as bars:
         tasks: dict[str, Any] = {}
 
         def on_progress(event: Any) -> None:
