@@ -63,6 +63,8 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ._atomic import replace_dir
+
 __all__ = [
     "BUILTIN_DATASETS",
     "DEFAULT_IMAGE_SIZE",
@@ -345,7 +347,7 @@ def materialize_builtin_dataset(
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
         try:
             manifest = _build(info, tmp, per_class, image_size, seed)
-            _replace_dir(tmp, target, name)
+            replace_dir(tmp, target, name)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -442,18 +444,6 @@ def _remove_leftovers(root: Path, name: str) -> None:
     for entry in sorted(root.glob(f".{name}.tmp-*")) + sorted(root.glob(f".{name}.old-*")):
         _logger.info("removing leftover %s", entry)
         shutil.rmtree(entry, ignore_errors=True)
-
-
-def _replace_dir(tmp: Path, target: Path, name: str) -> None:
-    """Move the finished build into place; an outdated one is moved aside first (os.replace cannot
-    replace a non-empty directory) and deleted afterwards."""
-    old: Path | None = None
-    if target.exists() or target.is_symlink():
-        old = Path(tempfile.mkdtemp(prefix=f".{name}.old-", dir=target.parent))
-        os.replace(target, old / "data")
-    os.replace(tmp, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _build(info: BuiltinDatasetInfo, out: Path, per_class: Mapping[str, int], size: int, seed: int) -> dict[str, Any]:

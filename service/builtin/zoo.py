@@ -65,6 +65,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from ._atomic import replace_dir
+
 __all__ = [
     "PROVIDER_NAME",
     "ZOO_ENTRIES",
@@ -665,7 +667,7 @@ def _build(
         _write_json(tmp / _CARD, card)
         (tmp / _README).write_text(_readme(card), encoding="utf-8")
         if passed:
-            _replace_dir(tmp, root / entry.name, entry.name)
+            replace_dir(tmp, root / entry.name, entry.name)
         else:
             shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
@@ -691,18 +693,6 @@ def _write_json(path: Path, data: Any) -> None:
     with open(path, "w", encoding="utf-8") as fh:
         json.dump(data, fh, indent=2)
         fh.write("\n")
-
-
-def _replace_dir(tmp: Path, target: Path, name: str) -> None:
-    """Move a finished build into place; an old build is moved aside first (os.replace cannot replace a
-    non-empty directory) and deleted after, so a reader sees the old or the new model, never a mix."""
-    old: Path | None = None
-    if target.exists() or target.is_symlink():
-        old = Path(tempfile.mkdtemp(prefix=f".{name}.old-", dir=target.parent))
-        os.replace(target, old / "model")
-    os.replace(tmp, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _readme(card: Mapping[str, Any]) -> str:
