@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -159,12 +159,8 @@ def rank_command(
                 calibration=settings.calibration_path or "default",
                 n_bootstrap=bootstrap,
             )
-    except BackboneRankError as err:
-        err_console.print(f"[bold red]error[/] {escape(f'[{err.code}]')}: {escape(err.detail)}")
-        raise typer.Exit(2) from None
-    except ValueError as err:
-        err_console.print(f"[bold red]error[/]: {escape(str(err))}")
-        raise typer.Exit(2) from None
+    except (BackboneRankError, ValueError) as err:
+        _exit_with(err)
     if json_output:
         typer.echo(json.dumps(result, indent=2, default=_json_default))
         return
@@ -189,8 +185,7 @@ def _rank_on_server(
     try:
         ref = dataset_ref(dataset)
     except BackboneRankError as err:
-        err_console.print(f"[bold red]error[/] {escape(f'[{err.code}]')}: {escape(err.detail)}")
-        raise typer.Exit(2) from None
+        _exit_with(err)
     if "path" in ref and not Path(ref["path"]).is_absolute() and not ref["path"].startswith("~"):
         # A path typed here means this machine's path: the server resolves relative paths against its own cwd.
         ref["path"] = str(Path(ref["path"]).absolute())
@@ -205,8 +200,7 @@ def _rank_on_server(
                 ref, backbones, estimators=estimators, max_per_class=max_per_class, seed=seed, on_progress=on_progress
             )
     except ClientError as err:
-        err_console.print(f"[bold red]error[/] {escape(f'[{err.code}]')}: {escape(err.detail)}")
-        raise typer.Exit(2) from None
+        _exit_with(err)
     if json_output:
         typer.echo(json.dumps(result, indent=2, default=_json_default))
         return
@@ -232,6 +226,16 @@ def worker_command() -> None:
     from service.jobs.worker import main as worker_main
 
     worker_main()
+
+
+def _exit_with(err: Exception) -> NoReturn:
+    """Report a user-fixable error in one line on stderr (``error [code]: detail`` for the coded ones) and exit 2."""
+    code, detail = getattr(err, "code", None), getattr(err, "detail", None)
+    if code is not None and detail is not None:
+        err_console.print(f"[bold red]error[/] {escape(f'[{code}]')}: {escape(detail)}")
+    else:
+        err_console.print(f"[bold red]error[/]: {escape(str(err))}")
+    raise typer.Exit(2) from None
 
 
 def _rich_progress(*, transient: bool) -> Any:
@@ -409,12 +413,8 @@ def benchmark_command(
                 n_bootstrap=bootstrap,
                 progress=on_progress,
             )
-    except BackboneRankError as err:
-        err_console.print(f"[bold red]error[/] {escape(f'[{err.code}]')}: {escape(err.detail)}")
-        raise typer.Exit(2) from None
-    except ValueError as err:
-        err_console.print(f"[bold red]error[/]: {escape(str(err))}")
-        raise typer.Exit(2) from None
+    except (BackboneRankError, ValueError) as err:
+        _exit_with(err)
     _print_benchmark(result)
     files = result.get("files", {})
     if report and files:
@@ -507,8 +507,7 @@ def report_command(
         target = output if output is not None else result_file.with_suffix(".html")
         target.write_text(html, encoding="utf-8")
     except InvalidResult as err:
-        err_console.print(f"[bold red]error[/] {escape(f'[{err.code}]')}: {escape(err.detail)}")
-        raise typer.Exit(2) from None
+        _exit_with(err)
     except OSError as err:
         err_console.print(f"[bold red]error[/]: cannot write the report: {escape(str(err))}")
         raise typer.Exit(2) from None
@@ -575,8 +574,7 @@ def calibrate_command(
         )
         written = save_calibration(calibration, output)
     except InvalidCalibration as err:
-        err_console.print(f"[bold red]error[/] {escape(f'[{err.code}]')}: {escape(err.detail)}")
-        raise typer.Exit(2) from None
+        _exit_with(err)
     except OSError as err:
         err_console.print(f"[bold red]error[/]: cannot write the calibration: {escape(str(err))}")
         raise typer.Exit(2) from None
@@ -761,12 +759,8 @@ def finetune_command(
             else:
                 assert backbone is not None and dataset is not None
                 result = finetune(dataset, backbone, progress=on_progress, **options)
-    except BackboneRankError as err:
-        err_console.print(f"[bold red]error[/] {escape(f'[{err.code}]')}: {escape(err.detail)}")
-        raise typer.Exit(2) from None
-    except ValueError as err:
-        err_console.print(f"[bold red]error[/]: {escape(str(err))}")
-        raise typer.Exit(2) from None
+    except (BackboneRankError, ValueError) as err:
+        _exit_with(err)
     if json_output:
         typer.echo(json.dumps(result, indent=2, default=_json_default))
         return
@@ -939,12 +933,8 @@ def _run_demo(
             _print_finetune(tuned)
             written.append(reports / f"demo-finetune-{target}.html")
             written[-1].write_text(render_report(tuned), encoding="utf-8")
-    except BackboneRankError as err:
-        err_console.print(f"[bold red]error[/] {escape(f'[{err.code}]')}: {escape(err.detail)}")
-        raise typer.Exit(2) from None
-    except ValueError as err:
-        err_console.print(f"[bold red]error[/]: {escape(str(err))}")
-        raise typer.Exit(2) from None
+    except (BackboneRankError, ValueError) as err:
+        _exit_with(err)
     console.print("[bold]4/4[/] Reports: " + ", ".join(escape(str(p)) for p in written))
     console.print(f"demo finished in {time.perf_counter() - started:.0f} s")
 
@@ -1051,8 +1041,7 @@ def zoo_build_command(
                 progress=on_progress, force=force,
             )  # fmt: skip
     except BackboneRankError as err:
-        err_console.print(f"[bold red]error[/] {escape(f'[{err.code}]')}: {escape(err.detail)}")
-        raise typer.Exit(2) from None
+        _exit_with(err)
     table = Table(title="Built-in zoo", caption="source acc: accuracy on the source's test split")
     for column, justify in (("name", "left"), ("arch", "left"), ("source", "left"), ("source acc", "right"),
                             ("chance", "right"), ("epochs", "right"), ("seconds", "right"), ("images/s", "right")):
