@@ -140,40 +140,46 @@ _BUILTIN_TARGETS = (
 )
 
 
+def _suite_name(base: str, per_class: int | None, default: int | None) -> str:
+    """Result files are named by suite: another images-per-class setting must not overwrite the default's."""
+    return base if per_class == default else f"{base}-{per_class}-per-class"
+
+
 def _zoo_backbones() -> tuple[SuiteBackbone, ...]:
     from service.builtin.zoo import ZOO_ENTRIES
 
     return tuple(SuiteBackbone(f"zoo:{name}") for name in ZOO_ENTRIES)
 
 
-def _default_suite() -> Suite:
+def _default_suite(per_class: int | None = None) -> Suite:
+    per_class = per_class or _DEFAULT_PER_CLASS
     lite = SuiteBackbone("tf_efficientnet_lite0.in1k", input_size=_LITE_INPUT_SIZE, source_accuracy=0.7483)
     return Suite(
-        name="default",
+        name=_suite_name("default", per_class, _DEFAULT_PER_CLASS),
         description=(
             "The built-in zoo (small timm CNNs and a ViT pretrained on built-in source tasks, random-init "
             f"controls) and the real ImageNet EfficientNet-Lite0 (at {_LITE_INPUT_SIZE} px) on the six built-in "
-            f"targets, {_DEFAULT_PER_CLASS} images per class; ground truth = full fine-tuning (6 epochs), 3 seeds, lr "
+            f"targets, {per_class} images per class; ground truth = full fine-tuning (6 epochs), 3 seeds, lr "
             "chosen on the val split."
         ),
         targets=_BUILTIN_TARGETS,
         backbones=(*_zoo_backbones(), lite),
-        finetune=FinetuneSpec(epochs=6, max_per_class=_DEFAULT_PER_CLASS),
-        rank_max_per_class=_DEFAULT_PER_CLASS,
+        finetune=FinetuneSpec(epochs=6, max_per_class=per_class),
+        rank_max_per_class=per_class,
     )
 
 
-def _quick_suite() -> Suite:
+def _quick_suite(per_class: int | None = None) -> Suite:
     from service.builtin.zoo import ZOO_ENTRIES
 
     names = list(ZOO_ENTRIES)[:3] + [n for n in ZOO_ENTRIES if n.startswith("random")][:1]
     return Suite(
-        name="quick",
+        name=_suite_name("quick", per_class, None),
         description="Four zoo backbones on two built-in targets, one seed and few epochs: a smoke run in minutes.",
         targets=(_BUILTIN_TARGETS[0], _BUILTIN_TARGETS[4]),
         backbones=tuple(SuiteBackbone(f"zoo:{n}") for n in dict.fromkeys(names)),
-        finetune=FinetuneSpec(epochs=3, lr_grid=(0.03,), seeds=(0,), linear_probe=False),
-        rank_max_per_class=None,
+        finetune=FinetuneSpec(epochs=3, lr_grid=(0.03,), seeds=(0,), linear_probe=False, max_per_class=per_class),
+        rank_max_per_class=per_class,
     )
 
 
@@ -280,15 +286,23 @@ def get_suite(
     *,
     data_dir: Path | None = None,
     backbone_map: Mapping[str, str] | None = None,
+    per_class: int | None = None,
 ) -> Suite:
     """A built-in suite by name, or a suite TOML file by path.
 
-    ``data_dir`` and ``backbone_map`` (published name -> backbone id) only apply to ``standard``.
+    ``data_dir`` and ``backbone_map`` (published name -> backbone id) only apply to ``standard``;
+    ``per_class`` (images per class in every split, for ranking and fine-tuning alike) only to ``default``
+    and ``quick``: the calibration of predicted accuracy learns from several such settings.
     """
+    if per_class is not None and (per_class < 2 or name_or_path not in ("default", "quick")):
+        raise ValueError(
+            f"per-class {per_class} applies to the built-in suites default and quick, with at least 2 images per "
+            "class; a suite file sets rank_max_per_class and [finetune] max_per_class itself"
+        )
     if name_or_path == "default":
-        return _default_suite()
+        return _default_suite(per_class)
     if name_or_path == "quick":
-        return _quick_suite()
+        return _quick_suite(per_class)
     if name_or_path == "standard":
         return _standard_suite(data_dir, backbone_map)
     path = Path(name_or_path)
