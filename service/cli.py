@@ -129,7 +129,7 @@ def rank_command(
     from service.errors import BackboneRankError
 
     if server is not None:
-        _rank_on_server(server, dataset, backbone, estimator, max_per_class, seed, json_output)
+        _rank_on_server(server, dataset, backbone, estimator, max_per_class, seed, bootstrap, json_output)
         return
     settings = get_settings()
     try:
@@ -174,6 +174,7 @@ def _rank_on_server(
     estimators: list[str] | None,
     max_per_class: int | None,
     seed: int,
+    n_bootstrap: int,
     json_output: bool,
 ) -> None:
     """``rank --server``: submit to the service, show its progress events as bars, print the same table."""
@@ -197,7 +198,13 @@ def _rank_on_server(
                     bars(SimpleNamespace(**{k: progress.get(k) for k in ("stage", "backbone", "done", "total")}))
 
             result = client.rank(
-                ref, backbones, estimators=estimators, max_per_class=max_per_class, seed=seed, on_progress=on_progress
+                ref,
+                backbones,
+                estimators=estimators,
+                max_per_class=max_per_class,
+                seed=seed,
+                n_bootstrap=n_bootstrap,
+                on_progress=on_progress,
             )
     except ClientError as err:
         _exit_with(err)
@@ -443,7 +450,7 @@ def _benchmark_progress() -> Iterator[Callable[[Any], None]]:
         def on_progress(event: Any) -> None:
             what = f"{event.stage} {event.target}" + (f" · {event.backbone}" if event.backbone else "")
             detail = event.detail
-            if detail is not None and hasattr(detail, "epoch") and getattr(detail, "epochs", None):
+            if getattr(detail, "stage", None) == "train":  # a FinetuneProgress; lr/seed/epoch are None outside training
                 what += f" · seed {detail.seed} lr {detail.lr:g} epoch {detail.epoch}/{detail.epochs}"
             elif event.stage == "skip":
                 err_console.print(f"[yellow]skipped[/] {escape(event.target)}: {escape(str(detail))}")
