@@ -145,14 +145,17 @@ class Client:
         estimators: Sequence[str] | None = None,
         max_per_class: int | None = None,
         seed: int = 0,
+        n_bootstrap: int = 0,
         idempotency_key: str | None = None,
     ) -> dict[str, Any]:
-        """Queue a ranking; returns ``{id, kind, state, url, events_url}``."""
+        """Queue a ranking; returns ``{id, kind, state, url, events_url}``. ``n_bootstrap`` > 0 adds ``p_best``."""
         body: dict[str, Any] = {"dataset": dataset_ref(dataset), "backbones": list(backbones), "seed": seed}
         if estimators:
             body["estimators"] = list(estimators)
         if max_per_class is not None:
             body["max_per_class"] = max_per_class
+        if n_bootstrap:
+            body["n_bootstrap"] = n_bootstrap
         return self._submit("ranking", body, idempotency_key)
 
     def submit_finetune(
@@ -265,6 +268,7 @@ class Client:
         estimators: Sequence[str] | None = None,
         max_per_class: int | None = None,
         seed: int = 0,
+        n_bootstrap: int = 0,
         idempotency_key: str | None = None,
         on_progress: ProgressCallback | None = None,
         timeout: float | None = None,
@@ -282,6 +286,7 @@ class Client:
             estimators=estimators,
             max_per_class=max_per_class,
             seed=seed,
+            n_bootstrap=n_bootstrap,
             idempotency_key=idempotency_key,
         )
         return self._result(self.wait("ranking", job["id"], on_progress=on_progress, timeout=timeout))

@@ -11,6 +11,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 
 __all__ = [
     "MAX_BACKBONES",
+    "MAX_BOOTSTRAP",
     "DatasetSpec",
     "RankingRequest",
     "FinetuneRequest",
@@ -22,6 +23,8 @@ __all__ = [
 
 #: Candidates in one ranking; each costs a model load and a pass over the dataset.
 MAX_BACKBONES = 64
+#: Half-sample replicates for p_best; 200 puts the share's standard error under 0.035 and bounds the refits.
+MAX_BOOTSTRAP = 200
 _JOB_ID = r"^[0-9a-f]{32}$"
 
 
@@ -75,7 +78,15 @@ class RankingRequest(BaseModel):
         None, min_length=1, max_length=64, description="Default: every estimator that applies (GET /v1/estimators)."
     )
     max_per_class: int | None = Field(None, ge=1, le=1_000_000, description="Rank on a seeded per-class sample.")
-    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of the per-class sample.")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of the per-class sample (and of the half-samples).")
+    n_bootstrap: int = Field(
+        0,
+        ge=0,
+        le=MAX_BOOTSTRAP,
+        description="Half-sample replicates for each backbone's probability of being best (p_best; 0: none). "
+        "Each replicate refits the fused ranking's members for every backbone (the packaged fusion is the "
+        "linear probe: ~0.1-1 s per backbone and replicate on a CPU).",
+    )
 
 
 class FinetuneRequest(BaseModel):

@@ -109,6 +109,7 @@ def ranking_request(body: RankingRequest, settings: Settings) -> dict[str, Any]:
         "estimators": check_estimator_names(body.estimators),
         "max_per_class": body.max_per_class,
         "seed": body.seed,
+        "n_bootstrap": body.n_bootstrap,
     }
 
 

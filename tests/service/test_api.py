@@ -184,6 +184,8 @@ def test_estimators_validated(client: TestClient, dataset: Path) -> None:
         b'{"dataset": {"kind": "folder", "path": "/x"}, "backbones": ["a"], "typo": 1}',
         b'{"dataset": {"kind": "zip", "path": "/x"}, "backbones": ["a"]}',
         b'{"dataset": {"kind": "folder", "path": "/x"}, "backbones": ["a"], "max_per_class": 0}',
+        b'{"dataset": {"kind": "folder", "path": "/x"}, "backbones": ["a"], "n_bootstrap": 201}',
+        b'{"dataset": {"kind": "folder", "path": "/x"}, "backbones": ["a"], "n_bootstrap": -1}',
         json.dumps(ranking("/x", [f"random:m{i}" for i in range(65)])).encode(),
     ],
 )

@@ -170,6 +170,20 @@ def test_real_ranking_through_the_api(api: TestClient, settings: Settings, data_
     assert "backbone_rank_feature_cache_misses_total 2.0" in metrics
 
 
+def test_p_best_on_request(api: TestClient, settings: Settings, data_root: Path) -> None:
+    dataset = write_image_folder(data_root / "shapes", {"a": 8, "b": 8, "c": 8}, size=16)
+    backbones = ["random:test_resnet", "random:test_vit"]
+    plain = submit(api, dataset, backbones, estimators=["class_means", "linear_probe"])
+    asked = submit(api, dataset, backbones, estimators=["class_means", "linear_probe"], n_bootstrap=6, seed=3)
+    run_jobs(settings, 2)
+    results = [api.get(f"/v1/rankings/{job_id}").json()["result"] for job_id in (plain, asked)]
+    assert all(b["p_best"] is None for b in results[0]["backbones"]) and results[0]["fusion"]["p_best"] is None
+    p_best = [b["p_best"] for b in results[1]["backbones"]]
+    assert all(0.0 <= p <= 1.0 for p in p_best) and sum(p_best) == pytest.approx(1.0)
+    assert results[1]["fusion"]["p_best"]["n_bootstrap"] == 6 and results[1]["fusion"]["p_best"]["seed"] == 3
+    assert api.get(f"/v1/rankings/{asked}").json()["request"]["n_bootstrap"] == 6
+
+
 def test_bad_inputs_only_a_worker_can_see_fail_the_job_with_their_code(
     api: TestClient, settings: Settings, data_root: Path
 ) -> None:
