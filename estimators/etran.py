@@ -1,8 +1,13 @@
 """ETran's energy score (Gholami, Akbari, Wang, Kamranian & Zhang, ICCV 2023).
 
 ETran = 0.15 · minmax(energy) + 0.85 · minmax(LDA score), the min-max taken across the
-candidate backbones. The LDA part is :func:`estimators.lda`; this module provides the energy
-part, which is pool-free on its own (combine the two with a pool-free rule, not min-max).
+candidate backbones. This module provides the energy part, which is pool-free on its own; we do
+not offer the combination. The paper's LDA part is a shrinkage LDA posterior such as
+:func:`estimators.lda`, but the released ``LDA_Score`` takes ``np.linalg.eigh`` of the
+non-symmetric ``inv(S_w) S_b``, which returns an orthonormal basis of the whole space, so its
+projection is the identity and its "LDA" is a softmax of dot products with the class means (no
+whitening, not translation invariant): it differs from :func:`estimators.lda` by several percent
+on raw features and by far more on rescaled ones, which is why we do not present it as ETran's.
 """
 
 from __future__ import annotations

@@ -44,7 +44,9 @@ def gbc(
         The official default is spherical: each class variance is the mean of its per-dimension
         variances.
     pca_dim : int or None, default=64
-        PCA dimension (official default 64). None, or a value >= D, uses the raw features.
+        PCA dimension (official default 64). None, or a value > D, uses the raw features (the
+        official code refuses D < 64); at D == pca_dim the features are rotated onto their
+        principal axes, as the official PCA does (this matters for ``gaussian_type="diagonal"``).
     stats : Statistics, optional
 
     Returns
@@ -97,7 +99,9 @@ def _class_gaussians(stats: Statistics, pca_dim: int | None) -> tuple[NDArray[np
     """Per-class means and population variances (C, k) of the (PCA-reduced) features."""
     n, d = stats.n_samples, stats.n_features
     counts = stats.counts[:, None]
-    if pca_dim is None or pca_dim >= d:  # raw features: both come from the shared class statistics
+    # raw features: both come from the shared class statistics. At pca_dim == D the official PCA still rotates
+    # onto the principal axes, which changes the diagonal model's per-axis variances, so we rotate too.
+    if pca_dim is None or pca_dim > d:
         return stats.class_means, stats.class_sq_deviations / counts
     axes = stats.top_principal_axes(min(pca_dim, n))
     if stats.streamed:  # variance along axis w of class c is wᵀ S_c w / n_c: exact, no per-sample projection

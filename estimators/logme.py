@@ -50,7 +50,9 @@ def logme(
     algorithm : {"fixed_point", "icml"}, default="fixed_point"
         ``"fixed_point"`` is thuml/LogME's default (JMLR 2022: at most 11 steps, stop when the
         relative change of α/β is <= 1e-3). ``"icml"`` reproduces the ICML 2021 algorithm as in
-        thuml's ``_fit_icml`` and TLlib (stop at < 1e-2; the 1e-5 safeguards stay in the evidence).
+        thuml's ``_fit_icml`` (stop at < 1e-2; the 1e-5 safeguards stay in the evidence). TLlib's
+        ``each_evidence`` is the same iteration without the 1e-5 safeguards, so it differs from
+        both by ~1e-3 relative.
     regression : bool, default=False
         Treat ``labels`` as continuous targets.
     stats : Statistics, optional
@@ -73,7 +75,7 @@ def logme(
     above 1e-10 when N > D), but ``log det(αI + βFᵀF)`` also contains ``(D - K) log α`` from
     the zero singular values (thuml/LogME #23). When D > N or the features are rank-deficient
     the official default is therefore wrong, by orders of magnitude; we add the missing term,
-    which makes both algorithms equal to the ICML / TLlib implementation's math. For full-rank
+    which makes both algorithms equal to the ICML implementation's math. For full-rank
     features with N > D the values equal thuml's default. Like the official code we keep the
     11-step cap: with D > N the iteration may stop a few percent below the converged maximum.
 

@@ -49,8 +49,9 @@ def nce(
 
     Notes
     -----
-    Terms with ``P(y, z) = 0`` are dropped (their limit is 0), as TLlib does; thuml's NCE.py
-    produces NaN for them. Ties in the argmax go to the lowest source class, as ``numpy.argmax``.
+    Terms with ``P(y, z) = 0`` are dropped (their limit is 0), as TLlib and thuml's current
+    NCE.py do (they mask them and add 1e-20; an older thuml version did not run). Ties in the
+    argmax go to the lowest source class, as ``numpy.argmax``.
 
     References
     ----------

@@ -31,6 +31,13 @@ def _pca(stats: Statistics, k: int) -> tuple[NDArray[np.float64], NDArray[np.flo
     return stats.memo(("pca_exact", k), compute)
 
 
+def _pca_components(pca_dim: int, n: int, d: int) -> int:
+    """``pca_dim`` wherever the official ``PCA(n_components=pca_dim)`` runs (pca_dim <= min(N, D), even when
+    that keeps a component of the centred data's null space at N == pca_dim); min(pca_dim, N - 1, D) where
+    it refuses."""
+    return pca_dim if pca_dim <= min(n, d) else min(pca_dim, n - 1, d)
+
+
 def ncti_terms(stats: Statistics, pca_dim: int | None = 64) -> dict[str, float]:
     """The official NCTI terms of one backbone, before any normalisation.
 
@@ -50,7 +57,7 @@ def ncti_terms(stats: Statistics, pca_dim: int | None = 64) -> dict[str, float]:
         reduced = features
         variances = np.clip(stats.centered_gram_eigh[0][::-1], 0.0, None) / (n - 1)
     else:
-        reduced, variances = _pca(stats, min(pca_dim, n - 1, d))
+        reduced, variances = _pca(stats, _pca_components(pca_dim, n, d))
     shrinkage = max(float(np.exp(-variances[:_SHRINKAGE_COMPONENTS].sum())), _MIN_SHRINKAGE)
     if shrinkage == _MIN_SHRINKAGE:
         model = LinearDiscriminantAnalysis(solver="svd")
@@ -153,16 +160,18 @@ def ncti(
 
     Shape
     -----
-    features (N, D) -> PCA (N, min(pca_dim, N - 1, D)) -> LDA projection (N, min(C - 1, dims)).
+    features (N, D) -> PCA (N, k) -> LDA projection (N, min(C - 1, k)), with k = pca_dim when
+    pca_dim <= min(N, D), else min(pca_dim, N - 1, D).
 
     Notes
     -----
     The official PCA is ``PCA(n_components=64)``, whose default solver is randomized and
     unseeded for large inputs; we use the exact PCA (the shared eigendecomposition of the
     centred Gram matrix), which the randomized one approximates. LDA is scikit-learn's
-    ``LinearDiscriminantAnalysis`` as in the official code. The official code fails when
-    min(N, D) < 64; we then keep min(64, N - 1, D) components (N - 1: the centred data has no
-    variance beyond that).
+    ``LinearDiscriminantAnalysis`` as in the official code. Wherever the official code runs
+    (64 <= min(N, D)) we keep its 64 components, even at N = 64 where one of them spans only
+    rounding noise; where it fails (min(N, D) < 64) we keep min(64, N - 1, D) components (N - 1:
+    the centred data has no variance beyond that).
 
     References
     ----------

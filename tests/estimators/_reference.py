@@ -203,7 +203,7 @@ def _bhattacharyya(mu1, mu2, s1, s2, gaussian_type):
 def ref_gbc(features, labels, gaussian_type="spherical", pca_dim=64):
     f = _as_f64(features)
     n, d = f.shape
-    if pca_dim is not None and pca_dim < d:
+    if pca_dim is not None and pca_dim <= d:  # the official pca_reduction also rotates at pca_dim == D
         f = PCA(n_components=min(pca_dim, n), svd_solver="full").fit_transform(f)
     codes, n_classes = _encode(labels)
     means, variances = [], []

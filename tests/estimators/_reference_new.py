@@ -200,7 +200,8 @@ def ref_ncti_terms(features, labels, n_components=64):
     X = np.asarray(features, dtype=np.float64)
     y = _encode(labels)
     C = np.unique(y).shape[0]
-    n_components = min(n_components, X.shape[0] - 1, X.shape[1])
+    if n_components > min(X.shape):  # the official PCA(64) refuses; ncti then keeps N - 1 (documented)
+        n_components = min(n_components, X.shape[0] - 1, X.shape[1])
     pca = sklearn.decomposition.PCA(n_components=n_components, svd_solver="full")
     X = pca.fit_transform(X, y)
     temp = max(np.exp(-pca.explained_variance_[:32].sum()), 1e-10)

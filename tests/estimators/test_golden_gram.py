@@ -17,9 +17,7 @@ import pytest
 from estimators import Statistics, score
 
 # Load the reference module by path, so it works whether or not tests/ is a package.
-_spec = importlib.util.spec_from_file_location(
-    "_golden_reference", pathlib.Path(__file__).with_name("_reference.py")
-)
+_spec = importlib.util.spec_from_file_location("_golden_reference", pathlib.Path(__file__).with_name("_reference.py"))
 ref = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(ref)
 
@@ -120,7 +118,7 @@ CONFIGS = [
     ("logme", {"algorithm": "icml"}, ref.ref_logme_icml, RTOL),
     ("h_score", {}, ref.ref_h_score, RTOL),
     ("shrinkage_h_score", {}, ref.ref_shrinkage_h_score, RTOL),
-    ("gbc", {}, ref.ref_gbc, RTOL),  # spherical, pca_dim=64 (>= D here: no PCA)
+    ("gbc", {}, ref.ref_gbc, RTOL),  # spherical, pca_dim=64 (> D here: no PCA)
     ("gbc", {"gaussian_type": "spherical"}, ref.ref_gbc, RTOL),
     ("gbc", {"gaussian_type": "diagonal"}, functools.partial(ref.ref_gbc, gaussian_type="diagonal"), RTOL),
     ("gbc", {"pca_dim": None}, functools.partial(ref.ref_gbc, pca_dim=None), RTOL),
@@ -428,3 +426,19 @@ def test_reference_logme_algorithms_agree_roughly():
         a = ref.ref_logme_fixed_point(f, y)
         b = ref.ref_logme_icml(f, y)
         np.testing.assert_allclose(a, b, rtol=1e-2)
+
+
+def test_gbc_diagonal_rotates_at_pca_dim_equal_to_d():
+    """The official pca_reduction(features, 64) rotates a 64-D input onto its principal axes: the diagonal
+    Gaussians change (the spherical ones only through the per-axis variance floor)."""
+    f, y = _clusters(11, 400, 64, 6, sep=0.6)
+    rng = np.random.default_rng(11)
+    f = f * rng.uniform(0.2, 3.0, size=64)  # anisotropic, so the principal axes are not the raw ones
+    got = score("gbc", f, y, gaussian_type="diagonal")
+    _assert_close(got, ref.ref_gbc(f, y, gaussian_type="diagonal"), RTOL_PCA)
+    assert abs(got - ref.ref_gbc(f, y, gaussian_type="diagonal", pca_dim=None)) > 1e-3 * abs(got)
+    _assert_close(
+        score("gbc", f, y, gaussian_type="diagonal", pca_dim=65),
+        score("gbc", f, y, gaussian_type="diagonal", pca_dim=None),
+        1e-12,
+    )

@@ -128,6 +128,18 @@ def test_ncti_terms_match_the_official_implementation(key):
     assert score("ncti", x, y) == pytest.approx(combined, rel=RTOL)
 
 
+def test_ncti_keeps_the_official_64_components_at_n_equal_to_64():
+    """PCA(64) runs at N = 64 (one component spans rounding noise): we keep 64 there too, not N - 1. Small
+    features take the shrinkage-LDA branch, whose value does not depend on that noise component's scale."""
+    rng = np.random.default_rng(5)
+    y = np.repeat(np.arange(4), 16)
+    x = 0.03 * (rng.normal(size=(64, 96)) + 1.5 * rng.normal(size=(4, 96))[y])
+    seli, ncc, vc, _ = ref.ref_ncti_terms(x, y)
+    assert score("ncti", x, y, term="seli") == pytest.approx(seli, rel=1e-8)
+    assert score("ncti", x, y, term="ncc") == pytest.approx(ncc, rel=1e-8)
+    assert score("ncti", x, y, term="vc") == pytest.approx(vc, rel=1e-8)
+
+
 def test_ncti_exercises_both_official_lda_solvers():
     """λ = exp(-Σ top-32 PCA variances): unit-scale features hit the 1e-10 floor (SVD solver), small ones not."""
     from estimators.ncti import _SHRINKAGE_COMPONENTS
