@@ -159,6 +159,11 @@ class Sample:
     finetune: float | None
     linear_probe: float | None
     seconds: Mapping[str, float] = field(default_factory=dict)
+    #: Which benchmark result (setting: suite, images per class) the row comes from. One target ranked in
+    #: two settings is two rankings (scored apart) but one LOTO group (held out together).
+    setting: str = ""
+    #: Images per class the row was ranked (and fine-tuned) on; None when the result does not say.
+    images_per_class: float | None = None
 
     def truth(self, ground_truth: str) -> float | None:
         return self.finetune if ground_truth == "finetune" else self.linear_probe
@@ -167,7 +172,8 @@ class Sample:
 def samples_from_results(results: Sequence[Mapping[str, Any]]) -> tuple[list[Sample], dict[str, bool]]:
     """The rows of benchmark results, and each score's direction (``{name: higher_is_better}``).
 
-    Targets are identified by name: the same target in two results is one LOTO group (held out together).
+    Targets are identified by name: the same target in two results is one LOTO group (held out together),
+    and two rankings (``Sample.setting``: the result's suite name, numbered if two results share one).
 
     Raises
     ------
@@ -176,7 +182,9 @@ def samples_from_results(results: Sequence[Mapping[str, Any]]) -> tuple[list[Sam
     """
     samples: list[Sample] = []
     directions: dict[str, bool] = {}
+    names = [str(((r.get("suite") or {}) if isinstance(r, Mapping) else {}).get("name") or "") for r in results]
     for index, result in enumerate(results):
+        setting = names[index] if names.count(names[index]) == 1 else f"{names[index]}#{index + 1}"
         if not isinstance(result, Mapping) or result.get("kind") != "benchmark" or "targets" not in result:
             kind = result.get("kind") if isinstance(result, Mapping) else None
             raise InvalidCalibration(
@@ -188,7 +196,7 @@ def samples_from_results(results: Sequence[Mapping[str, Any]]) -> tuple[list[Sam
                 directions[entry["name"]] = bool(entry["higher_is_better"])
             for target in result["targets"]:
                 for row in target["backbones"]:
-                    samples.append(_sample(target, row))
+                    samples.append(_sample(target, row, setting))
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise InvalidCalibration(
                 f"input {index + 1} is a malformed benchmark result ({type(err).__name__}: {err}); "
@@ -199,11 +207,12 @@ def samples_from_results(results: Sequence[Mapping[str, Any]]) -> tuple[list[Sam
     return samples, directions
 
 
-def _sample(target: Mapping[str, Any], row: Mapping[str, Any]) -> Sample:
+def _sample(target: Mapping[str, Any], row: Mapping[str, Any], setting: str) -> Sample:
     accuracy = row.get("accuracy") or {}
     if accuracy.get("mean") is None:
         raise ValueError(f"target {target['name']!r}, backbone {row.get('id')!r} has no accuracy")
     probe = row.get("linear_probe_accuracy")
+    n_images = target.get("n_rank_images")
     return Sample(
         target=str(target["name"]),
         backbone=str(row["id"]),
@@ -212,6 +221,8 @@ def _sample(target: Mapping[str, Any], row: Mapping[str, Any]) -> Sample:
         finetune=float(accuracy["mean"]),
         linear_probe=None if probe is None else float(probe),
         seconds=dict((row.get("seconds") or {}).get("per_estimator") or {}),
+        setting=setting,
+        images_per_class=None if not n_images else float(n_images) / int(target["n_classes"]),
     )
 
 
@@ -469,18 +480,30 @@ def _tau(scores: NDArray[np.float64], accuracy: NDArray[np.float64]) -> float | 
     return metric_values(scores[keep], accuracy[keep])["weighted_tau"]
 
 
-def _by_target(samples: Sequence[Sample]) -> dict[str, list[Sample]]:
-    groups: dict[str, list[Sample]] = {}
+def _rankings(samples: Sequence[Sample]) -> dict[tuple[str, str], list[Sample]]:
+    """The rows of each ranking problem: one target in one setting."""
+    groups: dict[tuple[str, str], list[Sample]] = {}
     for s in samples:
-        groups.setdefault(s.target, []).append(s)
+        groups.setdefault((s.target, s.setting), []).append(s)
     return groups
 
 
-def _fusion_tau(groups: Mapping[str, Sequence[Sample]], fusion: Fusion) -> dict[str, float | None]:
-    return {
-        name: _tau(fused_scores([s.scores for s in rows], fusion), np.array([s.finetune for s in rows], dtype=float))
-        for name, rows in groups.items()
-    }
+def _per_target(values: Mapping[tuple[str, str], float | None]) -> dict[str, float | None]:
+    """Mean over a target's settings of per-ranking values (a target counts once however many settings)."""
+    collected: dict[str, list[float | None]] = {}
+    for (target, _), value in values.items():
+        collected.setdefault(target, []).append(value)
+    return {target: _mean(found) for target, found in collected.items()}
+
+
+def _fusion_tau(groups: Mapping[tuple[str, str], Sequence[Sample]], fusion: Fusion) -> dict[str, float | None]:
+    """Weighted τ of the fused score per target (the mean over its settings)."""
+    return _per_target(
+        {
+            key: _tau(fused_scores([s.scores for s in rows], fusion), np.array([s.finetune for s in rows], dtype=float))
+            for key, rows in groups.items()
+        }
+    )
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
@@ -492,7 +515,7 @@ def _fusion_candidates(
     samples: Sequence[Sample], directions: Mapping[str, bool], max_member_seconds: float, fusable: Collection[str]
 ) -> list[str]:
     """Scores present on every target for at least two backbones, cheap to recompute (or the prior)."""
-    groups = _by_target(samples)
+    groups = _rankings(samples)
     names = sorted({n for s in samples for n in s.scores} - _NOT_FUSABLE)
     out = []
     for name in names:
@@ -511,7 +534,7 @@ def _select_fusion(
     samples: Sequence[Sample], directions: Mapping[str, bool], candidates: Sequence[str]
 ) -> tuple[Fusion, float | None]:
     """Greedy forward selection (equal weights, <= 3 members) on the mean weighted τ of ``samples``' targets."""
-    groups = _by_target(samples)
+    groups = _rankings(samples)
     best: tuple[float, Fusion] | None = None
     chosen: list[str] = []
     while len(chosen) < _MAX_MEMBERS:
@@ -568,6 +591,7 @@ def loto_evaluation(
             out["accuracy"][ground_truth] = None
             continue
         rows, errors, raw_errors, const_errors, hits = [], [], [], [], []
+        by_setting: dict[str, dict[str, list[float]]] = {}
         for held in targets:
             train = [s for s in samples if s.target != held]
             test = [s for s in samples if s.target == held and s.truth(ground_truth) is not None]
@@ -586,6 +610,13 @@ def loto_evaluation(
                     continue
                 err.append(abs(prediction["value"] - truth))
                 hit.append(prediction["low"] <= truth <= prediction["high"])
+                setting = by_setting.setdefault(s.setting, {"err": [], "hit": [], "raw": [], "per_class": []})
+                setting["err"].append(err[-1])
+                setting["hit"].append(float(hit[-1]))
+                if s.images_per_class is not None:
+                    setting["per_class"].append(s.images_per_class)
+                if s.scores.get("class_means") is not None:
+                    setting["raw"].append(abs(float(s.scores["class_means"]) - truth))  # type: ignore[arg-type]
                 used.append(tuple(prediction["inputs"]))
                 const.append(abs(float(from_logit(constant, s.n_classes)) - truth))
                 if s.scores.get("class_means") is not None:
@@ -618,6 +649,17 @@ def loto_evaluation(
                 "mae_raw_class_means": float(np.mean(raw_errors)) if raw_errors else None,
                 "mae_constant": float(np.mean(const_errors)) if const_errors else None,
             },
+            "per_setting": [
+                {
+                    "setting": name,
+                    "images_per_class": _mean(list(v["per_class"])),
+                    "n": len(v["err"]),
+                    "mae": float(np.mean(v["err"])),
+                    "coverage": float(np.mean(v["hit"])),
+                    "mae_raw_class_means": _mean(list(v["raw"])),
+                }
+                for name, v in by_setting.items()
+            ],
         }
     out["fusion"] = _loto_fusion(samples, directions, targets, max_member_seconds, fusable)
     # the same protocol with every estimator allowed as a member (no cost limit): what the cost rule gives up
@@ -641,23 +683,20 @@ def _loto_fusion(
     max_member_seconds: float,
     fusable: Collection[str],
 ) -> dict[str, Any]:
-    groups = _by_target(samples)
-    singles = sorted({n for s in samples for n in s.scores} - _NOT_FUSABLE - {_PRIOR})
-    single_tau: dict[str, dict[str, float | None]] = {}
-    for name in singles:
-        if name not in directions:
-            continue
-        single_tau[name] = {}
-        for target, rows in groups.items():
+    groups = _rankings(samples)
+
+    def score_tau(name: str, higher_is_better: bool) -> dict[str, float | None]:
+        per_ranking = {}
+        for key, rows in groups.items():
             raw = np.array([np.nan if s.scores.get(name) is None else s.scores[name] for s in rows], dtype=float)
-            single_tau[name][target] = _tau(
-                as_higher_is_better(raw, directions[name]), np.array([s.finetune for s in rows], dtype=float)
+            per_ranking[key] = _tau(
+                as_higher_is_better(raw, higher_is_better), np.array([s.finetune for s in rows], dtype=float)
             )
-    prior_tau: dict[str, float | None] = {}
-    if _PRIOR in directions:
-        for target, rows in groups.items():
-            raw = np.array([np.nan if s.scores.get(_PRIOR) is None else s.scores[_PRIOR] for s in rows], dtype=float)
-            prior_tau[target] = _tau(raw, np.array([s.finetune for s in rows], dtype=float))
+        return _per_target(per_ranking)
+
+    singles = sorted({n for s in samples for n in s.scores} - _NOT_FUSABLE - {_PRIOR})
+    single_tau = {name: score_tau(name, directions[name]) for name in singles if name in directions}
+    prior_tau = score_tau(_PRIOR, True) if _PRIOR in directions else {}
     per_target = []
     fused_values: list[float | None] = []
     selected_single_values: list[float | None] = []
@@ -665,7 +704,7 @@ def _loto_fusion(
         train = [s for s in samples if s.target != held]
         candidates = _fusion_candidates(train, directions, max_member_seconds, fusable)
         fusion, train_tau = _select_fusion(train, directions, candidates)
-        tau = _fusion_tau({held: groups[held]}, fusion)[held]
+        tau = _fusion_tau({key: rows for key, rows in groups.items() if key[0] == held}, fusion)[held]
         # the honest single-estimator analogue: the one best on the training targets
         train_targets = [t for t in targets if t != held]
         ranked_singles = sorted(
@@ -1011,6 +1050,21 @@ def evaluation_markdown(data: Mapping[str, Any]) -> str:
             f"{_cell(overall['mae_raw_class_means'], '.3f')} | {_cell(overall['mae_constant'], '.3f')} | |",
             "",
         ]
+        settings = table.get("per_setting") or []
+        if len(settings) > 1:
+            lines += [
+                f"The same held-out {label} predictions by benchmark setting:",
+                "",
+                "| setting | images per class | rows | MAE | coverage | MAE, raw class-mean accuracy |",
+                "|---|---|---|---|---|---|",
+            ]
+            lines += [
+                f"| {row['setting']} | {_cell(row['images_per_class'], '.0f')} | {row['n']} | "
+                f"{_cell(row['mae'], '.3f')} | {_cell(row['coverage'], '.0%')} | "
+                f"{_cell(row['mae_raw_class_means'], '.3f')} |"
+                for row in settings
+            ]
+            lines.append("")
     fusion = evaluation["fusion"]
     best = fusion["best_single"]
     lines += [

@@ -227,6 +227,40 @@ def test_fusion_loto_never_looks_at_the_held_out_target():
     assert fusion["single_mean_weighted_tau"]["oracle"] == pytest.approx(-0.5)
 
 
+def test_one_target_in_two_settings_is_two_rankings_and_one_loto_group():
+    up = [1.0, 2.0, 3.0, 4.0, 5.0]
+
+    def result(name: str, shift: float, accuracy: list[float], per_class: int) -> dict[str, Any]:
+        targets = [_target(f"t{i}", [g + shift for g in up], up, accuracy) for i in range(3)]
+        for target in targets:
+            target["n_rank_images"] = per_class * target["n_classes"]
+        return {
+            "kind": "benchmark",
+            "suite": {"name": name},
+            "estimators": [{"name": "good", "higher_is_better": True}, {"name": "oracle", "higher_is_better": True}],
+            "baselines": [],
+            "targets": targets,
+        }
+
+    # Within each setting "good" orders the backbones perfectly; pooled, the few-shot setting's higher scores and
+    # lower accuracies would make it look anti-correlated.
+    many = result("default", 0.0, [0.5, 0.6, 0.7, 0.8, 0.9], 20)
+    few = result("default-10-per-class", 10.0, [0.3, 0.35, 0.4, 0.45, 0.5], 10)
+    samples, directions = samples_from_results([many, few])
+    assert {(s.setting, s.images_per_class) for s in samples} == {("default", 20.0), ("default-10-per-class", 10.0)}
+    evaluation = loto_evaluation(samples, directions, fusable={"good", "oracle"})
+    fusion = evaluation["fusion"]
+    assert [r["target"] for r in fusion["per_target"]] == ["t0", "t1", "t2"]  # held out with both settings
+    assert fusion["single_mean_weighted_tau"]["good"] == pytest.approx(1.0)
+    assert fusion["fused_mean_weighted_tau"] == pytest.approx(1.0)
+    settings = {row["setting"]: row for row in evaluation["accuracy"]["finetune"]["per_setting"]}
+    assert settings.keys() == {"default", "default-10-per-class"}
+    assert settings["default"]["images_per_class"] == 20 and settings["default"]["n"] == 15
+    # two results of one suite stay two settings
+    twice = samples_from_results([many, many])[0]
+    assert {s.setting for s in twice} == {"default#1", "default#2"}
+
+
 def test_expensive_estimators_are_not_fusion_members_but_are_still_compared():
     result = synthetic_result()
     for target in result["targets"]:
