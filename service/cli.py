@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -857,6 +857,22 @@ def _print_finetune(result: dict[str, Any]) -> None:
         console.print("weights: not saved (add --out DIR)")
 
 
+def _print_prediction_check(ranked: Mapping[str, Any], tuned: Mapping[str, Any]) -> None:
+    """The winner's predicted accuracy (from the ranking, before any training) next to the measured one."""
+    ground_truth = "linear_probe" if tuned["strategy"] == "linear" else "finetune"
+    predicted = (ranked.get("predicted_accuracy") or {}).get(ground_truth)
+    if not predicted:
+        return
+    measured = float(tuned["test_accuracy"]["mean"])
+    inside = predicted["low"] <= measured <= predicted["high"]
+    console.print(
+        f"predicted by the ranking before training: {predicted['value']:.3f} "
+        f"[{predicted['low']:.3f}, {predicted['high']:.3f}] (90 % interval); measured {measured:.3f}, "
+        + ("inside" if inside else "[yellow]outside[/]")
+        + " the interval"
+    )
+
+
 #: Above this input size the demo fine-tunes the winner as a linear probe: full fine-tuning at 224 px takes a
 #: CPU hours, a linear probe on features extracted once takes a minute.
 _DEMO_FULL_FINETUNE_MAX_INPUT = 64
@@ -930,7 +946,8 @@ def _run_demo(
             console.print(
                 f"[bold]3/4[/] Fine-tuning the winner {escape(best['id'])} ({strategy}"
                 + (f"; {size} px input: a linear probe on a CPU" if strategy == "linear" else "")
-                + f") on builtin:{target}: train split, lr chosen on val, accuracy on test ..."
+                + f") on builtin:{target}, {max_per_class} images per class as ranked: train split, lr chosen on "
+                "val, accuracy on test ..."
             )
             with _finetune_progress(enabled=True) as on_progress:
                 tuned = tune_winner(
@@ -938,6 +955,8 @@ def _run_demo(
                     strategy=strategy,
                     epochs=_DEMO_FINETUNE_EPOCHS,
                     seeds=(seed,),
+                    # the sample size the ranking saw, which is what its predicted accuracy is calibrated for
+                    max_per_class=max_per_class,
                     builtin_dir=settings.cache_dir / "builtin",
                     weights_dirs=settings.weights_dirs,
                     hf_cache_dir=settings.hf_cache_dir,
@@ -945,6 +964,7 @@ def _run_demo(
                     progress=on_progress,
                 )
             _print_finetune(tuned)
+            _print_prediction_check(best, tuned)
             written.append(reports / f"demo-finetune-{target}.html")
             written[-1].write_text(render_report(tuned), encoding="utf-8")
     except (BackboneRankError, ValueError) as err:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -319,3 +320,7 @@ def test_demo_ranks_backbones_on_a_builtin_target(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert "builtin:digits" in result.stdout and "Ranking — 30 images, 10 classes" in result.stdout
     assert (tmp_path / "builtin" / "digits" / "dataset.json").is_file()
+    # the winner is fine-tuned on the sample the ranking saw, and its predicted accuracy is checked against it
+    assert "3 images per class as ranked" in result.stdout
+    assert re.search(r"predicted by the ranking before training: 0\.\d+ \[0\.\d+, [01]\.\d+\] \(90 % interval\); "
+                     r"measured 0\.\d+, (inside|outside) the interval", result.stdout), result.stdout
