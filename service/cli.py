@@ -253,6 +253,10 @@ def _rich_progress(*, transient: bool) -> Any:
     return Progress(*columns, console=err_console, transient=transient)
 
 
+#: Progress stages after the extraction, with their bar's label (service.pipeline.extract.ProgressEvent).
+_AFTER_EXTRACTION = {"score": "scoring the backbones", "p_best": "p(best): half-sample replicates"}
+
+
 @contextlib.contextmanager
 def _progress_bars(enabled: bool) -> Iterator[Callable[[Any], None] | None]:
     """Rich progress bars on stderr, one per backbone, fed by extraction progress events."""
@@ -263,10 +267,14 @@ def _progress_bars(enabled: bool) -> Iterator[Callable[[Any], None] | None]:
         tasks: dict[str, Any] = {}
 
         def on_progress(event: Any) -> None:
-            if event.backbone not in tasks:
-                tasks[event.backbone] = bars.add_task(event.backbone, total=event.total)
-            label = f"{event.backbone} (cached)" if event.stage == "cached" else event.backbone
-            bars.update(tasks[event.backbone], completed=event.done, total=event.total, description=label)
+            # extraction: one bar per backbone; then one bar for scoring and one for the p_best replicates
+            key = event.stage if event.stage in _AFTER_EXTRACTION else event.backbone
+            label = _AFTER_EXTRACTION.get(event.stage) or (
+                f"{event.backbone} (cached)" if event.stage == "cached" else event.backbone
+            )
+            if key not in tasks:
+                tasks[key] = bars.add_task(label, total=event.total)
+            bars.update(tasks[key], completed=event.done, total=event.total, description=label)
 
         yield on_progress
 

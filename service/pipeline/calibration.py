@@ -953,6 +953,7 @@ def p_best(
     *,
     n_bootstrap: int = 50,
     seed: int = 0,
+    on_replicate: Callable[[int], None] | None = None,
 ) -> NDArray[np.float64]:
     """Share of half-sample replicates in which each backbone has the highest fused score.
 
@@ -965,6 +966,8 @@ def p_best(
         Class of each image (the strata).
     n_bootstrap : int
         Replicates (> 0). Deterministic given ``seed``.
+    on_replicate : callable, optional
+        Called with the number of replicates done after each one (progress; may raise to stop).
 
     Returns
     -------
@@ -975,16 +978,18 @@ def p_best(
         raise ValueError("n_bootstrap must be positive")
     rng = np.random.default_rng(seed)
     counts: NDArray[np.float64] | None = None
-    for _ in range(n_bootstrap):
+    for replicate in range(1, n_bootstrap + 1):
         rows = _half_sample(np.asarray(labels), rng)
         fused = fused_scores(score_fn(rows), fusion)
         if counts is None:
             counts = np.zeros(fused.size)
         if not np.isfinite(fused).any():
             counts += 1.0 / fused.size  # nothing scored: no backbone is preferred
-            continue
-        top = np.flatnonzero(fused == np.nanmax(fused))
-        counts[top] += 1.0 / top.size
+        else:
+            top = np.flatnonzero(fused == np.nanmax(fused))
+            counts[top] += 1.0 / top.size
+        if on_replicate is not None:
+            on_replicate(replicate)
     assert counts is not None
     return counts / n_bootstrap
 

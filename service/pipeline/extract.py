@@ -80,7 +80,10 @@ class FeatureSet:
 class ProgressEvent:
     """Progress of an extraction, for bars in the CLI and events in the service."""
 
-    stage: str  # "extract" (a batch done), "cached" (served from the cache), "done" (one backbone finished)
+    #: "extract" (a batch done), "cached" (served from the cache), "done" (one backbone finished); after the
+    #: extraction, :func:`~service.pipeline.rank.rank_feature_sets` adds "score" (one backbone's estimators
+    #: computed; ``backbone`` is its id) and "p_best" (one half-sample replicate; ``backbone`` is ``"*"``).
+    stage: str
     backbone: str
     done: int
     total: int

@@ -67,7 +67,7 @@ from .backbones import BackboneSpec, LoadedBackbone, load_backbone
 from .cache import FeatureCache
 from .calibration import Calibration, Fusion, fused_scores, p_best, resolve_calibration, source_accuracy_of
 from .datasets import Dataset, DatasetRef, load_dataset
-from .extract import FeatureSet, ProgressCallback, extract_features
+from .extract import FeatureSet, ProgressCallback, ProgressEvent, extract_features
 
 __all__ = ["SCHEMA_VERSION", "default_estimators", "check_estimators", "rank_backbones", "rank_feature_sets"]
 
@@ -200,6 +200,7 @@ def rank_backbones(
         n_bootstrap=n_bootstrap,
         seed=seed,
         source_accuracy={b.spec.id: source_accuracy_of(b.spec.id) for b in loaded},
+        progress=progress,
     )
     result["seconds"] = {"total": time.perf_counter() - started}
     return result
@@ -216,12 +217,15 @@ def rank_feature_sets(
     n_bootstrap: int = 0,
     seed: int = 0,
     source_accuracy: Mapping[str, float | None] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> dict[str, Any]:
     """Score already extracted features and build the ranked result (``backbones`` best first).
 
     Without ``calibration`` (the default here, so the benchmark's scoring pays for no resampling) the
     order is the mean rank; with one, the calibrated fused order, ``predicted_accuracy`` and ``p_best``
     (``n_bootstrap`` half-samples seeded by ``seed``). ``source_accuracy`` maps backbone ids to the prior.
+    ``progress`` gets a "score" event per backbone and a "p_best" event per replicate (where a service job
+    also learns whether it was cancelled).
     """
     names = list(estimators) if estimators else default_estimators(len(dataset), len(dataset.classes))
     infos = [get_estimator(name) for name in names]
@@ -273,10 +277,13 @@ def rank_feature_sets(
                 },
             }
         )
+        if progress is not None:
+            progress(ProgressEvent("score", described["id"], position + 1, len(feature_sets)))
     _assign_ranks(rows, infos)
     fusion = _fuse(
-        rows, feature_sets, infos, calibration, len(dataset.classes), n_bootstrap, seed, source_accuracy or {}
-    )
+        rows, feature_sets, infos, calibration, len(dataset.classes), n_bootstrap, seed, source_accuracy or {},
+        progress,
+    )  # fmt: skip
     for row in rows:
         del row["_position"]
     failed = max((len(fs.failed) for fs in feature_sets), default=0)
@@ -345,6 +352,7 @@ def _fuse(
     n_bootstrap: int,
     seed: int,
     source_accuracy: Mapping[str, float | None],
+    progress: ProgressCallback | None = None,
 ) -> dict[str, Any]:
     """Calibrated fused order, predicted accuracy and p_best (in place on ``rows``); the ``fusion`` block."""
     for row in rows:
@@ -401,8 +409,18 @@ def _fuse(
         why_not = _why_no_resampling(ordered)
         if why_not is None:
             began = time.perf_counter()
+            on_replicate = (
+                None
+                if progress is None
+                else lambda done: progress(ProgressEvent("p_best", "*", done, n_bootstrap))  # type: ignore[misc]
+            )
             probabilities = p_best(
-                _member_scorer(ordered, rows, used), ordered[0].labels, members, n_bootstrap=n_bootstrap, seed=seed
+                _member_scorer(ordered, rows, used),
+                ordered[0].labels,
+                members,
+                n_bootstrap=n_bootstrap,
+                seed=seed,
+                on_replicate=on_replicate,
             )
             for row, value in zip(rows, probabilities, strict=True):
                 row["p_best"] = float(value)

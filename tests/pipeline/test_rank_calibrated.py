@@ -42,9 +42,7 @@ def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _rank(folder: Path, cache_dir: Path, **kwargs):
-    return rank_backbones(
-        str(folder), BACKBONES, cache=FeatureCache(cache_dir), device="cpu", batch_size=32, **kwargs
-    )
+    return rank_backbones(str(folder), BACKBONES, cache=FeatureCache(cache_dir), device="cpu", batch_size=32, **kwargs)
 
 
 def test_calibrated_ranking_orders_by_fusion_and_predicts_accuracy(image_folder, tmp_path):
@@ -69,8 +67,15 @@ def test_calibrated_ranking_orders_by_fusion_and_predicts_accuracy(image_folder,
         assert 1 / 3 <= predicted["finetune"]["low"] <= predicted["finetune"]["value"] <= predicted["finetune"]["high"]
         assert row["source_accuracy"] is None  # random-init controls have no source task
     _check_report(result)
-    again = _rank(image_folder, tmp_path, **kwargs)  # features from the cache: same resamples, same p_best
+    events: list[tuple[str, str, int, int]] = []
+    again = _rank(  # features from the cache: same resamples, same p_best
+        image_folder, tmp_path, **kwargs, progress=lambda e: events.append((e.stage, e.backbone, e.done, e.total))
+    )
     assert all(r["from_cache"] for r in again["backbones"])
+    # after the extraction: one "score" event per backbone, then one "p_best" event per replicate
+    assert [e for e in events if e[0] == "score"] == [("score", b, i, 3) for i, b in enumerate(BACKBONES, start=1)]
+    assert [e for e in events if e[0] == "p_best"] == [("p_best", "*", r, 12) for r in range(1, 13)]
+    assert events[-1][0] == "p_best" and {e[0] for e in events} == {"cached", "score", "p_best"}
     assert [(r["id"], r["p_best"]) for r in again["backbones"]] == [(r["id"], r["p_best"]) for r in rows]
 
 

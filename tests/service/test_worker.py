@@ -184,6 +184,26 @@ def test_p_best_on_request(api: TestClient, settings: Settings, data_root: Path)
     assert api.get(f"/v1/rankings/{asked}").json()["request"]["n_bootstrap"] == 6
 
 
+def test_cancel_reaches_a_ranking_in_its_p_best_replicates(
+    api: TestClient, settings: Settings, data_root: Path
+) -> None:
+    dataset = write_image_folder(data_root / "shapes", {"a": 8, "b": 8, "c": 8}, size=16)
+    job_id = submit(
+        api, dataset, ["random:test_resnet", "random:test_vit"], estimators=["linear_probe"], n_bootstrap=200
+    )
+    thread = threading.Thread(target=run_jobs, args=(settings,))
+    thread.start()
+    deadline = time.monotonic() + 120
+    while (api.get(f"/v1/rankings/{job_id}").json()["progress"] or {}).get("stage") != "p_best":
+        assert time.monotonic() < deadline and thread.is_alive(), "the ranking never reached its p_best replicates"
+        time.sleep(0.05)
+    assert api.delete(f"/v1/rankings/{job_id}").status_code == 202
+    thread.join(60)
+    job = api.get(f"/v1/rankings/{job_id}").json()
+    assert job["state"] == "cancelled" and job["result"] is None
+    assert job["progress"]["stage"] == "p_best" and job["progress"]["done"] < 200
+
+
 def test_bad_inputs_only_a_worker_can_see_fail_the_job_with_their_code(
     api: TestClient, settings: Settings, data_root: Path
 ) -> None:
