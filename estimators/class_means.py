@@ -41,6 +41,13 @@ the head.
 
 Properties: invariant to translating the features, to a positive global scale (κ absorbs it),
 to sample order and to label names. The score has no hyper-parameter and no training.
+
+The input is centred by :math:`\bar\mu` like the weights. The papers' analysis takes centred
+representations (class means summing to zero), where :math:`\langle w_c, x\rangle` and
+:math:`\langle w_c, x - \bar\mu\rangle` coincide; on raw features (ReLU outputs have a large
+common mean) the uncentred form adds the class-dependent bias :math:`-\langle w_c, \bar\mu\rangle`,
+which favours classes by how their mean aligns with the global one and is not
+translation-invariant, so we centre.
 """
 
 from __future__ import annotations

@@ -49,8 +49,14 @@ def knn(
     -----
     The reference code (dbolya/parc) reports a percentage and drops the first column of an
     argsort assuming it is the sample itself, which fails for duplicated samples; we exclude
-    the sample explicitly and report a fraction. Among equidistant neighbours the lowest index
-    wins. Distances use ``‖a‖² + ‖b‖² - 2 aᵀb`` on mean-centred features.
+    the sample explicitly and report a fraction. Distances use ``‖a‖² + ‖b‖² - 2 aᵀb`` on
+    mean-centred features; among neighbours at the same *computed* distance the lowest index
+    wins (rounding can separate mathematically equal distances, e.g. on integer features, where
+    the reference's unstable argsort orders them arbitrarily anyway). For k = 1, the default,
+    the values equal the reference's (x 100) on continuous features. For k > 1 the reference's
+    vote broadcasts ``np.where(counts == 1, votes, mode)`` over the k neighbours, so a sample
+    whose k votes all differ scores (correct neighbours) / k; we take one vote per sample, as
+    k-NN is defined, with ties going to the nearest tied neighbour.
 
     References
     ----------

@@ -92,7 +92,11 @@ def linear_probe(
     settings (``max_iter=20, tol=0.1``, raw features) stop L-BFGS before the first step on
     features of small magnitude (every backbone then scores chance), so we use sklearn's
     defaults on standardised features; pass ``max_iter=20, tol=0.1, standardize=False`` for the
-    reference's settings. Non-convergence within ``max_iter`` is not reported.
+    reference's settings. That early stop is a scikit-learn >= 1.4 effect: since 1.4 the
+    lbfgs objective is the *mean* loss (it was the sum), which makes ``tol=0.1`` n_train times
+    looser; with the reference's 2021 scikit-learn, ``tol=0.1 / n_train`` reproduces it for
+    three or more classes (for two, the reference fitted a two-class softmax, we a binomial
+    model). Non-convergence within ``max_iter`` is not reported.
 
     References
     ----------
