@@ -783,7 +783,17 @@ class Calibration:
         out["nominal_coverage"] = NOMINAL_COVERAGE
         for key in ("fused_mean_weighted_tau", "best_single", "best_single_mean_weighted_tau"):
             out[key] = fusion.get(key)
+        out["images_per_class"] = self.images_per_class()
         return out
+
+    def images_per_class(self) -> list[float]:
+        """The images-per-class settings of the benchmark results it was fitted on (empty if unrecorded)."""
+        found = set()
+        for table in (self.evaluation.get("accuracy") or {}).values():
+            for row in (table or {}).get("per_setting") or []:
+                if row.get("images_per_class"):
+                    found.add(round(float(row["images_per_class"]), 1))
+        return sorted(found)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -403,6 +403,7 @@ def _fuse(
     left_out = [m for m in spec.members if m not in used]
     if left_out:
         note += f"; members not computed here (left out): {', '.join(left_out)}"
+    note += _setting_note(calibration, rows, n_classes)
     resampling = None
     ordered = [feature_sets[row["_position"]] for row in rows]
     if n_bootstrap > 0:
@@ -441,6 +442,23 @@ def _fuse(
         "p_best": resampling,
         "note": note,
     }
+
+
+def _setting_note(calibration: Calibration, rows: Sequence[Mapping[str, Any]], n_classes: int) -> str:
+    """Predicted accuracies are for fine-tuning on as many images per class as were ranked: say how that
+    compares with the settings the calibration learned."""
+    calibrated = calibration.images_per_class()
+    if not calibrated or not rows:
+        return ""
+    ranked = max(int(row["n_images"]) for row in rows) / max(n_classes, 1)
+    note = (
+        f"; predicted accuracies are for fine-tuning on as many images per class as were ranked ({ranked:.0f}); "
+        f"the calibration learned {' and '.join(f'{v:g}' for v in calibrated)} per class"
+    )
+    # fewer than half the fewest or more than twice the most: the prediction extrapolates in sample size
+    if ranked < 0.5 * calibrated[0] or ranked > 2.0 * calibrated[-1]:
+        note += ", so here they extrapolate"
+    return note
 
 
 def _member(row: Mapping[str, Any], name: str) -> float | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -132,3 +133,18 @@ def _check_report(result):
         assert row[5] == "n/a"
     header, _, _ = table_rows(doc.find("table", id="ranking-table"))
     assert header == ["rank", "backbone", "mean rank", "top pick of", "dim", "weights", "time"]  # unchanged
+
+
+def test_the_note_says_which_sample_size_the_predictions_are_for(image_folder, tmp_path):
+    def evaluation(*per_class: float) -> dict:
+        settings = [{"setting": f"s{v}", "images_per_class": v, "n": 11, "mae": 0.05} for v in per_class]
+        return {"accuracy": {"finetune": {"per_setting": settings}, "linear_probe": None}}
+
+    learned = dataclasses.replace(CALIBRATION, evaluation=evaluation(10.0, 20.0))
+    assert learned.images_per_class() == [10.0, 20.0] and CALIBRATION.images_per_class() == []
+    note = _rank(image_folder, tmp_path, estimators=["class_means", "logme"], calibration=learned)["fusion"]["note"]
+    assert "as many images per class as were ranked (8); the calibration learned 10 and 20 per class" in note
+    assert "extrapolate" not in note
+    far = dataclasses.replace(CALIBRATION, evaluation=evaluation(40.0))
+    note = _rank(image_folder, tmp_path, estimators=["class_means", "logme"], calibration=far)["fusion"]["note"]
+    assert note.endswith("the calibration learned 40 per class, so here they extrapolate")
