@@ -24,8 +24,11 @@ a point or two, so shares below 2 % of the way are indistinguishable from chance
 to a logit of -7 would hand a few near-chance backbones (random-init controls) most of the fit and
 inflate every interval. The model is a ridge-stabilised linear regression
 :math:`t(a) = \beta_0 + \sum_j \beta_j\, t(s_j)` on ``class_means`` plus at most two other
-accuracy-like scores (``knn``, ``linear_probe``, ``lda``); which inputs is chosen by inner LOTO mean
-absolute error. The interval is the prediction plus the :math:`(1-q)/2` and :math:`(1+q)/2`
+accuracy-like scores (``knn``, ``linear_probe``, ``lda``), and, when the results come from more than one
+sample size, :math:`\log` of the images per class (:data:`IMAGES_PER_CLASS`: the leave-one-out scores hardly
+change from 10 to 20 images per class while the fine-tuned accuracy rises); which inputs is chosen by
+inner LOTO mean absolute error. A prediction is for fine-tuning on as many images per class as were ranked.
+The interval is the prediction plus the :math:`(1-q)/2` and :math:`(1+q)/2`
 quantiles of the LOTO residuals in :math:`t`-space (split-conformal order statistics, nominal coverage
 :math:`q` = 90 %), mapped back; the evaluation reports the coverage actually measured on held-out targets
 next to the nominal one.
@@ -99,6 +102,7 @@ __all__ = [
     "ACCURACY_INPUTS",
     "AccuracyModel",
     "Calibration",
+    "IMAGES_PER_CLASS",
     "DEFAULT_CALIBRATION_PATH",
     "FUSABLE_ESTIMATORS",
     "evaluation_markdown",
@@ -123,6 +127,10 @@ DEFAULT_CALIBRATION_PATH = Path(__file__).resolve().parents[1] / "builtin" / "ca
 GROUND_TRUTHS = ("finetune", "linear_probe")
 #: Accuracy-like scores (fractions in [0, 1]) the accuracy model may use; ``class_means`` is always one.
 ACCURACY_INPUTS = ("class_means", "knn", "linear_probe", "lda")
+#: A further input of the accuracy model, entered as its logarithm: the images per class the ranking (and the
+#: fine-tuning it predicts) used. The leave-one-out scores barely move between 10 and 20 images per class while
+#: fine-tuned accuracy rises, so across settings the score-to-accuracy map needs the sample size.
+IMAGES_PER_CLASS = "images_per_class"
 NOMINAL_COVERAGE = 0.9
 #: Not fusion candidates: a dimension is not an estimate of transferability, and "random" is a reference.
 _NOT_FUSABLE = frozenset({"feature_dim", "random"})
@@ -257,10 +265,11 @@ class AccuracyModel:
     ridge: float = _RIDGE
 
     def applies(self, scores: Mapping[str, float | None]) -> bool:
+        """Whether ``scores`` (which carry :data:`IMAGES_PER_CLASS` too, when known) hold every input."""
         return all(scores.get(name) is not None and math.isfinite(scores[name]) for name in self.inputs)  # type: ignore[arg-type]
 
     def predict_logit(self, n_classes: int, scores: Mapping[str, float | None]) -> float:
-        x = np.array([to_logit(float(scores[name]), n_classes) for name in self.inputs])  # type: ignore[arg-type]
+        x = np.array([_input_value(name, float(scores[name]), n_classes) for name in self.inputs])  # type: ignore[arg-type]
         return float(self.coef[0] + np.dot(self.coef[1:], x))
 
     def predict(self, n_classes: int, scores: Mapping[str, float | None]) -> dict[str, float]:
@@ -289,10 +298,21 @@ class AccuracyModel:
         return cls(inputs, coef, (low, high), int(data["n_train"]), float(data.get("ridge", _RIDGE)))
 
 
+def _input_value(name: str, value: float, n_classes: int) -> float:
+    """An input of the accuracy model: log of the images per class, else the t-value of an accuracy-like score."""
+    if name == IMAGES_PER_CLASS:
+        return math.log(value) if value > 0 else math.nan
+    return float(to_logit(value, n_classes))
+
+
+def _inputs_of(sample: Sample) -> Mapping[str, float | None]:
+    return {**sample.scores, IMAGES_PER_CLASS: sample.images_per_class}
+
+
 def _design(samples: Sequence[Sample], inputs: Sequence[str]) -> NDArray[np.float64]:
     columns = [np.ones(len(samples))]
     for name in inputs:
-        columns.append(np.array([to_logit(float(s.scores[name]), s.n_classes) for s in samples]))  # type: ignore[arg-type]
+        columns.append(np.array([_input_value(name, float(_inputs_of(s)[name]), s.n_classes) for s in samples]))  # type: ignore[arg-type]
     return np.column_stack(columns)
 
 
@@ -309,7 +329,7 @@ def _usable(samples: Sequence[Sample], inputs: Sequence[str], ground_truth: str)
     return [
         s
         for s in samples
-        if s.truth(ground_truth) is not None and all(s.scores.get(n) is not None for n in inputs)
+        if s.truth(ground_truth) is not None and all(_inputs_of(s).get(n) is not None for n in inputs)
     ]
 
 
@@ -338,7 +358,8 @@ def _loto_residuals(
 
 def _candidate_inputs(samples: Sequence[Sample]) -> list[tuple[str, ...]]:
     """``class_means`` plus up to two other accuracy-like scores that every row has (so that the candidates'
-    LOTO errors are measured on the same rows)."""
+    LOTO errors are measured on the same rows), each also with :data:`IMAGES_PER_CLASS` when the rows come
+    from more than one sample size."""
     if not any(s.scores.get("class_means") is not None for s in samples):
         raise InvalidCalibration(
             "the benchmark results have no class_means scores, the anchor of the accuracy model; "
@@ -346,6 +367,9 @@ def _candidate_inputs(samples: Sequence[Sample]) -> list[tuple[str, ...]]:
         )
     others = [n for n in ACCURACY_INPUTS[1:] if all(s.scores.get(n) is not None for s in samples)]
     subsets = [("class_means", *combo) for k in range(3) for combo in itertools.combinations(others, k)]
+    sizes = {s.images_per_class for s in samples}
+    if None not in sizes and len(sizes) > 1:  # several sample sizes to learn the size effect from
+        subsets += [(*subset, IMAGES_PER_CLASS) for subset in subsets]
     return subsets
 
 
@@ -388,7 +412,9 @@ def _select_accuracy_models(samples: Sequence[Sample], ground_truth: str) -> lis
             best = (mae, inputs)
     if best is None:
         return []
-    chosen = [best[1]] if best[1] == ("class_means",) else [best[1], ("class_means",)]
+    # fallbacks for rankings that lack an input: class_means with the size when the size was chosen, then alone
+    fallbacks = [("class_means", IMAGES_PER_CLASS)] if IMAGES_PER_CLASS in best[1] else []
+    chosen = list(dict.fromkeys([best[1], *fallbacks, ("class_means",)]))
     models = [_fit_accuracy_model(samples, inputs, ground_truth) for inputs in chosen]
     return [m for m in models if m is not None]
 
@@ -396,6 +422,7 @@ def _select_accuracy_models(samples: Sequence[Sample], ground_truth: str) -> lis
 def _predict(
     models: Sequence[AccuracyModel], n_classes: int, scores: Mapping[str, float | None]
 ) -> dict[str, Any] | None:
+    """The first model whose inputs ``scores`` (with :data:`IMAGES_PER_CLASS` when known) hold."""
     for model in models:
         if model.applies(scores):
             return {**model.predict(n_classes, scores), "inputs": list(model.inputs)}
@@ -605,7 +632,7 @@ def loto_evaluation(
             err, raw, const, hit, used = [], [], [], [], []
             for s in test:
                 truth = float(s.truth(ground_truth))  # type: ignore[arg-type]
-                prediction = _predict(models, s.n_classes, s.scores)
+                prediction = _predict(models, s.n_classes, _inputs_of(s))
                 if prediction is None:
                     continue
                 err.append(abs(prediction["value"] - truth))
@@ -766,9 +793,16 @@ class Calibration:
     created: str = ""
     path: str | None = None
 
-    def predict_accuracy(self, n_classes: int, scores: Mapping[str, float | None]) -> dict[str, Any] | None:
-        """``{"finetune": {"value", "low", "high", "inputs"} | None, "linear_probe": ...}``; None if neither applies."""
-        out = {gt: (_predict(models, n_classes, scores) if models else None) for gt, models in self.accuracy.items()}
+    def predict_accuracy(
+        self, n_classes: int, scores: Mapping[str, float | None], images_per_class: float | None = None
+    ) -> dict[str, Any] | None:
+        """``{"finetune": {"value", "low", "high", "inputs"} | None, "linear_probe": ...}``; None if neither applies.
+
+        ``images_per_class``: how many images per class the scores were computed on (and the fine-tuning would
+        use); models that need it are skipped without it.
+        """
+        inputs = {**scores, IMAGES_PER_CLASS: images_per_class}
+        out = {gt: (_predict(models, n_classes, inputs) if models else None) for gt, models in self.accuracy.items()}
         return out if any(v is not None for v in out.values()) else None
 
     def headline(self) -> dict[str, Any]:
@@ -817,7 +851,7 @@ class Calibration:
     def from_dict(cls, data: Mapping[str, Any], path: str | None = None) -> Calibration:
         where = f" in {path}" if path else ""
         if not isinstance(data, Mapping) or data.get("kind") != "calibration":
-            raise InvalidCalibration(f"not a calibration file{where}: expected \"kind\": \"calibration\"")
+            raise InvalidCalibration(f'not a calibration file{where}: expected "kind": "calibration"')
         if data.get("schema_version") != SCHEMA_VERSION:
             raise InvalidCalibration(
                 f"calibration schema_version {data.get('schema_version')!r}{where}; this version reads "

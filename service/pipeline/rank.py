@@ -377,7 +377,9 @@ def _fuse(
         "loto": calibration.headline(),
     }
     for row in rows:
-        row["predicted_accuracy"] = calibration.predict_accuracy(n_classes, row["scores"])
+        row["predicted_accuracy"] = calibration.predict_accuracy(
+            n_classes, row["scores"], images_per_class=int(row["n_images"]) / max(n_classes, 1)
+        )
     spec = calibration.fusion
     computed = {info.name for info in infos} | {"source_accuracy"}
     used = [m for m in spec.members if m in computed and any(_member(row, m) is not None for row in rows)]

@@ -135,6 +135,39 @@ def test_a_noise_free_relation_is_recovered_with_a_tiny_loto_error():
     assert calibration.evaluation["accuracy"]["finetune"]["overall"]["mae"] < 0.01
 
 
+def test_the_sample_size_enters_the_accuracy_model_when_results_have_several():
+    rng = np.random.default_rng(4)
+    results = []
+    for per_class, gain in ((10, -0.6), (20, 0.0)):  # same scores, fine-tuning on fewer images reaches less
+        result = synthetic_result(n_targets=4, seed=7)
+        result["suite"] = {"name": f"s{per_class}"}
+        for target in result["targets"]:
+            c = target["n_classes"]
+            target["n_rank_images"] = per_class * c
+            for row in target["backbones"]:
+                cm = float(rng.uniform(1.5 / c, 0.95))
+                row["scores"]["class_means"] = cm
+                exact = float(cal.from_logit(0.3 + 1.2 * cal.to_logit(cm, c) + gain, c))
+                row["accuracy"] = {"mean": exact, "std": 0.0, "per_seed": [exact]}
+        results.append(result)
+    calibration = fit_calibration(results)
+    models = calibration.accuracy["finetune"]
+    assert cal.IMAGES_PER_CLASS in models[0].inputs
+    assert [m.inputs for m in models[-2:]] == [("class_means", cal.IMAGES_PER_CLASS), ("class_means",)]
+    assert calibration.evaluation["accuracy"]["finetune"]["overall"]["mae"] < 0.01
+    slope = models[0].coef[1 + models[0].inputs.index(cal.IMAGES_PER_CLASS)]
+    assert slope == pytest.approx(0.6 / math.log(2), rel=0.1)  # the -0.6 logit gap between 10 and 20 per class
+    scores = {"class_means": 0.5, "knn": 0.5, "linear_probe": 0.5}
+    few, many = (calibration.predict_accuracy(10, scores, images_per_class=n)["finetune"] for n in (10, 20))
+    assert few["value"] < many["value"] and few["inputs"] == list(models[0].inputs)
+    # without the size, a model that does not need it answers
+    assert calibration.predict_accuracy(10, scores)["finetune"]["inputs"] == ["class_means"]
+    assert calibration.images_per_class() == [10.0, 20.0]
+    # one sample size: the size is no candidate input
+    single = fit_calibration([results[1]])
+    assert all(cal.IMAGES_PER_CLASS not in m.inputs for m in single.accuracy["finetune"])
+
+
 def test_loto_prediction_for_a_target_is_a_fit_on_the_other_targets_only():
     result = synthetic_result(n_targets=4)
     held = result["targets"][3]
