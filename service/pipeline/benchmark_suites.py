@@ -13,6 +13,11 @@ suite          ground truth    what
                                feature extraction is paid; needs the datasets and weights locally
 =============  ==============  =====================================================================
 
+``default`` and ``quick`` take another sample size (``get_suite(name, per_class=N)``, CLI ``--per-class N``):
+N images per class in every split, for ranking and fine-tuning alike; the suite is then named
+``default-N-per-class`` so that its result files sit beside the default's. Calibrating on results of
+several sample sizes teaches the accuracy model the size effect (:mod:`service.pipeline.calibration`).
+
 A suite may also be a TOML file (``--suite my_suite.toml``)::
 
     name = "mine"
