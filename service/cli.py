@@ -349,6 +349,8 @@ def _print_ranking(result: dict[str, Any]) -> None:
             str(row["weights_source"]), f"{row['seconds']['extract']:.1f}", "yes" if row["from_cache"] else "",
         )
     console.print(table)
+    if fusion.get("note"):  # what the order rests on, and which sample size the predictions are for
+        console.print(escape(fusion["note"]), style="dim", soft_wrap=True)
     if len(result["backbones"]) > _SCORE_COLUMNS_MAX:
         _print_rank_matrix(result)
         return

@@ -322,5 +322,7 @@ def test_demo_ranks_backbones_on_a_builtin_target(tmp_path, monkeypatch):
     assert (tmp_path / "builtin" / "digits" / "dataset.json").is_file()
     # the winner is fine-tuned on the sample the ranking saw, and its predicted accuracy is checked against it
     assert "3 images per class as ranked" in result.stdout
+    # the packaged calibration learned 10 and 20 images per class: 3 is outside, and the note says so
+    assert "as many images per class as were ranked (3)" in result.stdout and "extrapolate" in result.stdout
     assert re.search(r"predicted by the ranking before training: 0\.\d+ \[0\.\d+, [01]\.\d+\] \(90 % interval\); "
                      r"measured 0\.\d+, (inside|outside) the interval", result.stdout), result.stdout
