@@ -629,7 +629,7 @@ def loto_evaluation(
             constant = float(
                 np.mean([to_logit(s.truth(ground_truth), s.n_classes) for s in usable_train])  # type: ignore[arg-type]
             )
-            err, raw, const, hit, used = [], [], [], [], []
+            err, raw, const, hit = [], [], [], []
             for s in test:
                 truth = float(s.truth(ground_truth))  # type: ignore[arg-type]
                 prediction = _predict(models, s.n_classes, _inputs_of(s))
@@ -637,17 +637,15 @@ def loto_evaluation(
                     continue
                 err.append(abs(prediction["value"] - truth))
                 hit.append(prediction["low"] <= truth <= prediction["high"])
+                const.append(abs(float(from_logit(constant, s.n_classes)) - truth))
                 setting = by_setting.setdefault(s.setting, {"err": [], "hit": [], "raw": [], "per_class": []})
                 setting["err"].append(err[-1])
                 setting["hit"].append(float(hit[-1]))
                 if s.images_per_class is not None:
                     setting["per_class"].append(s.images_per_class)
                 if s.scores.get("class_means") is not None:
-                    setting["raw"].append(abs(float(s.scores["class_means"]) - truth))  # type: ignore[arg-type]
-                used.append(tuple(prediction["inputs"]))
-                const.append(abs(float(from_logit(constant, s.n_classes)) - truth))
-                if s.scores.get("class_means") is not None:
                     raw.append(abs(float(s.scores["class_means"]) - truth))  # type: ignore[arg-type]
+                    setting["raw"].append(raw[-1])
             if not err:
                 continue
             rows.append(
