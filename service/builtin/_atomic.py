@@ -1,4 +1,5 @@
-"""Swapping a finished build directory into place, shared by the built-in datasets and the zoo."""
+"""Atomic replacements: a finished build directory (the built-in datasets, the zoo) or a text file (benchmark
+results, calibrations) appears whole or not at all."""
 
 from __future__ import annotations
 
@@ -22,3 +23,10 @@ def replace_dir(tmp: Path, target: Path, name: str) -> None:
     os.replace(tmp, target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to a per-process temp file beside ``path``, then rename it over ``path``."""
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

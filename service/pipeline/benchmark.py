@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from estimators import get_estimator
+from service.builtin._atomic import write_text_atomic
 from service.errors import BackboneRankError, WeightsUnavailable
 
 from .backbones import LoadedBackbone, load_backbone
@@ -625,7 +626,7 @@ def write_results(result: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     stem = f"benchmark-{result['suite']['name']}-{result['environment']['fingerprint']}"
     json_path = out_dir / f"{stem}.json"
     csv_path = out_dir / f"{stem}.csv"
-    _atomic_write(json_path, json.dumps(result, indent=1, allow_nan=False, default=_json_default) + "\n")
+    write_text_atomic(json_path, json.dumps(result, indent=1, allow_nan=False, default=_json_default) + "\n")
     methods = [e["name"] for e in result["estimators"]]
     methods += [b["name"] for b in result["baselines"] if b["name"] != "random"]
     header = ["target", "backbone", "accuracy_mean", "accuracy_std", "n_seeds", "linear_probe_accuracy", *methods]
@@ -651,12 +652,6 @@ def write_results(result: dict[str, Any], out_dir: Path) -> dict[str, Path]:
         writer.writerows([["" if v is None else v for v in line] for line in lines])
     os.replace(tmp, csv_path)
     return {"json": json_path, "csv": csv_path}
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _json_default(value: Any) -> Any:

@@ -94,6 +94,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.stats import rankdata
 
+from service.builtin._atomic import write_text_atomic
 from service.errors import InvalidCalibration
 
 from .benchmark_metrics import as_higher_is_better, metric_values
@@ -934,9 +935,7 @@ def save_calibration(calibration: Calibration, path: str | os.PathLike[str]) -> 
     """Write the calibration JSON atomically (plain JSON, no pickle)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(calibration.to_dict(), indent=1, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(tmp, target)
+    write_text_atomic(target, json.dumps(calibration.to_dict(), indent=1, allow_nan=False) + "\n")
     return target
 
 
