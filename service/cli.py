@@ -129,7 +129,10 @@ def rank_command(
     from service.errors import BackboneRankError
 
     if server is not None:
-        _rank_on_server(server, dataset, backbone, estimator, max_per_class, seed, bootstrap, json_output)
+        _print_rank_result(
+            _rank_on_server(server, dataset, backbone, estimator, max_per_class, seed, bootstrap, json_output),
+            json_output,
+        )
         return
     settings = get_settings()
     try:
@@ -161,10 +164,14 @@ def rank_command(
             )
     except (BackboneRankError, ValueError) as err:
         _exit_with(err)
+    _print_rank_result(result, json_output)
+
+
+def _print_rank_result(result: dict[str, Any], json_output: bool) -> None:
     if json_output:
         typer.echo(json.dumps(result, indent=2, default=_json_default))
-        return
-    _print_ranking(result)
+    else:
+        _print_ranking(result)
 
 
 def _rank_on_server(
@@ -176,8 +183,8 @@ def _rank_on_server(
     seed: int,
     n_bootstrap: int,
     json_output: bool,
-) -> None:
-    """``rank --server``: submit to the service, show its progress events as bars, print the same table."""
+) -> dict[str, Any]:
+    """``rank --server``: submit to the service, show its progress events as bars, return the result."""
     from types import SimpleNamespace
 
     from service.client import Client, ClientError, dataset_ref
@@ -208,10 +215,7 @@ def _rank_on_server(
             )
     except ClientError as err:
         _exit_with(err)
-    if json_output:
-        typer.echo(json.dumps(result, indent=2, default=_json_default))
-        return
-    _print_ranking(result)
+    return result
 
 
 @app.command("serve")
