@@ -129,9 +129,10 @@ def rank_command(
     from service.errors import BackboneRankError
 
     if server is not None:
-        _print_rank_result(
+        _print_result(
             _rank_on_server(server, dataset, backbone, estimator, max_per_class, seed, bootstrap, json_output),
             json_output,
+            _print_ranking,
         )
         return
     settings = get_settings()
@@ -159,19 +160,20 @@ def rank_command(
                 layer=layer,
                 progress=on_progress,
                 builtin_dir=settings.cache_dir / "builtin",
-                calibration=settings.calibration_path or "default",
+                calibration=settings.calibration,
                 n_bootstrap=bootstrap,
             )
     except (BackboneRankError, ValueError) as err:
         _exit_with(err)
-    _print_rank_result(result, json_output)
+    _print_result(result, json_output, _print_ranking)
 
 
-def _print_rank_result(result: dict[str, Any], json_output: bool) -> None:
+def _print_result(result: dict[str, Any], json_output: bool, print_table: Callable[[dict[str, Any]], None]) -> None:
+    """A command's result: JSON on stdout with --json, else its rich tables."""
     if json_output:
         typer.echo(json.dumps(result, indent=2, default=_json_default))
     else:
-        _print_ranking(result)
+        print_table(result)
 
 
 def _rank_on_server(
@@ -582,7 +584,7 @@ def calibrate_command(
     from service.errors import InvalidCalibration
 
     try:
-        from service.pipeline.calibration import fit_calibration, save_calibration
+        from service.pipeline.calibration import FUSABLE_ESTIMATORS, fit_calibration, save_calibration
 
         results = []
         for path in result_files:
@@ -592,8 +594,6 @@ def calibrate_command(
                 raise InvalidCalibration(
                     f"cannot read {str(path)!r} as a benchmark result ({type(err).__name__}: {err})"
                 ) from None
-        from service.pipeline.calibration import FUSABLE_ESTIMATORS
-
         calibration = fit_calibration(
             results,
             files=result_files,
@@ -789,10 +789,7 @@ def finetune_command(
                 result = finetune(dataset, backbone, progress=on_progress, **options)
     except (BackboneRankError, ValueError) as err:
         _exit_with(err)
-    if json_output:
-        typer.echo(json.dumps(result, indent=2, default=_json_default))
-        return
-    _print_finetune(result)
+    _print_result(result, json_output, _print_finetune)
 
 
 def _read_ranking(path: Path) -> dict[str, Any]:
@@ -943,6 +940,7 @@ def _run_demo(
                 batch_size=settings.batch_size,
                 progress=on_progress,
                 builtin_dir=settings.cache_dir / "builtin",
+                calibration=settings.calibration,
             )
         _print_ranking(ranking)
         reports = report_dir or settings.cache_dir / "reports"

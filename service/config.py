@@ -91,6 +91,11 @@ class Settings(BaseSettings):
             self.benchmark_results_dir = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
         return self
 
+    @property
+    def calibration(self) -> Path | str:
+        """What rankings are calibrated with: ``calibration_path``, else ``"default"`` (the packaged file)."""
+        return self.calibration_path or "default"
+
 
 @lru_cache
 def get_settings() -> Settings:

@@ -149,7 +149,7 @@ def run_ranking(request: Mapping[str, Any], ctx: JobContext) -> dict[str, Any]:
         batch_size=settings.batch_size,
         progress=on_event,
         builtin_dir=settings.cache_dir / "builtin",
-        calibration=settings.calibration_path or "default",
+        calibration=settings.calibration,
         n_bootstrap=int(request.get("n_bootstrap") or 0),
     )
     ctx.progress({"stage": "done", "backbones_done": len(backbones), "backbones_total": len(backbones)}, force=True)

@@ -324,5 +324,29 @@ def test_demo_ranks_backbones_on_a_builtin_target(tmp_path, monkeypatch):
     assert "3 images per class as ranked" in result.stdout
     # the packaged calibration learned 10 and 20 images per class: 3 is outside, and the note says so
     assert "as many images per class as were ranked (3)" in result.stdout and "extrapolate" in result.stdout
-    assert re.search(r"predicted by the ranking before training: 0\.\d+ \[0\.\d+, [01]\.\d+\] \(90 % interval\); "
-                     r"measured 0\.\d+, (inside|outside) the interval", result.stdout), result.stdout
+    assert re.search(
+        r"predicted by the ranking before training: 0\.\d+ \[0\.\d+, [01]\.\d+\] \(90 % interval\); "
+        r"measured 0\.\d+, (inside|outside) the interval",
+        result.stdout,
+    ), result.stdout
+
+
+@pytest.mark.parametrize(
+    "command", [["rank", "{folder}", "-b", "random:test_resnet"], ["demo", "-b", "random:test_resnet"]]
+)
+def test_rank_and_demo_use_the_configured_calibration(command, image_folder, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from service.cli import app
+    from service.config import get_settings
+
+    monkeypatch.setenv("BACKBONE_RANK_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("BACKBONE_RANK_CALIBRATION_PATH", str(tmp_path / "absent.json"))
+    get_settings.cache_clear()
+    try:
+        argv = [a.replace("{folder}", str(image_folder)) for a in command]
+        result = CliRunner().invoke(app, argv, env={"COLUMNS": "200"})
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 2, result.output
+    assert "invalid_calibration" in result.stderr and "absent.json" in result.stderr
