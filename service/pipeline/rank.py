@@ -28,7 +28,8 @@ Result schema (``schema_version`` 1)::
       "fusion": {"method": "calibrated" | "mean_rank", "members", "weights", "normalisation",
                  "calibration": {"path", "created", "source", "loto": {"finetune_mae", "finetune_coverage",
                    "linear_probe_mae", "linear_probe_coverage", "nominal_coverage", "fused_mean_weighted_tau",
-                   "best_single", "best_single_mean_weighted_tau"}} | null,    # leave-one-target-out numbers
+                   "best_single", "best_single_mean_weighted_tau",
+                   "images_per_class": [calibrated sample sizes]}} | null,     # leave-one-target-out numbers
                  "p_best": {"n_bootstrap", "seed", "resampling", "seconds"} | null, "note": str},
       "failed_images": int,                # images that could not be decoded (skipped)
       "seconds": {"total": float}
