@@ -109,12 +109,12 @@ class NumpyBackend:
         return values, vectors
 
     def dot(self, features: NDArray[np.float64], matrix: NDArray[np.float64]) -> NDArray[np.float64]:
-        return features @ matrix  # type: ignore[no-any-return]
+        return features @ matrix
 
     def centered_dot(
         self, features: NDArray[np.float64], mean: NDArray[np.float64], matrix: NDArray[np.float64]
     ) -> NDArray[np.float64]:
-        return features @ matrix - mean @ matrix  # type: ignore[no-any-return]
+        return features @ matrix - mean @ matrix
 
     def solve_spd(self, matrix: NDArray[np.float64], rhs: NDArray[np.float64]) -> NDArray[np.float64]:
         return solve_spd(matrix, rhs)
@@ -124,7 +124,7 @@ class NumpyBackend:
 
     def small_gram(self, block: NDArray[np.float64]) -> NDArray[np.float64]:
         """The smaller of B Bᵀ and BᵀB (equal non-zero spectra)."""
-        return block @ block.T if block.shape[0] < block.shape[1] else block.T @ block  # type: ignore[no-any-return]
+        return block @ block.T if block.shape[0] < block.shape[1] else block.T @ block
 
     def weighted_class_scatter(
         self,
@@ -162,15 +162,15 @@ class NumpyBackend:
     def syrk_update(self, scatter: NDArray[np.float64], block: NDArray[np.float64]) -> NDArray[np.float64]:
         """scatter += blockᵀ block (upper triangle only: half the flops of a product, no temporary)."""
         block = np.ascontiguousarray(block)
-        return scipy.linalg.blas.dsyrk(1.0, block.T, beta=1.0, c=scatter, trans=0, lower=0, overwrite_c=1)  # type: ignore[no-any-return]
+        return scipy.linalg.blas.dsyrk(1.0, block.T, beta=1.0, c=scatter, trans=0, lower=0, overwrite_c=1)
 
     def rank1_update(
         self, scatter: NDArray[np.float64], vector: NDArray[np.float64], alpha: float
     ) -> NDArray[np.float64]:
-        return scipy.linalg.blas.dsyr(alpha, vector, a=scatter, lower=0, overwrite_a=1)  # type: ignore[no-any-return]
+        return scipy.linalg.blas.dsyr(alpha, vector, a=scatter, lower=0, overwrite_a=1)
 
     def symv(self, scatter: NDArray[np.float64], vector: NDArray[np.float64]) -> NDArray[np.float64]:
-        return scipy.linalg.blas.dsymv(1.0, scatter, vector, lower=0)  # type: ignore[no-any-return]
+        return scipy.linalg.blas.dsymv(1.0, scatter, vector, lower=0)
 
     def scatter_to_numpy(self, scatter: NDArray[np.float64]) -> NDArray[np.float64]:
         upper = np.triu(scatter)
@@ -251,7 +251,7 @@ class TorchBackend:
     def centered_dot(
         self, features: NDArray[np.float64], mean: NDArray[np.float64], matrix: NDArray[np.float64]
     ) -> NDArray[np.float64]:
-        return self.dot(features, matrix) - mean @ matrix  # type: ignore[no-any-return]
+        return self.dot(features, matrix) - mean @ matrix
 
     def solve_spd(self, matrix: NDArray[np.float64], rhs: NDArray[np.float64]) -> NDArray[np.float64]:
         torch = self._torch

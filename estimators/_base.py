@@ -10,7 +10,7 @@ from sklearn.base import BaseEstimator
 __all__ = ["TransferabilityEstimator"]
 
 
-class TransferabilityEstimator(BaseEstimator):  # type: ignore[misc]
+class TransferabilityEstimator(BaseEstimator):  # type: ignore[misc]  # sklearn ships no type information: BaseEstimator is Any
     """Base class: ``__init__`` stores keyword parameters only; ``fit`` validates and scores.
 
     Subclasses set ``_estimator_name`` to a registry name and declare their parameters in

@@ -14,7 +14,7 @@ PINV_RCOND = 1e-15
 
 def softmax(logits: NDArray[np.float64]) -> NDArray[np.float64]:
     """Row-wise softmax with the max subtracted first."""
-    shifted = logits - logits.max(axis=1, keepdims=True)
+    shifted: NDArray[np.float64] = logits - logits.max(axis=1, keepdims=True)
     np.exp(shifted, out=shifted)
     shifted /= shifted.sum(axis=1, keepdims=True)
     return shifted
@@ -52,7 +52,8 @@ def solve_spd(matrix: NDArray[np.float64], rhs: NDArray[np.float64]) -> NDArray[
         factor = scipy.linalg.cho_factor(matrix, lower=True, check_finite=False)
     except np.linalg.LinAlgError:
         values, vectors = np.linalg.eigh(matrix)
-        return vectors @ ((vectors.T @ rhs) / values[:, None])
+        solution: NDArray[np.float64] = vectors @ ((vectors.T @ rhs) / values[:, None])
+        return solution
     return scipy.linalg.cho_solve(factor, rhs, check_finite=False)
 
 

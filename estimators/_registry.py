@@ -40,7 +40,7 @@ class EstimatorInfo:
     pool_free: bool = True
     params: dict[str, Any] = field(default_factory=dict)
     summary: str = ""
-    func: Callable[..., float] = field(default=None, repr=False, compare=False)  # type: ignore[assignment]
+    func: Callable[..., float] = field(repr=False, compare=False, kw_only=True)
 
 
 _REGISTRY: dict[str, EstimatorInfo] = {}

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from functools import cached_property
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import scipy.sparse
@@ -24,6 +24,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from ._backend import Backend, get_backend
 from ._linalg import symmetrize
+from ._moments import MomentAccumulator, StreamedMoments
 from ._validation import check_features, check_labels, check_source_probs
 
 __all__ = ["Statistics", "SamplesRequiredError", "resolve_stats"]
@@ -113,14 +114,15 @@ class Statistics:
         if features is None and labels is None:
             raise ValueError("Statistics needs features (N, D), labels (N,), or both")
         self._features: NDArray[np.float64] | None = None if features is None else check_features(features)
-        n_samples = None if self._features is None else self._features.shape[0]
+        n_samples: int | None = None if self._features is None else self._features.shape[0]
         self._labels: NDArray[np.intp] | None = None
         self.classes: NDArray[Any] | None = None
         if labels is not None:
             self._labels, self.classes = check_labels(labels, n_samples)
             n_samples = self._labels.shape[0]
+        assert n_samples is not None  # features or labels were given (checked above)
         self._source_probs = None if source_probs is None else check_source_probs(source_probs, int(n_samples))
-        self.n_samples: int = int(n_samples)  # type: ignore[arg-type]
+        self.n_samples: int = int(n_samples)
         self._n_features = None if self._features is None else int(self._features.shape[1])
         self._n_classes = None if self.classes is None else int(self.classes.shape[0])
         self._has_source_probs = self._source_probs is not None
@@ -132,12 +134,8 @@ class Statistics:
     @classmethod
     def _from_moments(
         cls,
+        moments: StreamedMoments,
         *,
-        n_samples: int,
-        n_features: int,
-        classes: NDArray[Any],
-        has_source_probs: bool,
-        cached: dict[str, Any],
         block_size: int = DEFAULT_BLOCK_SIZE,
         backend: str | Backend | None = None,
         device: str | None = None,
@@ -145,16 +143,16 @@ class Statistics:
         """A streamed Statistics: no samples, its cached properties filled from accumulated moments."""
         stats = cls.__new__(cls)
         stats._features = stats._labels = stats._source_probs = None
-        stats.classes = classes
-        stats.n_samples = int(n_samples)
-        stats._n_features = int(n_features)
-        stats._n_classes = int(classes.shape[0])
-        stats._has_source_probs = bool(has_source_probs)
+        stats.classes = moments.classes
+        stats.n_samples = int(moments.n_samples)
+        stats._n_features = int(moments.n_features)
+        stats._n_classes = int(moments.classes.shape[0])
+        stats._has_source_probs = bool(moments.has_source_probs)
         stats.streamed = True
         stats.block_size = int(block_size)
         stats.backend = get_backend(backend, device)
         stats._memo = {}
-        stats.__dict__.update(cached)  # pre-fills the cached_property values
+        stats.__dict__.update(moments.cached)  # pre-fills the cached_property values
         return stats
 
     @classmethod
@@ -172,12 +170,10 @@ class Statistics:
         Shorthand for feeding a :class:`~estimators.StreamingStatistics` and finalising it; see
         there for the parameters and for which estimators work on the result.
         """
-        from ._streaming import StreamingStatistics
-
-        stream = StreamingStatistics(n_classes, class_scatter=class_scatter, backend=backend, device=device)
+        stream = MomentAccumulator(n_classes, class_scatter=class_scatter, backend=backend, device=device)
         for batch in batches:
             stream.update(*batch)
-        return stream.finalize()
+        return cls._from_moments(stream.moments(), backend=stream.backend)
 
     # -- samples ------------------------------------------------------------------------------
     @property
@@ -213,14 +209,16 @@ class Statistics:
     @property
     def n_features(self) -> int:
         if self._n_features is None:
-            self._require_features()
-        return self._n_features  # type: ignore[return-value]
+            self._require_features()  # raises: built without features
+            raise AssertionError("no features, yet _require_features returned")
+        return self._n_features
 
     @property
     def n_classes(self) -> int:
         if self._n_classes is None:
-            self._require_labels()
-        return self._n_classes  # type: ignore[return-value]
+            self._require_labels()  # raises: built without labels
+            raise AssertionError("no labels, yet _require_labels returned")
+        return self._n_classes
 
     def _require_features(self) -> NDArray[np.float64]:
         features = self.features
@@ -264,7 +262,8 @@ class Statistics:
     @cached_property
     def mean(self) -> NDArray[np.float64]:
         """Global feature mean, shape (D,)."""
-        return self._require_features().mean(axis=0)
+        mean: NDArray[np.float64] = self._require_features().mean(axis=0)
+        return mean
 
     @cached_property
     def class_sums(self) -> NDArray[np.float64]:
@@ -416,7 +415,7 @@ class Statistics:
         """Cache an estimator-specific intermediate shared by several estimators."""
         if key not in self._memo:
             self._memo[key] = compute()
-        return self._memo[key]  # type: ignore[no-any-return]
+        return cast(T, self._memo[key])  # the value compute() gave for this key
 
 
 def resolve_stats(

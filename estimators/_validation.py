@@ -114,7 +114,7 @@ def check_source_probs(source_probs: ArrayLike, n_samples: int) -> NDArray[np.fl
     return np.clip(array, 0.0, None)
 
 
-def check_targets(targets: ArrayLike, n_samples: int) -> NDArray[np.float64]:
+def check_targets(targets: ArrayLike | None, n_samples: int) -> NDArray[np.float64]:
     """Regression targets (N,) or (N, K) as a finite float64 (N, K) array."""
     if targets is None:
         raise ValueError("regression targets are missing: pass an array of shape (n_samples,) or (n_samples, k)")

@@ -85,7 +85,7 @@ def class_means_logits(stats: Statistics) -> NDArray[np.float64]:
         u_dot_delta = (weight_gram[:, labels].T - logits) / n_minus_1[:, None]
         delta_dot_a = (own - sq_norm) / n_minus_1
         delta_sq = (np.diag(weight_gram)[labels] - 2.0 * own + sq_norm) / n_minus_1**2
-        loo = logits - u_dot_delta / n_classes
+        loo: NDArray[np.float64] = logits - u_dot_delta / n_classes
         loo[rows, labels] += delta_dot_a - delta_sq / n_classes
         return loo
 

@@ -82,7 +82,8 @@ def knn(
 
 def _vote(distances: NDArray[np.float64], labels: NDArray[np.intp], k: int) -> NDArray[np.intp]:
     if k == 1:
-        return labels[np.argmin(distances, axis=1)]
+        nearest_label: NDArray[np.intp] = labels[np.argmin(distances, axis=1)]
+        return nearest_label
     nearest = np.argpartition(distances, k - 1, axis=1)[:, :k]
     predicted = np.empty(distances.shape[0], dtype=np.intp)
     for i, candidates in enumerate(nearest):

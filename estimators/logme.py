@@ -138,7 +138,8 @@ class _PlainSpectrum:
 
     def log_det(self, alpha: NDArray[np.float64], beta: NDArray[np.float64]) -> NDArray[np.float64]:
         """log det(αI + βFᵀF) over all D dimensions."""
-        return np.log(alpha + beta * self.sigma).sum(axis=0) + self.n_zero * np.log(alpha)
+        log_det: NDArray[np.float64] = np.log(alpha + beta * self.sigma).sum(axis=0) + self.n_zero * np.log(alpha)
+        return log_det
 
 
 class _RankOneSpectrum:
@@ -180,7 +181,8 @@ class _RankOneSpectrum:
     def log_det(self, alpha: NDArray[np.float64], beta: NDArray[np.float64]) -> NDArray[np.float64]:
         diagonal = alpha + beta * self.values
         lemma = 1.0 + self.n_samples * beta * (self.mean_proj**2 / diagonal).sum(axis=0)
-        return np.log(diagonal).sum(axis=0) + np.log(lemma)
+        log_det: NDArray[np.float64] = np.log(diagonal).sum(axis=0) + np.log(lemma)
+        return log_det
 
 
 def _spectrum(stats: Statistics, targets: NDArray[np.float64] | None) -> _PlainSpectrum | _RankOneSpectrum:
@@ -235,7 +237,7 @@ def _max_evidence(
         if active.size == 0:
             break
     penalty = (beta * (res2 + _EPSILON) + alpha * (m2 + _EPSILON)) if icml else (beta * res2 + alpha * m2)
-    evidence = (
+    evidence: NDArray[np.float64] = (
         n_features / 2.0 * np.log(alpha)
         + n_samples / 2.0 * np.log(beta)
         - 0.5 * spectrum.log_det(alpha, beta)

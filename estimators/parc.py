@@ -24,9 +24,10 @@ def _reduce(features: NDArray[np.float64], pca_dim: int | None) -> NDArray[np.fl
         return features
     n, d = features.shape
     k = min(pca_dim, n - 1, d)
-    return PCA(
+    reduced: NDArray[np.float64] = PCA(
         n_components=k, svd_solver="randomized", random_state=_PCA_SEED, iterated_power=_PCA_POWER_ITERATIONS
     ).fit_transform(features)
+    return reduced
 
 
 @register(
@@ -101,7 +102,7 @@ def parc(
     one_hot = np.eye(stats.n_classes)[labels_]
     with np.errstate(divide="ignore", invalid="ignore"):
         rdm_features = 1.0 - np.corrcoef(scaled)
-    rdm_labels = 1.0 - np.corrcoef(one_hot)
+    rdm_labels = 1.0 - np.asarray(np.corrcoef(one_hot))  # (N, N); corrcoef's stub also allows a scalar
     upper = np.triu_indices(features_.shape[0], 1)
     lt_features, lt_labels = rdm_features[upper], rdm_labels[upper]
     del rdm_features, rdm_labels
