@@ -19,8 +19,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/backbone-rank demo
 
+# ruff, then mypy (estimators and service: [tool.mypy] in pyproject.toml), then the import contracts ([tool.importlinter])
 lint: $(STAMP)
 	$(BIN)/ruff check estimators service tests benchmarks
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: $(STAMP) lint chromium
 	$(BIN)/python -m pytest
@@ -37,8 +40,14 @@ test-slow: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/backbone-rank serve
 
+# Results go to <cache dir>/benchmarks (untracked); `make bench-record` writes them into benchmarks/results
+# (the recorded, tracked files: commit them with the README's numbers).
 bench: $(STAMP)
 	$(BIN)/python benchmarks/speed_estimators.py
 
+.PHONY: bench-record
+bench-record: $(STAMP)
+	$(BIN)/python benchmarks/speed_estimators.py --out benchmarks/results
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .import_linter_cache *.egg-info

@@ -8,7 +8,8 @@ size (``resource.getrusage(...).ru_maxrss``: interpreter, libraries and BLAS buf
 One BLAS thread.
 
 Usage: python benchmarks/memory_streaming.py [--n 1000000 --d 2048 --c 100 --batch-size 4096] [--quick]
-Writes benchmarks/results/memory_streaming.json and prints a markdown table.
+Writes <cache dir>/benchmarks/memory_streaming.json (``--out DIR``
+elsewhere; ``--out benchmarks/results`` records the run) and prints a markdown table.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
+from _results_dir import default_out_dir  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
 from estimators import SamplesRequiredError, StreamingStatistics, score  # noqa: E402
@@ -69,7 +71,10 @@ def main() -> None:
     parser.add_argument("--source-classes", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=4096)
     parser.add_argument("--quick", action="store_true", help="N=20,000, D=256: a smoke run")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument(
+        "--out", type=Path, default=default_out_dir(),
+        help="results folder (default: <cache dir>/benchmarks; --out benchmarks/results records the run)",
+    )  # fmt: skip
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.quick:

@@ -9,7 +9,8 @@ default; one torch thread); ``--backend both`` measures numpy and torch in the s
 interleaved rounds and adds a torch / numpy column. The floor is always numpy.
 
 Usage: python benchmarks/speed_estimators.py [--n 20000 --d 2048 --c 100] [--backend numpy|torch|both] [--quick]
-Writes benchmarks/results/speed_estimators-<fingerprint>.json and prints a markdown table.
+Writes <cache dir>/benchmarks/speed_estimators-<fingerprint>.json (``--out DIR``
+elsewhere; ``--out benchmarks/results`` records the run) and prints a markdown table.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
+from _results_dir import default_out_dir  # noqa: E402
 from threadpoolctl import threadpool_info, threadpool_limits  # noqa: E402
 
 from estimators import Statistics, score, use_backend  # noqa: E402
@@ -117,7 +119,10 @@ def main() -> None:
     parser.add_argument("--backend", choices=("numpy", "torch", "both"), default="numpy")
     parser.add_argument("--device", default="cpu", help="torch device for --backend torch/both")
     parser.add_argument("--suite-only", action="store_true", help="time only the floor and the shared-Statistics suite")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument(
+        "--out", type=Path, default=default_out_dir(),
+        help="results folder (default: <cache dir>/benchmarks; --out benchmarks/results records the run)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.quick:
         args.n, args.d, args.c, args.repeats = 4000, 512, 20, 1

@@ -7,7 +7,8 @@ preprocessing are extracted together and the number of image decodes is counted 
 per image, not one per image and backbone).
 
 Usage: python benchmarks/speed_extraction.py [--images 128] [--batch-size 32] [--models resnet50 ...]
-Writes benchmarks/results/speed_extraction-<fingerprint>.json and prints markdown tables.
+Writes <cache dir>/benchmarks/speed_extraction-<fingerprint>.json (``--out DIR``
+elsewhere; ``--out benchmarks/results`` records the run) and prints markdown tables.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from _results_dir import default_out_dir  # noqa: E402
 from PIL import Image  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 from timm.data import create_transform  # noqa: E402
@@ -76,7 +78,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--models", nargs="+", default=["resnet50", "resnet18", "mobilenetv3_small_100"])
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument(
+        "--out", type=Path, default=default_out_dir(),
+        help="results folder (default: <cache dir>/benchmarks; --out benchmarks/results records the run)",
+    )  # fmt: skip
     args = parser.parse_args()
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -39,7 +39,7 @@ def _hf_cache_entries(settings: Settings) -> list[dict[str, Any]]:
 
 
 def _weights_dir_entries(settings: Settings) -> list[dict[str, Any]]:
-    entries = []
+    entries: list[dict[str, Any]] = []
     for directory in settings.weights_dirs:
         try:
             files = sorted(Path(directory).glob("*.safetensors"))

@@ -12,13 +12,39 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Training-free backbone ranking.")
-console = Console()
-err_console = Console(stderr=True)
+#: Line width when the output is not a terminal (piped or redirected) and COLUMNS is not set: rich would fall back
+#: to 80 columns there and cut table cells (backbone ids as ``tf_eff…``); tables are as wide as their content.
+_NON_TTY_WIDTH = 10_000
+
+
+class _Console(Console):
+    """A rich console that does not cut its output at 80 columns when its stream is not a terminal.
+
+    On a terminal (or with ``COLUMNS`` set explicitly) the width is rich's; decided at every print, so a
+    replaced ``sys.stdout`` (pipes, ``CliRunner``) is seen.
+    """
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        import os
+
+        dimensions = Console.size.fget(self)  # type: ignore[attr-defined]
+        if self.is_terminal or os.environ.get("COLUMNS", "").isdigit():
+            return dimensions
+        return ConsoleDimensions(_NON_TTY_WIDTH, dimensions.height)
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        Console.size.fset(self, new_size)  # type: ignore[attr-defined]
+
+
+console = _Console()
+err_console = _Console(stderr=True)
 
 
 @app.callback()
@@ -96,17 +122,26 @@ def rank_command(
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the per-class sample.")] = 0,
     json_output: Annotated[
-        bool, typer.Option("--json", help="Print the result as JSON (schema: service.pipeline.rank).")
+        bool, typer.Option("--json", help="Print the result as JSON (schema: service.contract.results.RankingResult).")
     ] = False,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1 ... (default: settings, auto).")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Images per batch (default: settings, 64).")] = None,
     cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse and store extracted features.")] = True,
     weights_dir: Annotated[
-        list[Path] | None, typer.Option("--weights-dir", help="Extra directories with <id>.safetensors files.")
+        list[Path] | None,
+        typer.Option("--weights-dir", help="Extra directories with <id>.safetensors files (local runs only)."),
     ] = None,
     layer: Annotated[
         int | None, typer.Option(help="Score an intermediate layer (timm forward_intermediates index).")
     ] = None,
+    streaming: Annotated[
+        bool,
+        typer.Option(
+            "--streaming/--no-streaming",
+            help="Accumulate statistics batch by batch instead of keeping the features (memory independent of the "
+            "number of images); estimators that need the samples (kNN, linear probe, ...) are left unscored.",
+        ),
+    ] = False,
     bootstrap: Annotated[
         int,
         typer.Option(
@@ -125,80 +160,118 @@ def rank_command(
     ] = None,
 ) -> None:
     """Rank backbones on a labelled image dataset with training-free transferability scores."""
-    from service.config import get_settings
+    from service.contract import RankingRequest
     from service.errors import BackboneRankError
 
-    if server is not None:
-        _print_result(
-            _rank_on_server(server, dataset, backbone, estimator, max_per_class, seed, bootstrap, json_output),
-            json_output,
-            _print_ranking,
-        )
-        return
-    settings = get_settings()
     try:
-        from service.pipeline.cache import FeatureCache
-        from service.pipeline.rank import rank_backbones
-
-        feature_cache = (
-            FeatureCache(settings.cache_dir / "features", settings.feature_cache_max_bytes) if cache else None
+        request = _build_request(
+            RankingRequest,
+            dataset=_dataset_spec(dataset, for_server=server is not None),
+            backbones=backbone,
+            estimators=estimator or None,
+            max_per_class=max_per_class,
+            seed=seed,
+            layer=layer,
+            streaming=streaming,
+            n_bootstrap=bootstrap,
+            device=device,
+            batch_size=batch_size,
+            cache=cache,
+            weights_dirs=[str(path) for path in weights_dir or []],
         )
-        with _progress_bars(enabled=not json_output or sys.stderr.isatty()) as on_progress:
-            result = rank_backbones(
-                dataset,
-                backbone,
-                estimators=estimator or None,
-                roots=settings.data_roots or None,
-                max_per_class=max_per_class,
-                seed=seed,
-                min_per_class=settings.min_samples_per_class,
-                cache=feature_cache,
-                weights_dirs=[*settings.weights_dirs, *(weights_dir or [])],
-                hf_cache_dir=settings.hf_cache_dir,
-                device=device or settings.device,
-                batch_size=batch_size or settings.batch_size,
-                layer=layer,
-                progress=on_progress,
-                builtin_dir=settings.cache_dir / "builtin",
-                calibration=settings.calibration,
-                n_bootstrap=bootstrap,
-            )
+        if server is not None:
+            result: Any = _on_server(server, request, json_output)
+        else:
+            from service.pipeline.engine import rank
+
+            with _progress_bars(enabled=not json_output or sys.stderr.isatty()) as on_progress:
+                result = rank(request, _local_runtime(), progress=on_progress)
     except (BackboneRankError, ValueError) as err:
         _exit_with(err)
     _print_result(result, json_output, _print_ranking)
 
 
-def _print_result(result: dict[str, Any], json_output: bool, print_table: Callable[[dict[str, Any]], None]) -> None:
-    """A command's result: JSON on stdout with --json, else its rich tables."""
-    if json_output:
-        typer.echo(json.dumps(result, indent=2, default=_json_default))
-    else:
-        print_table(result)
+#: The CLI option behind each request field, for error messages.
+_OPTION_OF = {
+    "backbones": "--backbone",
+    "estimators": "--estimator",
+    "n_bootstrap": "--bootstrap",
+    "weights_dirs": "--weights-dir",
+    "lr_grid": "--lr",
+    "seeds": "--seed",
+    "targets": "--target",
+    "backbone_map": "--backbone NAME=ID",
+    "per_class": "--per-class",
+    "dataset": "DATASET",
+}
 
 
-def _rank_on_server(
-    server: str,
-    dataset: str,
-    backbones: list[str],
-    estimators: list[str] | None,
-    max_per_class: int | None,
-    seed: int,
-    n_bootstrap: int,
-    json_output: bool,
-) -> dict[str, Any]:
-    """``rank --server``: submit to the service, show its progress events as bars, return the result."""
-    from types import SimpleNamespace
+def _build_request(model: Callable[..., Any], **fields: Any) -> Any:
+    """The request model from CLI options (None: not given, the model's default applies); a value the model
+    refuses is an ``invalid_request`` error naming the option."""
+    from pydantic import ValidationError
 
-    from service.client import Client, ClientError, dataset_ref
-    from service.errors import BackboneRankError
+    from service.errors import InvalidRequest
 
     try:
-        ref = dataset_ref(dataset)
-    except BackboneRankError as err:
-        _exit_with(err)
-    if "path" in ref and not Path(ref["path"]).is_absolute() and not ref["path"].startswith("~"):
-        # A path typed here means this machine's path: the server resolves relative paths against its own cwd.
-        ref["path"] = str(Path(ref["path"]).absolute())
+        return model(**{name: value for name, value in fields.items() if value is not None})
+    except ValidationError as err:
+        problems = []
+        for error in err.errors():
+            where = error["loc"][0] if error["loc"] else ""
+            option = _OPTION_OF.get(str(where), "--" + str(where).replace("_", "-")) if where else "the request"
+            problems.append(f"{option}: {error['msg']}")
+        raise InvalidRequest("; ".join(problems)) from None
+
+
+def _dataset_spec(text: str, *, for_server: bool) -> Any:
+    """A dataset argument (``builtin:NAME``, ``hf:PATH``, a folder or manifest, ``#split``) as the request's spec.
+    For a server, a relative path typed here means this machine's path: it is made absolute (the server would
+    resolve it against its own working directory)."""
+    from service.contract import DatasetSpec
+    from service.pipeline.datasets import parse_dataset_ref
+
+    spec = parse_dataset_ref(text).to_dict()
+    if for_server and "path" in spec and not Path(spec["path"]).is_absolute() and not spec["path"].startswith("~"):
+        spec["path"] = str(Path(spec["path"]).absolute())
+    return DatasetSpec(**spec)
+
+
+def _local_runtime() -> Any:
+    """The settings' runtime for a local run, with this process's registries filled (service.bootstrap)."""
+    from service.bootstrap import cli_runtime, start
+    from service.config import get_settings
+
+    settings = get_settings()
+    start(settings)
+    return cli_runtime(settings)
+
+
+def _print_result(result: Any, json_output: bool, print_table: Callable[[dict[str, Any]], None]) -> None:
+    """A command's result model: its JSON document on stdout with --json (the API's schema), else its tables."""
+    if json_output:
+        typer.echo(result.model_dump_json(indent=2))
+    else:
+        print_table(result.model_dump(mode="json"))
+
+
+def _on_server(server: str, request: Any, json_output: bool) -> Any:
+    """Run ``request`` (a ranking or fine-tune request) on a service: refuse what names this machine's paths,
+    show the job's progress events as bars, return the typed result."""
+    from types import SimpleNamespace
+
+    from service.client import Client, ClientError
+    from service.contract import RankingRequest, local_only_fields
+    from service.errors import LocalOnlyOption
+
+    local = local_only_fields(request)
+    if local:
+        options = ", ".join(_OPTION_OF.get(name, name) for name in local)
+        raise LocalOnlyOption(
+            f"{options} names directories on this machine, which the server cannot see; put the weights in one of "
+            "the server's weights dirs (BACKBONE_RANK_WEIGHTS_DIRS) or run without --server",
+            fields=local,
+        )
     try:
         with Client(server) as client, _progress_bars(enabled=not json_output or sys.stderr.isatty()) as bars:
 
@@ -206,18 +279,11 @@ def _rank_on_server(
                 if bars is not None and progress.get("backbone") and progress.get("total"):
                     bars(SimpleNamespace(**{k: progress.get(k) for k in ("stage", "backbone", "done", "total")}))
 
-            result = client.rank(
-                ref,
-                backbones,
-                estimators=estimators,
-                max_per_class=max_per_class,
-                seed=seed,
-                n_bootstrap=n_bootstrap,
-                on_progress=on_progress,
-            )
+            if isinstance(request, RankingRequest):
+                return client.rank(request, on_progress=on_progress)
+            return client.finetune(request)
     except ClientError as err:
         _exit_with(err)
-    return result
 
 
 @app.command("serve")
@@ -382,9 +448,10 @@ def benchmark_command(
     target: Annotated[
         list[str] | None, typer.Option("--target", "-t", help="Run only these targets of the suite. Repeatable.")
     ] = None,
-    out_dir: Annotated[Path, typer.Option(help="Where the JSON/CSV results (and the HTML report) go.")] = Path(
-        "benchmarks/results"
-    ),
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(help="Where the JSON/CSV results and the HTML report go [default: <cache dir>/benchmarks]."),
+    ] = None,
     data_dir: Annotated[
         Path | None, typer.Option(help="standard suite: folder holding aircraft/, caltech101/, ... (ImageFolders).")
     ] = None,
@@ -410,9 +477,9 @@ def benchmark_command(
 ) -> None:
     """Score every (target, backbone) pair of a suite, compare with fine-tuned (or published) accuracy."""
     from service.config import get_settings
+    from service.contract import BenchmarkRequest
     from service.errors import BackboneRankError
 
-    settings = get_settings()
     mapping: dict[str, str] = {}
     for item in backbone_map or []:
         name, sep, value = item.partition("=")
@@ -421,32 +488,29 @@ def benchmark_command(
             raise typer.Exit(2)
         mapping[name] = value
     try:
-        from service.pipeline.benchmark import run_benchmark
-        from service.pipeline.benchmark_suites import get_suite
+        from service.pipeline.engine import benchmark
 
-        if settings.num_threads:
-            import torch
-
-            torch.set_num_threads(settings.num_threads)
-        chosen = get_suite(suite, data_dir=data_dir, backbone_map=mapping or None, per_class=per_class)
+        request = _build_request(
+            BenchmarkRequest,
+            suite=suite,
+            targets=target or None,
+            per_class=per_class,
+            data_dir=str(data_dir) if data_dir is not None else None,
+            backbone_map=mapping,
+            n_bootstrap=bootstrap,
+            device=device,
+        )
+        runtime = _local_runtime()
         with _benchmark_progress() as on_progress:
-            result = run_benchmark(
-                chosen,
-                out_dir=out_dir,
-                resume=resume,
-                targets=target or None,
-                device=device or settings.device,
-                roots=settings.data_roots or None,
-                builtin_dir=settings.cache_dir / "builtin",
-                weights_dirs=settings.weights_dirs,
-                hf_cache_dir=settings.hf_cache_dir,
-                n_bootstrap=bootstrap,
+            result = benchmark(
+                request, runtime, out_dir=out_dir or get_settings().benchmark_results_dir, resume=resume,
                 progress=on_progress,
-            )
+            )  # fmt: skip
     except (BackboneRankError, ValueError) as err:
         _exit_with(err)
-    _print_benchmark(result)
-    files = result.get("files", {})
+    document = result.model_dump(mode="json")
+    _print_benchmark(document)
+    files = dict(result.files or {})
     if report and files:
         from service.reports import render_report
 
@@ -735,20 +799,30 @@ def finetune_command(
     max_per_class: Annotated[
         int | None, typer.Option(min=1, help="Cap every split at N images per class (seeded sample).")
     ] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Training batch size.")] = 128,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Training batch size (default 128).")] = None,
     out: Annotated[
-        Path | None, typer.Option("--out", help="Save the best seed's model here (load it as local-dir:DIR).")
+        Path | None,
+        typer.Option("--out", help="Save the best seed's model here (load it as local-dir:DIR); local runs only."),
     ] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1 ... (default: settings, auto).")] = None,
     weights_dir: Annotated[
-        list[Path] | None, typer.Option("--weights-dir", help="Extra directories with <id>.safetensors files.")
+        list[Path] | None,
+        typer.Option("--weights-dir", help="Extra directories with <id>.safetensors files (local runs only)."),
     ] = None,
     json_output: Annotated[
-        bool, typer.Option("--json", help="Print the result as JSON (schema: service.pipeline.finetune).")
+        bool, typer.Option("--json", help="Print the result as JSON (schema: service.contract.results.FinetuneResult).")
     ] = False,
+    server: Annotated[
+        str | None,
+        typer.Option(
+            "--server",
+            help="Fine-tune on a backbone-rank service instead of here (the dataset path is the server's; the "
+            "weights stay there: GET /v1/finetunes/{id}/weights). API key: $BACKBONE_RANK_API_KEY.",
+        ),
+    ] = None,
 ) -> None:
     """Fine-tune a backbone (or the winner of a saved ranking) and report its test accuracy."""
-    from service.config import get_settings
+    from service.contract import FinetuneRequest
     from service.errors import BackboneRankError
 
     if (backbone is None) == (winner is None):
@@ -757,42 +831,50 @@ def finetune_command(
     if winner is None and dataset is None:
         err_console.print("[bold red]error[/]: missing DATASET (or use --winner RANKING.json, which names one)")
         raise typer.Exit(2)
-    settings = get_settings()
+    if server is not None and out is not None:
+        err_console.print(
+            "[bold red]error[/]: --out saves weights on this machine; with --server they stay on the server "
+            "(download them from GET /v1/finetunes/{id}/weights, or Client.download_weights)"
+        )
+        raise typer.Exit(2)
     try:
-        from service.pipeline.finetune import finetune, finetune_winner
-
-        if settings.num_threads:
-            import torch
-
-            torch.set_num_threads(settings.num_threads)
-        options: dict[str, Any] = {
+        fields: dict[str, Any] = {
             "strategy": strategy,
             "epochs": epochs,
             "lr_grid": lr or None,
-            "seeds": tuple(seed) if seed else (0,),
+            "seeds": seed or None,
             "batch_size": batch_size,
             "max_per_class": max_per_class,
-            "roots": settings.data_roots or None,
-            "builtin_dir": settings.cache_dir / "builtin",
-            "weights_dirs": [*settings.weights_dirs, *(weights_dir or [])],
-            "hf_cache_dir": settings.hf_cache_dir,
-            "output_dir": out,
-            "device": device or settings.device,
             "input_size": input_size,
+            "device": device,
+            "weights_dirs": [str(path) for path in weights_dir or []],
         }
-        with _finetune_progress(enabled=not json_output or sys.stderr.isatty()) as on_progress:
-            if winner is not None:
-                ranking = _read_ranking(winner)
-                result = finetune_winner(ranking, dataset=dataset, progress=on_progress, **options)
-            else:
-                assert backbone is not None and dataset is not None
-                result = finetune(dataset, backbone, progress=on_progress, **options)
+        if dataset is not None:
+            fields["dataset"] = _dataset_spec(dataset, for_server=server is not None)
+        ranking = None
+        if winner is not None:
+            from service.pipeline.engine import winner_request
+
+            ranking = _read_ranking(winner)
+            request = _build_request(lambda **f: winner_request(ranking, **f), **fields)
+        else:
+            request = _build_request(FinetuneRequest, backbone=backbone, **fields)
+        if server is not None:
+            result: Any = _on_server(server, request, json_output)
+        else:
+            from service.pipeline.engine import finetune
+
+            with _finetune_progress(enabled=not json_output or sys.stderr.isatty()) as on_progress:
+                result = finetune(request, _local_runtime(), winner_of=ranking, output_dir=out, progress=on_progress)
     except (BackboneRankError, ValueError) as err:
         _exit_with(err)
     _print_result(result, json_output, _print_finetune)
 
 
-def _read_ranking(path: Path) -> dict[str, Any]:
+def _read_ranking(path: Path) -> Any:
+    """A saved ranking (``rank --json``, any schema version) as its typed model."""
+    from service.contract import RankingResult, load_result
+
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -800,9 +882,13 @@ def _read_ranking(path: Path) -> dict[str, Any]:
             f"cannot read the ranking {str(path)!r} ({type(err).__name__}); save one with "
             "`backbone-rank rank ... --json > ranking.json`"
         ) from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{str(path)!r} is not a ranking result (a JSON object from `backbone-rank rank --json`)")
-    return data
+    try:
+        result = load_result(data)
+    except ValueError as err:
+        raise ValueError(f"{str(path)!r} is not a ranking result (`backbone-rank rank --json`): {err}") from None
+    if not isinstance(result, RankingResult):
+        raise ValueError(f"{str(path)!r} is a {result.kind} result, not a ranking (`backbone-rank rank --json`)")
+    return result
 
 
 @contextlib.contextmanager
@@ -924,34 +1010,30 @@ def _run_demo(
             f"[bold]2/4[/] Ranking {len(backbones)} backbones on builtin:{target} ({max_per_class} training images per "
             "class; features are cached, so a second run is quick) ..."
         )
-        from service.pipeline.cache import FeatureCache
-        from service.pipeline.rank import rank_backbones
+        from service.contract import DatasetSpec, RankingRequest
+        from service.pipeline.engine import finetune, rank, winner_request
 
+        runtime = _local_runtime()
         with _progress_bars(enabled=True) as on_progress:
-            ranking = rank_backbones(
-                f"builtin:{target}",
-                backbones,
-                max_per_class=max_per_class,
-                seed=seed,
-                cache=FeatureCache(settings.cache_dir / "features", settings.feature_cache_max_bytes),
-                weights_dirs=settings.weights_dirs,
-                hf_cache_dir=settings.hf_cache_dir,
-                device=settings.device,
-                batch_size=settings.batch_size,
+            ranked = rank(
+                RankingRequest(
+                    dataset=DatasetSpec(kind="builtin", name=target),
+                    backbones=backbones,
+                    max_per_class=max_per_class,
+                    seed=seed,
+                ),
+                runtime,
                 progress=on_progress,
-                builtin_dir=settings.cache_dir / "builtin",
-                calibration=settings.calibration,
             )
+        ranking = ranked.model_dump(mode="json")
         _print_ranking(ranking)
         reports = report_dir or settings.cache_dir / "reports"
         reports.mkdir(parents=True, exist_ok=True)
         from service.reports import render_report
 
         written = [reports / f"demo-ranking-{target}.html"]
-        written[0].write_text(render_report(ranking), encoding="utf-8")
+        written[0].write_text(render_report(ranked), encoding="utf-8")
         if finetune_winner:
-            from service.pipeline.finetune import finetune_winner as tune_winner
-
             best = ranking["backbones"][0]
             size = int(best["data_config"]["input_size"][-1])
             strategy = "full" if size <= _DEMO_FULL_FINETUNE_MAX_INPUT else "linear"
@@ -961,24 +1043,21 @@ def _run_demo(
                 + f") on builtin:{target}, {max_per_class} images per class as ranked: train split, lr chosen on "
                 "val, accuracy on test ..."
             )
+            request = winner_request(
+                ranked,
+                strategy=strategy,
+                epochs=_DEMO_FINETUNE_EPOCHS,
+                seeds=[seed],
+                # the sample size the ranking saw, which is what its predicted accuracy is calibrated for
+                max_per_class=max_per_class,
+            )
             with _finetune_progress(enabled=True) as on_progress:
-                tuned = tune_winner(
-                    ranking,
-                    strategy=strategy,
-                    epochs=_DEMO_FINETUNE_EPOCHS,
-                    seeds=(seed,),
-                    # the sample size the ranking saw, which is what its predicted accuracy is calibrated for
-                    max_per_class=max_per_class,
-                    builtin_dir=settings.cache_dir / "builtin",
-                    weights_dirs=settings.weights_dirs,
-                    hf_cache_dir=settings.hf_cache_dir,
-                    device=settings.device,
-                    progress=on_progress,
-                )
+                tuned_result = finetune(request, runtime, winner_of=ranked, progress=on_progress)
+            tuned = tuned_result.model_dump(mode="json")
             _print_finetune(tuned)
             _print_prediction_check(best, tuned)
             written.append(reports / f"demo-finetune-{target}.html")
-            written[-1].write_text(render_report(tuned), encoding="utf-8")
+            written[-1].write_text(render_report(tuned_result), encoding="utf-8")
     except (BackboneRankError, ValueError) as err:
         _exit_with(err)
     console.print("[bold]4/4[/] Reports: " + ", ".join(escape(str(p)) for p in written))

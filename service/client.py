@@ -4,10 +4,12 @@
 >>> with Client("http://127.0.0.1:8000") as client:                    # doctest: +SKIP
 ...     result = client.rank("builtin:glyphs-greek", ["random:resnet10t", "tf_efficientnet_lite0.in1k"],
 ...                          max_per_class=8, on_progress=print)
-...     print([(b["rank"], b["id"]) for b in result["backbones"]])
+...     print([(b.rank, b.id) for b in result.backbones])
 
-:meth:`Client.rank` and :meth:`Client.finetune` submit, follow the job's server-sent events (reconnecting,
-or polling, if the stream breaks) and return the result; a failed or cancelled job raises
+:meth:`Client.rank` and :meth:`Client.finetune` take the request model (:mod:`service.contract.requests`;
+or keyword arguments that build it), submit it, follow the job's server-sent events (reconnecting, or
+polling, if the stream breaks) and return the typed result (:mod:`service.contract.results`); a failed
+or cancelled job raises
 :class:`ClientError` with the job's ``code`` and ``detail``. Every HTTP error is a :class:`ClientError`
 too, carrying the server's ``{code, detail}``.
 """
@@ -22,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from service.contract import FinetuneRequest, FinetuneResult, RankingRequest, RankingResult
 
 __all__ = ["Client", "ClientError", "dataset_ref"]
 
@@ -139,56 +143,29 @@ class Client:
 
     def submit_ranking(
         self,
-        dataset: str | os.PathLike[str] | Mapping[str, Any],
-        backbones: Sequence[str],
+        request: RankingRequest | str | os.PathLike[str] | Mapping[str, Any],
+        backbones: Sequence[str] | None = None,
         *,
-        estimators: Sequence[str] | None = None,
-        max_per_class: int | None = None,
-        seed: int = 0,
-        n_bootstrap: int = 0,
         idempotency_key: str | None = None,
+        **fields: Any,
     ) -> dict[str, Any]:
-        """Queue a ranking; returns ``{id, kind, state, url, events_url}``. ``n_bootstrap`` > 0 adds ``p_best``."""
-        body: dict[str, Any] = {"dataset": dataset_ref(dataset), "backbones": list(backbones), "seed": seed}
-        if estimators:
-            body["estimators"] = list(estimators)
-        if max_per_class is not None:
-            body["max_per_class"] = max_per_class
-        if n_bootstrap:
-            body["n_bootstrap"] = n_bootstrap
-        return self._submit("ranking", body, idempotency_key)
+        """Queue a ranking; returns ``{id, kind, state, url, events_url}``. ``request`` is a
+        :class:`RankingRequest`, or the dataset, with ``backbones`` and the request's other fields as keywords."""
+        body = _ranking_request(request, backbones, fields)
+        return self._submit("ranking", body.model_dump(mode="json", exclude_defaults=True), idempotency_key)
 
     def submit_finetune(
         self,
-        dataset: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+        request: FinetuneRequest | str | os.PathLike[str] | Mapping[str, Any] | None = None,
         backbone: str | None = None,
         *,
-        ranking_id: str | None = None,
-        strategy: str = "full",
-        epochs: int | None = None,
-        lr_grid: Sequence[float] | None = None,
-        seeds: Sequence[int] | None = None,
-        batch_size: int | None = None,
-        max_per_class: int | None = None,
-        input_size: int | None = None,
         idempotency_key: str | None = None,
+        **fields: Any,
     ) -> dict[str, Any]:
-        """Queue a fine-tuning of ``backbone``, or of the winner of ``ranking_id`` (on its dataset unless
-        ``dataset`` is given)."""
-        body: dict[str, Any] = {"strategy": strategy}
-        optional = {
-            "dataset": None if dataset is None else dataset_ref(dataset),
-            "backbone": backbone,
-            "ranking_id": ranking_id,
-            "epochs": epochs,
-            "lr_grid": None if lr_grid is None else list(lr_grid),
-            "seeds": None if seeds is None else list(seeds),
-            "batch_size": batch_size,
-            "max_per_class": max_per_class,
-            "input_size": input_size,
-        }
-        body.update({k: v for k, v in optional.items() if v is not None})
-        return self._submit("finetune", body, idempotency_key)
+        """Queue a fine-tuning: a :class:`FinetuneRequest`, or the dataset and ``backbone`` (or ``ranking_id=``:
+        that ranking's winner, on its dataset unless one is given) with the request's other fields as keywords."""
+        body = _finetune_request(request, backbone, fields)
+        return self._submit("finetune", body.model_dump(mode="json", exclude_defaults=True), idempotency_key)
 
     def _submit(self, kind: str, body: dict[str, Any], idempotency_key: str | None) -> dict[str, Any]:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
@@ -254,7 +231,7 @@ class Client:
 
     def _result(self, job: dict[str, Any]) -> dict[str, Any]:
         if job["state"] == "succeeded":
-            return job["result"]
+            return dict(job["result"])
         if job["state"] == "cancelled":
             raise ClientError("cancelled", f"job {job['id']} was cancelled", body=job)
         error = job.get("error") or {}
@@ -262,49 +239,43 @@ class Client:
 
     def rank(
         self,
-        dataset: str | os.PathLike[str] | Mapping[str, Any],
-        backbones: Sequence[str],
+        request: RankingRequest | str | os.PathLike[str] | Mapping[str, Any],
+        backbones: Sequence[str] | None = None,
         *,
-        estimators: Sequence[str] | None = None,
-        max_per_class: int | None = None,
-        seed: int = 0,
-        n_bootstrap: int = 0,
         idempotency_key: str | None = None,
         on_progress: ProgressCallback | None = None,
         timeout: float | None = None,
-    ) -> dict[str, Any]:
-        """Rank ``backbones`` on ``dataset`` and return the result (schema: ``service.pipeline.rank``), best first.
+        **fields: Any,
+    ) -> RankingResult:
+        """Rank and return the result, best first: ``client.rank(RankingRequest(...))``, or
+        ``client.rank(dataset, backbones, max_per_class=8, ...)`` with the request's fields as keywords.
 
         Raises
         ------
         ClientError
             The request was refused (its code), or the job failed (the job's code) or was cancelled.
+        pydantic.ValidationError
+            The keyword arguments do not make a valid :class:`RankingRequest` (nothing was sent).
         """
-        job = self.submit_ranking(
-            dataset,
-            backbones,
-            estimators=estimators,
-            max_per_class=max_per_class,
-            seed=seed,
-            n_bootstrap=n_bootstrap,
-            idempotency_key=idempotency_key,
-        )
-        return self._result(self.wait("ranking", job["id"], on_progress=on_progress, timeout=timeout))
+        job = self.submit_ranking(request, backbones, idempotency_key=idempotency_key, **fields)
+        done = self.wait("ranking", job["id"], on_progress=on_progress, timeout=timeout)
+        return RankingResult.model_validate(self._result(done))
 
     def finetune(
         self,
-        dataset: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+        request: FinetuneRequest | str | os.PathLike[str] | Mapping[str, Any] | None = None,
         backbone: str | None = None,
         *,
+        idempotency_key: str | None = None,
         on_progress: ProgressCallback | None = None,
         timeout: float | None = None,
-        **options: Any,
-    ) -> dict[str, Any]:
-        """Fine-tune and return the result (options as :meth:`submit_finetune`); the job id is in
-        ``result["job_id"]`` for :meth:`download_weights`."""
-        job = self.submit_finetune(dataset, backbone, **options)
-        result = self._result(self.wait("finetune", job["id"], on_progress=on_progress, timeout=timeout))
-        return {**result, "job_id": job["id"]}
+        **fields: Any,
+    ) -> FinetuneResult:
+        """Fine-tune and return the result (arguments as :meth:`submit_finetune`); ``result.job_id`` names the job
+        for :meth:`download_weights`."""
+        job = self.submit_finetune(request, backbone, idempotency_key=idempotency_key, **fields)
+        done = self.wait("finetune", job["id"], on_progress=on_progress, timeout=timeout)
+        return FinetuneResult.model_validate({**self._result(done), "job_id": job["id"]})
 
     def download_weights(self, job_id: str, path: str | os.PathLike[str]) -> Path:
         """Write a succeeded fine-tune's ``model.safetensors`` to ``path`` (streamed); returns the path."""
@@ -324,6 +295,33 @@ class Client:
         return target
 
 
+def _ranking_request(
+    request: RankingRequest | str | os.PathLike[str] | Mapping[str, Any],
+    backbones: Sequence[str] | None,
+    fields: Mapping[str, Any],
+) -> RankingRequest:
+    if isinstance(request, RankingRequest):
+        if backbones is not None or fields:
+            raise TypeError("give either a RankingRequest or the dataset, backbones and fields, not both")
+        return request
+    if backbones is None:
+        raise TypeError("backbones are required with a dataset (or pass a RankingRequest)")
+    return RankingRequest(dataset=dataset_ref(request), backbones=list(backbones), **fields)
+
+
+def _finetune_request(
+    request: FinetuneRequest | str | os.PathLike[str] | Mapping[str, Any] | None,
+    backbone: str | None,
+    fields: Mapping[str, Any],
+) -> FinetuneRequest:
+    if isinstance(request, FinetuneRequest):
+        if backbone is not None or fields:
+            raise TypeError("give either a FinetuneRequest or the dataset, backbone and fields, not both")
+        return request
+    dataset = None if request is None else dataset_ref(request)
+    return FinetuneRequest(dataset=dataset, backbone=backbone, **fields)
+
+
 def _http_error(response: httpx.Response) -> ClientError:
     try:
         body = response.json()
@@ -338,7 +336,7 @@ def _http_error(response: httpx.Response) -> ClientError:
 
 def _parse_sse(lines: Iterator[str]) -> Iterator[tuple[str, Any]]:
     """Events of a ``text/event-stream`` (``event:``/``data:`` fields, blank line ends an event)."""
-    event, data = "message", []
+    event, data = "message", list[str]()
     for line in lines:
         if not line:
             if data:

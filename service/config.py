@@ -69,7 +69,9 @@ class Settings(BaseSettings):
         "default: the packaged service/builtin/calibration.json (mean-rank order when that is absent).",
     )
     benchmark_results_dir: Path | None = Field(
-        None, description="Benchmark result JSON files served under /reports/benchmarks (default: the repo's)."
+        None,
+        description="Where `backbone-rank benchmark` writes its results (unless --out-dir) and whose JSON files are "
+        "served under /reports/benchmarks (default: <cache_dir>/benchmarks).",
     )
     allowed_backbones: list[str] = Field(
         default_factory=list,
@@ -88,7 +90,7 @@ class Settings(BaseSettings):
         if self.finetunes_dir is None:
             self.finetunes_dir = self.cache_dir / "finetunes"
         if self.benchmark_results_dir is None:
-            self.benchmark_results_dir = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+            self.benchmark_results_dir = self.cache_dir / "benchmarks"
         return self
 
     @property

@@ -24,6 +24,7 @@ Every error a user can cause carries a ``code`` (stable, documented, never rewor
     ├── InvalidFinetuneConfig          invalid_finetune_config      422  (also a ValueError)
     └── ServiceError                   (the HTTP API and its jobs)
         ├── InvalidRequest             invalid_request              422
+        │   └── LocalOnlyOption        local_only_option            422  (a local path sent to a server)
         ├── Unauthorized               unauthorized                 401
         ├── JobNotFound                job_not_found                404
         ├── ReportNotFound             report_not_found             404
@@ -197,6 +198,13 @@ class InvalidRequest(ServiceError):
 class Unauthorized(ServiceError):
     code = "unauthorized"
     status = 401
+
+
+class LocalOnlyOption(InvalidRequest):
+    """An option that names something on the caller's machine (a weights directory) sent to a server, which
+    cannot see it: refused rather than dropped."""
+
+    code = "local_only_option"
 
 
 class JobNotFound(ServiceError):

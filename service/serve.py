@@ -44,9 +44,10 @@ class WorkerSupervisor:
 
     def start(self) -> None:
         for i in range(self.n):
-            self.processes[i] = self._spawn()
+            process = self._spawn()
+            self.processes[i] = process
             self._started_at[i] = time.monotonic()
-            _logger.info("started worker process %d", self.processes[i].pid)  # type: ignore[union-attr]
+            _logger.info("started worker process %d", process.pid)
         self._thread.start()
 
     def _watch(self) -> None:

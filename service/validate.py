@@ -12,18 +12,19 @@ from __future__ import annotations
 from typing import Any
 
 from service.config import Settings
+from service.contract import DatasetSpec, FinetuneRequest, RankingRequest, local_only_fields
 from service.errors import (
     DatasetNotFound,
     InvalidRequest,
     JobNotFound,
     JobNotSucceeded,
+    LocalOnlyOption,
     UnknownBackbone,
     WeightsUnavailable,
 )
 from service.jobs.store import JobStore
 from service.pipeline.backbone_ids import check_backbone_id, load_timm_registry, service_allows
 from service.pipeline.datasets import DatasetRef, check_dataset_path
-from service.schemas import DatasetSpec, FinetuneRequest, RankingRequest
 
 __all__ = ["check_dataset", "check_backbones", "check_estimator_names", "ranking_request", "finetune_request"]
 
@@ -101,22 +102,34 @@ def check_estimator_names(names: list[str] | None) -> list[str] | None:
     return list(dict.fromkeys(names))
 
 
+def _refuse_local_paths(body: RankingRequest | FinetuneRequest) -> None:
+    local = local_only_fields(body)
+    if local:
+        raise LocalOnlyOption(
+            f"{', '.join(local)} names directories on the caller's machine, which this server cannot see; put the "
+            "weights in one of the server's weights dirs (BACKBONE_RANK_WEIGHTS_DIRS) and drop the field",
+            fields=local,
+        )
+
+
 def ranking_request(body: RankingRequest, settings: Settings) -> dict[str, Any]:
-    """The validated request as stored with the job."""
-    return {
-        "dataset": check_dataset(body.dataset, settings),
-        "backbones": check_backbones(body.backbones, settings),
-        "estimators": check_estimator_names(body.estimators),
-        "max_per_class": body.max_per_class,
-        "seed": body.seed,
-        "n_bootstrap": body.n_bootstrap,
-    }
+    """The validated request as stored with the job (the model's JSON, dataset/backbones/estimators checked)."""
+    _refuse_local_paths(body)
+    checked = body.model_copy(
+        update={
+            "dataset": DatasetSpec(**check_dataset(body.dataset, settings)),
+            "backbones": check_backbones(body.backbones, settings),
+            "estimators": check_estimator_names(body.estimators),
+        }
+    )
+    return checked.model_dump(mode="json")
 
 
 def finetune_request(body: FinetuneRequest, settings: Settings, store: JobStore) -> dict[str, Any]:
-    """The validated request as stored with the job; ``ranking_id`` is resolved to its winner (and, without
-    a ``dataset``, to the ranking's dataset, split dropped: fine-tuning picks train/val/test itself)."""
-    request = body.model_dump(mode="json", exclude={"dataset", "backbone", "ranking_id"})
+    """The validated request as stored with the job; ``ranking_id`` is resolved to its winner (a ``backbone``
+    given with it must be that winner) and, without a ``dataset``, to the ranking's dataset, split dropped:
+    fine-tuning picks train/val/test itself."""
+    _refuse_local_paths(body)
     if body.ranking_id is not None:
         ranking = store.get(body.ranking_id)
         if ranking is None or ranking.kind != "ranking":
@@ -127,17 +140,20 @@ def finetune_request(body: FinetuneRequest, settings: Settings, store: JobStore)
                 state=ranking.state,
             )
         winner = ranking.result["backbones"][0]["id"]
+        if body.backbone is not None and body.backbone != winner:
+            raise InvalidRequest(
+                f"backbone {body.backbone!r} is not the winner of ranking {body.ranking_id} ({winner!r}); "
+                "give only 'ranking_id', or only 'backbone' and 'dataset'"
+            )
         backbone = check_backbones([winner], settings)[0]
         if body.dataset is not None:
             dataset = check_dataset(body.dataset, settings)
         else:
             dataset = {k: v for k, v in ranking.result["dataset"]["ref"].items() if k != "split"}
             dataset = check_dataset(dataset, settings)
-        request["ranking_id"] = body.ranking_id
     else:
-        assert body.backbone is not None and body.dataset is not None  # the schema's validator
+        assert body.backbone is not None and body.dataset is not None  # the model's validator
         backbone = check_backbones([body.backbone], settings)[0]
         dataset = check_dataset(body.dataset, settings)
-    request["backbone"] = backbone
-    request["dataset"] = dataset
-    return request
+    checked = body.model_copy(update={"backbone": backbone, "dataset": DatasetSpec(**dataset)})
+    return checked.model_dump(mode="json")

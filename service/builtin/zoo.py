@@ -199,8 +199,8 @@ class ZooEntry:
 
 
 _VIT_ARGS = {"img_size": 32, "patch_size": 8, "depth": 6}  # 16 tokens of 8x8 px, 6 of ViT-Tiny's 12 blocks
-_ADAMW = {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.05, "warmup_epochs": 0.3}
-_SGD = {"optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "warmup_epochs": 0.3}
+_ADAMW: dict[str, Any] = {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.05, "warmup_epochs": 0.3}
+_SGD: dict[str, Any] = {"optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "warmup_epochs": 0.3}
 
 #: The default zoo, name -> recipe. Tuned on the 2-core development CPU: every model trained from scratch here
 #: sits on a plateau near chance for its first ~300-500 optimizer steps and then takes off, so the budgets are

@@ -1,9 +1,10 @@
 """Run one job's request in the worker process: a ranking or a fine-tuning, with progress and cancel.
 
-The functions here turn a stored request (the JSON the API accepted) into calls of
-:func:`service.pipeline.rank.rank_backbones` and :func:`service.pipeline.finetune.finetune`, with the
-service's settings (data roots, caches, weights dirs, device, allowlist). The pipeline imports
-torch, so it is imported inside the functions: importing this module stays cheap.
+The functions here validate a stored request (the JSON the API accepted) into its model
+(:mod:`service.contract.requests`) and hand it to the engine (:mod:`service.pipeline.engine`) with the
+service's runtime (:func:`service.bootstrap.service_runtime`: data roots, caches, weights dirs, device,
+allowlist); the stored result is the result model's JSON. The pipeline imports torch, so it is
+imported inside the functions: importing this module stays cheap.
 
 Cooperative stop: :class:`JobContext` carries a ``stop_reason`` callable (a cancel asked for, the lease
 lost, the worker shutting down). Ranking checks it at every extraction progress event and raises
@@ -23,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from service.config import Settings
-from service.pipeline.backbone_ids import service_allows
 
 __all__ = ["JobContext", "JobInterrupted", "EXECUTORS", "run_ranking", "run_finetune", "ranking_counters"]
 
@@ -81,40 +81,16 @@ class JobContext:
             self.check()
 
 
-def _roots(settings: Settings) -> list[Path]:
-    # The service never runs in "CLI mode" (roots=None allows the dataset's own folder): no roots, no paths.
-    return list(settings.data_roots)
-
-
-def _allowlist(settings: Settings) -> Callable[[str], bool]:
-    patterns, weights_dirs = list(settings.allowed_backbones), list(settings.weights_dirs)
-    return lambda backbone_id: service_allows(backbone_id, patterns=patterns, weights_dirs=weights_dirs)
-
-
-def _setup(settings: Settings) -> None:
-    """Point the process-wide weights providers at this worker's settings, and set torch's threads."""
-    from service.builtin.packaged_weights import register_packaged_weights, set_packaged_weights_dir
-    from service.builtin.zoo import register_zoo
-    from service.catalog import zoo_dir
-
-    set_packaged_weights_dir(settings.cache_dir / "weights")
-    register_packaged_weights()
-    register_zoo(zoo_dir(settings))
-    if settings.num_threads:
-        import torch
-
-        torch.set_num_threads(settings.num_threads)
-
-
 def run_ranking(request: Mapping[str, Any], ctx: JobContext) -> dict[str, Any]:
-    """Rank ``request["backbones"]`` on ``request["dataset"]`` (a ``RankingRequest`` as JSON)."""
-    settings = ctx.settings
-    _setup(settings)
-    from service.pipeline.cache import FeatureCache
-    from service.pipeline.datasets import DatasetRef
-    from service.pipeline.rank import rank_backbones
+    """Rank as the stored :class:`~service.contract.RankingRequest` says; the :class:`RankingResult` as JSON."""
+    from service.bootstrap import service_runtime, start
+    from service.contract import RankingRequest
+    from service.pipeline.engine import rank
 
-    backbones = list(request["backbones"])
+    settings = ctx.settings
+    start(settings)
+    typed = RankingRequest.model_validate(dict(request))
+    backbones = typed.backbones
     finished: set[str] = set()
     ctx.progress({"stage": "loading", "backbones_done": 0, "backbones_total": len(backbones)}, force=True)
 
@@ -133,27 +109,9 @@ def run_ranking(request: Mapping[str, Any], ctx: JobContext) -> dict[str, Any]:
             force=event.stage in ("done", "cached"),
         )
 
-    result = rank_backbones(
-        DatasetRef.from_dict(dict(request["dataset"])),
-        backbones,
-        estimators=request.get("estimators") or None,
-        roots=_roots(settings),
-        max_per_class=request.get("max_per_class"),
-        seed=int(request.get("seed") or 0),
-        min_per_class=settings.min_samples_per_class,
-        cache=FeatureCache(settings.cache_dir / "features", settings.feature_cache_max_bytes),
-        weights_dirs=list(settings.weights_dirs),
-        hf_cache_dir=settings.hf_cache_dir,
-        allowlist=_allowlist(settings),
-        device=settings.device,
-        batch_size=settings.batch_size,
-        progress=on_event,
-        builtin_dir=settings.cache_dir / "builtin",
-        calibration=settings.calibration,
-        n_bootstrap=int(request.get("n_bootstrap") or 0),
-    )
+    result = rank(typed, service_runtime(settings), progress=on_event)
     ctx.progress({"stage": "done", "backbones_done": len(backbones), "backbones_total": len(backbones)}, force=True)
-    return result
+    return result.model_dump(mode="json")
 
 
 def ranking_counters(result: Mapping[str, Any]) -> dict[str, float]:
@@ -169,51 +127,40 @@ def ranking_counters(result: Mapping[str, Any]) -> dict[str, float]:
 
 
 def run_finetune(request: Mapping[str, Any], ctx: JobContext) -> dict[str, Any]:
-    """Fine-tune ``request["backbone"]`` on ``request["dataset"]`` (a ``FinetuneRequest`` as JSON, with the
-    winner of ``ranking_id`` already filled in by the API); weights go to ``<finetunes_dir>/<job id>``."""
-    settings = ctx.settings
-    _setup(settings)
-    from service.pipeline.datasets import DatasetRef
-    from service.pipeline.finetune import finetune
+    """Fine-tune as the stored :class:`~service.contract.FinetuneRequest` says (the API already resolved a
+    ``ranking_id`` to its winner); weights go to ``<finetunes_dir>/<job id>``."""
+    from service.bootstrap import service_runtime, start
+    from service.contract import FinetuneRequest
+    from service.pipeline.engine import finetune
     from service.pipeline.training import TrainingCancelled
 
+    settings = ctx.settings
+    start(settings)
+    typed = FinetuneRequest.model_validate(dict(request))
     output_dir = Path(settings.finetunes_dir or settings.cache_dir / "finetunes") / ctx.job_id
     if output_dir.exists():
         shutil.rmtree(output_dir)  # a retried attempt starts over; the folder is ours (server-generated name)
     ctx.progress({"stage": "load"}, force=True)
 
     def on_event(event: Any) -> None:
-        ctx.progress(dataclasses.asdict(event) if dataclasses.is_dataclass(event) else dict(event))
+        is_event = dataclasses.is_dataclass(event) and not isinstance(event, type)
+        ctx.progress(dataclasses.asdict(event) if is_event else dict(event))
 
     def cancel() -> bool:
         return ctx.stop_reason() is not None
 
     try:
         result = finetune(
-            DatasetRef.from_dict(dict(request["dataset"])),
-            request["backbone"],
-            strategy=request.get("strategy") or "full",
-            epochs=request.get("epochs"),
-            lr_grid=request.get("lr_grid"),
-            seeds=tuple(request.get("seeds") or (0,)),
-            batch_size=int(request.get("batch_size") or 128),
-            max_per_class=request.get("max_per_class"),
-            input_size=request.get("input_size"),
-            roots=_roots(settings),
-            builtin_dir=settings.cache_dir / "builtin",
-            weights_dirs=list(settings.weights_dirs),
-            hf_cache_dir=settings.hf_cache_dir,
+            typed,
+            service_runtime(settings),
             output_dir=output_dir,
-            device=settings.device,
             progress=on_event,
             cancel=cancel,
-            allowlist=_allowlist(settings),
+            job_id=ctx.job_id,
         )
     except TrainingCancelled:
         raise JobInterrupted(ctx.stop_reason() or "cancel") from None
-    if request.get("ranking_id"):
-        result["ranking_id"] = request["ranking_id"]
-    return result
+    return result.model_dump(mode="json")
 
 
 #: kind -> (run function, counters of its result)

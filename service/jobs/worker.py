@@ -109,7 +109,7 @@ class Worker:
         *,
         store: JobStore | None = None,
         worker_id: str | None = None,
-        executors: Mapping[str, tuple[RunFunction, Callable[..., dict]]] | None = None,
+        executors: Mapping[str, tuple[RunFunction, Callable[..., dict[str, Any]] | None]] | None = None,
         exit_with_parent: bool = False,
     ) -> None:
         self.settings = settings or get_settings()

@@ -1,8 +1,8 @@
 """Backbone ids without torch: syntax, the service's allowlist, and a snapshot of timm's registry.
 
 :func:`service.pipeline.backbones.parse_backbone_spec` is the authority on ids, but it asks timm's
-registry and so imports torch. The web process must not (DESIGN.md §2), yet it should refuse a bad
-id before queueing a job. So it checks here:
+registry and so imports torch. The web process must not (service/ARCHITECTURE.md, "Packages"), yet it
+should refuse a bad id before queueing a job. So it checks here:
 
 1. :func:`check_backbone_id` -- the same syntax rules as ``parse_backbone_spec`` (source prefixes,
    ``@file`` only ``.safetensors``, no paths or hub ids in a timm name);

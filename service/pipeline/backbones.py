@@ -1,6 +1,7 @@
 """Backbones: parse ids, resolve weights offline (safetensors only), load timm models.
 
-A backbone id names a timm model and where its weights come from (DESIGN.md §4):
+A backbone id names a timm model and where its weights come from (service/ARCHITECTURE.md, "Backbone
+ids and the web process"):
 
     resnet50                      timm arch; canonicalised to its default tag -> "resnet50.a1_in1k"
     resnet50.a1_in1k              timm arch.tag; weights searched in weights dirs, HF cache, providers
@@ -63,6 +64,7 @@ from timm.models._hub import load_model_config_from_path
 
 from service.errors import UnknownBackbone, UnsafeCheckpointFormat, WeightsUnavailable
 
+from ._timm import timm_api
 from .backbone_ids import (
     PICKLE_SUFFIXES,
     SAFETENSORS_SUFFIX,
@@ -207,11 +209,11 @@ def _join(arch: str, tag: str) -> str:
 def _canonical_timm_name(name: str, *, default_tag: bool) -> tuple[str, str]:
     """Validate ``arch[.tag]`` (its syntax checked by :func:`check_backbone_id`) against timm's registry;
     return ``(arch, tag)``."""
-    deprecated = timm.models.get_deprecated_models()
-    if deprecated.get(name):
+    replacement = timm.models.get_deprecated_models().get(name)
+    if replacement:
         # timm would warn and redirect anyway; doing it here gives one canonical id for both names.
-        _logger.info("timm name %r is deprecated; using %r", name, deprecated[name])
-        name = deprecated[name]
+        _logger.info("timm name %r is deprecated; using %r", name, replacement)
+        name = replacement
     arch, tag = timm.models.split_model_name_tag(name)
     if not timm.models.is_model(arch):
         close = difflib.get_close_matches(arch, timm.list_models(), n=5, cutoff=0.6)
@@ -608,10 +610,11 @@ class LoadedBackbone:
         distilled models (two classifiers, averaged) and conv classifiers (which want 4-D input).
         Runs without autograd; train through ``self.model`` instead.
         """
+        model = timm_api(self.model)
         with torch.no_grad():
-            feats = self.model.forward_features(x)
-            pre = self.model.forward_head(feats, pre_logits=True)
-            logits = self.model.forward_head(feats) if self.num_source_classes else None
+            feats = model.forward_features(x)
+            pre = model.forward_head(feats, pre_logits=True)
+            logits = model.forward_head(feats) if self.num_source_classes else None
         return pre, logits
 
     def describe(self) -> dict[str, Any]:
@@ -673,7 +676,7 @@ def load_backbone(
     model = model.to(device="cpu", dtype=torch.float32).eval()
     data_config = dict(timm.data.resolve_model_data_config(model))
     num_classes = int(getattr(model, "num_classes", 0) or 0)
-    num_features = int(getattr(model, "head_hidden_size", None) or model.num_features)
+    num_features = int(getattr(model, "head_hidden_size", None) or timm_api(model).num_features)
     _logger.info(
         "backbone %s: weights from %s%s (%d features, %d source classes)",
         spec.id,

@@ -11,8 +11,8 @@ Kendall τ as the literature uses, Kendall τ, Pearson r, top-1 regret, bootstra
 Next to the estimators stand the baselines a skeptic asks for: the backbone's accuracy on its own
 source task, its feature dimension (wide features favour several scores) and a random ranking.
 
-The result follows the benchmark schema (``schema_version`` 1, ``"kind": "benchmark"``) documented
-in ``benchmarks/README.md`` and rendered by :mod:`service.reports`; it is written as
+The result follows the benchmark schema (:class:`service.contract.BenchmarkResult`, ``schema_version`` 2,
+``"kind": "benchmark"``; version 1 lacked the ``request``), rendered by :mod:`service.reports`; it is written as
 ``benchmark-<suite>-<fingerprint>.json`` plus a ``.csv`` with one row per (target, backbone). Work is
 checkpointed after every fine-tuned pair in a ``.partial.jsonl`` file, so an interrupted hour-long run
 resumes where it stopped (same suite definition and environment only).
@@ -29,20 +29,20 @@ import os
 import platform
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from estimators import get_estimator
 from service.builtin._atomic import write_text_atomic
-from service.errors import BackboneRankError, WeightsUnavailable
+from service.errors import BackboneRankError, DatasetNotFound, InvalidDataset, WeightsUnavailable
 
 from .backbones import LoadedBackbone, load_backbone
 from .benchmark_metrics import aggregate_over_targets, as_higher_is_better, random_baseline_metrics, target_metrics
-from .benchmark_suites import Suite, SuiteBackbone, SuiteTarget
+from .benchmark_suites import Suite, SuiteBackbone, SuiteTarget, missing_data_hint
 from .datasets import load_dataset
 from .extract import extract_features, select_device
 from .rank import default_estimators, rank_feature_sets
@@ -58,7 +58,8 @@ __all__ = [
 ]
 
 _logger = logging.getLogger(__name__)
-SCHEMA_VERSION = 1
+#: 2: the effective request is recorded (service.contract.results reads every version).
+SCHEMA_VERSION = 2
 
 #: Baselines reported beside the estimators (all higher-is-better).
 BASELINES: tuple[dict[str, Any], ...] = (
@@ -126,18 +127,46 @@ def environment_info(device: str = "cpu") -> dict[str, Any]:
     return info
 
 
-def _git_commit() -> str | None:
+#: The project name in a backbone-rank checkout's pyproject.toml.
+_PROJECT_NAME = "backbone-rank"
+
+
+def _git_commit(source_root: Path | None = None) -> str | None:
+    """The commit of the backbone-rank checkout this code runs from, else None.
+
+    ``source_root`` is the directory holding the ``service`` package (default: this module's). A commit is
+    reported only when that directory is the top level of a git work tree whose ``pyproject.toml`` names the
+    project ``backbone-rank``: a package installed into a virtualenv or site-packages that happens to lie
+    inside another repository (a user's project) reports None, not that repository's commit.
+    """
+    import tomllib
+
+    root = source_root if source_root is not None else Path(__file__).resolve().parent.parent.parent
+    try:
+        with open(root / "pyproject.toml", "rb") as fh:
+            project = tomllib.load(fh).get("project", {})
+    except (OSError, ValueError):
+        return None
+    if not isinstance(project, dict) or project.get("name") != _PROJECT_NAME:
+        return None
+    env = {k: v for k, v in os.environ.items() if k not in ("GIT_DIR", "GIT_WORK_TREE")}
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"],
+            ["git", "rev-parse", "--show-toplevel", "--short=12", "HEAD"],
             capture_output=True,
             text=True,
             timeout=5,
-            cwd=Path(__file__).resolve().parent,
+            cwd=root,
+            env=env,
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    lines = out.stdout.split("\n") if out.returncode == 0 else []
+    if len(lines) < 2 or not lines[1].strip():
+        return None
+    if os.path.realpath(lines[0]) != os.path.realpath(root):
+        return None  # root lies inside another repository's work tree, not at a checkout's top
+    return lines[1].strip()
 
 
 # -------------------------------------------------------------------------------------------- checkpoint
@@ -182,7 +211,7 @@ class _Checkpoint:
 def run_benchmark(
     suite: Suite,
     *,
-    out_dir: Path | None = Path("benchmarks/results"),
+    out_dir: Path | Literal["default"] | None = "default",
     resume: bool = True,
     targets: Sequence[str] | None = None,
     device: str = "auto",
@@ -194,20 +223,25 @@ def run_benchmark(
     n_bootstrap: int = 500,
     build_zoo: bool = True,
     progress: BenchmarkCallback | None = None,
+    request: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run ``suite`` and return the benchmark result (written to ``out_dir`` unless it is None).
 
     Parameters
     ----------
     suite : Suite
-    out_dir : Path or None
-        Where the JSON/CSV results and the resume checkpoint go.
+    out_dir : Path, "default" or None
+        Where the JSON/CSV results and the resume checkpoint go: ``"default"`` is the settings'
+        ``benchmark_results_dir`` (``<cache dir>/benchmarks``, what the service's benchmark reports show);
+        None writes nothing.
     resume : bool
         Reuse finished pieces of an interrupted run of the same suite definition and environment.
     targets : sequence of str, optional
         Run only these targets of the suite.
     build_zoo : bool
         Build the zoo models the suite uses and that are missing (``backbone-rank zoo build``).
+    request : mapping, optional
+        The effective ``BenchmarkRequest`` (JSON) that asked for this run, recorded in the result.
 
     Raises
     ------
@@ -217,6 +251,10 @@ def run_benchmark(
         A dataset or backbone problem of a fine-tuned suite (published suites skip what is missing).
     """
     started = time.perf_counter()
+    if out_dir == "default":
+        from service.config import get_settings
+
+        out_dir = get_settings().benchmark_results_dir
     chosen = _select_targets(suite, targets)
     from service.builtin.datasets import register_builtin_datasets
     from service.builtin.packaged_weights import register_packaged_weights
@@ -225,6 +263,8 @@ def run_benchmark(
     register_builtin_datasets()
     register_packaged_weights()
     register_zoo()
+    # Datasets first: a missing one is reported before the zoo is built or any backbone is loaded.
+    datasets = _load_targets(suite, chosen, roots=roots, builtin_dir=builtin_dir)
     if build_zoo:
         _build_missing_zoo(suite)
     env = environment_info(str(select_device(device)))
@@ -241,13 +281,9 @@ def run_benchmark(
     target_results: list[dict[str, Any]] = []
     skipped_targets: list[dict[str, str]] = []
     for target in chosen:
-        try:
-            dataset = load_dataset(
-                target.dataset, roots=roots, max_per_class=suite.rank_max_per_class, builtin_dir=builtin_dir
-            )
-        except BackboneRankError as e:
-            if suite.ground_truth != "published":
-                raise
+        dataset = datasets[target.name]
+        if isinstance(dataset, BackboneRankError):
+            e = dataset
             skipped_targets.append({"target": target.name, "reason": f"[{e.code}] {e.detail}"})
             _emit(progress, BenchmarkProgress("skip", target.name, None, done, total, e.detail))
             continue
@@ -300,6 +336,7 @@ def run_benchmark(
     result = {
         "schema_version": SCHEMA_VERSION,
         "kind": "benchmark",
+        "request": dict(request) if request is not None else None,
         "suite": {
             "name": suite.name,
             "description": suite.description,
@@ -343,6 +380,40 @@ def _select_targets(suite: Suite, names: Sequence[str] | None) -> list[SuiteTarg
     return [known[n] for n in dict.fromkeys(names)]
 
 
+def _load_targets(
+    suite: Suite, chosen: Sequence[SuiteTarget], *, roots: Sequence[str | Path] | None, builtin_dir: Path | None
+) -> dict[str, Any]:
+    """``{target name: Dataset, or the error that prevented loading it}``.
+
+    A fine-tuned suite needs every target (the first error is raised); a published suite skips what is missing,
+    but when no target loads, one short coded error names the missing datasets and how to provide them.
+    """
+    datasets: dict[str, Any] = {}
+    for target in chosen:
+        try:
+            datasets[target.name] = load_dataset(
+                target.dataset, roots=roots, max_per_class=suite.rank_max_per_class, builtin_dir=builtin_dir
+            )
+        except BackboneRankError as e:
+            if suite.ground_truth != "published":
+                raise
+            datasets[target.name] = e
+    failed = {name: e for name, e in datasets.items() if isinstance(e, BackboneRankError)}
+    if len(failed) < len(datasets):
+        return datasets
+    hint = missing_data_hint(suite)
+    refs = [t.dataset for t in chosen]
+    if all(isinstance(e, DatasetNotFound) for e in failed.values()):
+        parents = {str(Path(ref).parent) for ref in refs}
+        if len(refs) > 1 and len(parents) == 1 and parents != {"."}:
+            missing = f"missing under {parents.pop()}: " + ", ".join(f"{Path(ref).name}/" for ref in refs)
+        else:
+            missing = "missing: " + ", ".join(refs)
+        raise DatasetNotFound(f"no target of suite {suite.name!r} was found ({missing}); {hint}", missing=refs)
+    reasons = "; ".join(f"{name}: [{e.code}] {e.detail}" for name, e in failed.items())
+    raise InvalidDataset(f"no target of suite {suite.name!r} could be loaded ({reasons}); {hint}")
+
+
 def _build_missing_zoo(suite: Suite) -> None:
     from service.builtin.zoo import ZOO_ENTRIES, build_zoo, list_zoo
 
@@ -380,11 +451,19 @@ def _load_backbones(
             size = int(suite_backbone.input_size)
             backbone = replace(backbone, data_config={**backbone.data_config, "input_size": (3, size, size)})
         loaded.append((suite_backbone, backbone))
-    if len(loaded) < 2:
-        raise ValueError(
-            f"suite {suite.name!r}: fewer than 2 usable backbones; skipped: "
-            + "; ".join(f"{s['backbone']}: {s['reason']}" for s in skipped)
+    if len(loaded) < 2 and skipped:
+        # One short line naming what is missing (each reason names every place searched: kilobytes for 11 models).
+        usable = f" (only {loaded[0][0].id} loaded)" if loaded else ""
+        raise WeightsUnavailable(
+            f"suite {suite.name!r}: fewer than 2 usable backbones{usable}; no weights on this machine for "
+            + ", ".join(s["backbone"] for s in skipped)
+            + ". Put <id>.safetensors into a weights dir (BACKBONE_RANK_WEIGHTS_DIRS) or the HF cache, or map a "
+            "model to your weights with --backbone NAME=ARCH@/path/weights.safetensors; `backbone-rank rank` with "
+            "one of these ids lists every place searched",
+            skipped=skipped,
         )
+    if len(loaded) < 2:
+        raise ValueError(f"suite {suite.name!r}: fewer than 2 usable backbones; a suite needs at least 2")
     return loaded, skipped
 
 

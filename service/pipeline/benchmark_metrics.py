@@ -195,7 +195,7 @@ def aggregate_over_targets(
     return out
 
 
-def as_higher_is_better(values: Sequence[float], higher_is_better: bool) -> NDArray[np.float64]:
+def as_higher_is_better(values: ArrayLike, higher_is_better: bool) -> NDArray[np.float64]:
     """Scores oriented so that larger means predicted better."""
     arr = np.asarray(values, dtype=float)
     return arr if higher_is_better else -arr

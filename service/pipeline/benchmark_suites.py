@@ -58,6 +58,7 @@ __all__ = [
     "SuiteTarget",
     "get_suite",
     "load_suite_file",
+    "missing_data_hint",
     "standard_ground_truth",
 ]
 
@@ -230,6 +231,20 @@ STANDARD_TARGET_FOLDERS: dict[str, str] = {
 }  # fmt: skip
 
 
+#: Where the standard suite looks for its targets without ``data_dir`` (relative to the working directory).
+_STANDARD_DEFAULT_DATA_DIR = "standard-data"
+
+
+def missing_data_hint(suite: Suite) -> str:
+    """How to provide a suite's target datasets, for the error raised when none of them can be loaded."""
+    if suite.name == "standard" and suite.ground_truth == "published":
+        return (
+            "the standard suite reads one ImageFolder per target (train/ and test/ splits) from --data-dir DIR "
+            f"(default: ./{_STANDARD_DEFAULT_DATA_DIR}): pass --data-dir with the folder that holds them"
+        )
+    return "check the dataset of each [[targets]] entry of the suite (or --target to run only some)"
+
+
 def standard_ground_truth() -> dict[str, dict[str, float]]:
     """Table GT-1 as ``{target: {published model name: accuracy in [0, 1]}}``."""
     lines = _GT1.strip().splitlines()
@@ -255,7 +270,7 @@ def _standard_suite(data_dir: Path | None = None, backbone_map: Mapping[str, str
         if model_id is None:
             model_id = f"unavailable:{name}"  # resolved (and skipped with a reason) at run time
         backbones.append(SuiteBackbone(model_id, published_name=name, source_accuracy=top1))
-    root = Path(data_dir) if data_dir is not None else Path("standard-data")
+    root = Path(data_dir) if data_dir is not None else Path(_STANDARD_DEFAULT_DATA_DIR)
     table = standard_ground_truth()
     targets = tuple(
         SuiteTarget(target, str(root / folder), "published (SFDA group 1)")
@@ -335,8 +350,9 @@ def load_suite_file(path: str | Path) -> Suite:
     spec = data.get("finetune", {})
     if not isinstance(spec, dict):
         raise ValueError(f"{where}: [finetune] must be a table")
+    finetune_fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()}
     try:
-        finetune = FinetuneSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()})
+        finetune = FinetuneSpec(**finetune_fields)
     except TypeError as e:
         known = ", ".join(FinetuneSpec.__dataclass_fields__)
         raise ValueError(f"{where}: bad [finetune] key ({e}); known: {known}") from e

@@ -1,4 +1,4 @@
-"""Content-addressed on-disk cache of extracted features (DESIGN.md §4).
+"""Content-addressed on-disk cache of extracted features (service/ARCHITECTURE.md, "Feature cache").
 
 One entry holds the features of one backbone x one dataset x one layer, so a backbone's forward
 pass over a dataset is never paid twice. The key is the sha256 of a canonical JSON of everything
@@ -430,7 +430,7 @@ class FeatureCache:
 
     def __contains__(self, key: object) -> bool:
         """Whether a file for ``key`` exists (cheap: no validation, no hit/miss, no LRU touch)."""
-        return self.path_for(key).is_file()  # type: ignore[arg-type]  # path_for validates
+        return self.path_for(_check_key(key)).is_file()
 
     # -- write ---------------------------------------------------------------------------------
 

@@ -267,10 +267,10 @@ class AccuracyModel:
 
     def applies(self, scores: Mapping[str, float | None]) -> bool:
         """Whether ``scores`` (which carry :data:`IMAGES_PER_CLASS` too, when known) hold every input."""
-        return all(scores.get(name) is not None and math.isfinite(scores[name]) for name in self.inputs)  # type: ignore[arg-type]
+        return all((value := scores.get(name)) is not None and math.isfinite(value) for name in self.inputs)
 
     def predict_logit(self, n_classes: int, scores: Mapping[str, float | None]) -> float:
-        x = np.array([_input_value(name, float(scores[name]), n_classes) for name in self.inputs])  # type: ignore[arg-type]
+        x = np.array([_input_value(name, float(scores[name]), n_classes) for name in self.inputs])  # type: ignore[arg-type]  # callers check applies() first
         return float(self.coef[0] + np.dot(self.coef[1:], x))
 
     def predict(self, n_classes: int, scores: Mapping[str, float | None]) -> dict[str, float]:
@@ -313,14 +313,14 @@ def _inputs_of(sample: Sample) -> Mapping[str, float | None]:
 def _design(samples: Sequence[Sample], inputs: Sequence[str]) -> NDArray[np.float64]:
     columns = [np.ones(len(samples))]
     for name in inputs:
-        columns.append(np.array([_input_value(name, float(_inputs_of(s)[name]), s.n_classes) for s in samples]))  # type: ignore[arg-type]
+        columns.append(np.array([_input_value(name, float(_inputs_of(s)[name]), s.n_classes) for s in samples]))  # type: ignore[arg-type]  # samples are _usable: every input present
     return np.column_stack(columns)
 
 
 def _fit_coef(samples: Sequence[Sample], inputs: Sequence[str], ground_truth: str) -> NDArray[np.float64]:
     """Least squares with a small ridge on the slopes (the intercept is free); keeps 2-3 inputs stable."""
     x = _design(samples, inputs)
-    y = np.array([to_logit(s.truth(ground_truth), s.n_classes) for s in samples])  # type: ignore[arg-type]
+    y = np.array([to_logit(s.truth(ground_truth), s.n_classes) for s in samples])  # type: ignore[arg-type]  # samples are _usable: truth present
     penalty = _RIDGE * len(samples) * np.eye(x.shape[1])
     penalty[0, 0] = 0.0
     return np.linalg.solve(x.T @ x + penalty, x.T @ y)
@@ -490,8 +490,7 @@ def fused_scores(score_rows: Sequence[Mapping[str, float | None]], fusion: Fusio
     weight = np.zeros(len(score_rows))
     for member, w in zip(fusion.members, fusion.weights, strict=True):
         raw = np.array(
-            [np.nan if row.get(member) is None else float(row[member]) for row in score_rows],  # type: ignore[arg-type]
-            dtype=float,
+            [np.nan if (value := row.get(member)) is None else float(value) for row in score_rows], dtype=np.float64
         )
         z = _standardise(as_higher_is_better(raw, fusion.higher_is_better[member]), fusion.normalisation)
         present = np.isfinite(z)
@@ -618,7 +617,8 @@ def loto_evaluation(
         if not any(s.truth(ground_truth) is not None for s in samples):
             out["accuracy"][ground_truth] = None
             continue
-        rows, errors, raw_errors, const_errors, hits = [], [], [], [], []
+        rows: list[dict[str, Any]] = []
+        errors, raw_errors, const_errors, hits = [], [], [], []
         by_setting: dict[str, dict[str, list[float]]] = {}
         for held in targets:
             train = [s for s in samples if s.target != held]
@@ -628,11 +628,11 @@ def loto_evaluation(
                 continue
             usable_train = [s for s in train if s.truth(ground_truth) is not None]
             constant = float(
-                np.mean([to_logit(s.truth(ground_truth), s.n_classes) for s in usable_train])  # type: ignore[arg-type]
+                np.mean([to_logit(s.truth(ground_truth), s.n_classes) for s in usable_train])  # type: ignore[arg-type]  # truth present: usable_train
             )
             err, raw, const, hit = [], [], [], []
             for s in test:
-                truth = float(s.truth(ground_truth))  # type: ignore[arg-type]
+                truth = float(s.truth(ground_truth))  # type: ignore[arg-type]  # test holds samples with a truth only
                 prediction = _predict(models, s.n_classes, _inputs_of(s))
                 if prediction is None:
                     continue
@@ -644,8 +644,8 @@ def loto_evaluation(
                 setting["hit"].append(float(hit[-1]))
                 if s.images_per_class is not None:
                     setting["per_class"].append(s.images_per_class)
-                if s.scores.get("class_means") is not None:
-                    raw.append(abs(float(s.scores["class_means"]) - truth))  # type: ignore[arg-type]
+                if (class_means := s.scores.get("class_means")) is not None:
+                    raw.append(abs(float(class_means) - truth))
                     setting["raw"].append(raw[-1])
             if not err:
                 continue
@@ -735,7 +735,7 @@ def _loto_fusion(
         train_targets = [t for t in targets if t != held]
         ranked_singles = sorted(
             (n for n in single_tau if all(single_tau[n][t] is not None for t in train_targets)),
-            key=lambda n: (-float(np.mean([single_tau[n][t] for t in train_targets])), n),  # type: ignore[arg-type]
+            key=lambda n: (-float(np.mean([single_tau[n][t] for t in train_targets])), n),
         )
         picked = ranked_singles[0] if ranked_singles else None
         fused_values.append(tau)
@@ -753,7 +753,8 @@ def _loto_fusion(
             }
         )
     single_means = {n: _mean(list(v.values())) for n, v in single_tau.items()}
-    ranked = sorted((n for n, v in single_means.items() if v is not None), key=lambda n: -single_means[n])  # type: ignore[operator]
+    present_means = {n: v for n, v in single_means.items() if v is not None}
+    ranked = sorted(present_means, key=lambda n: -present_means[n])
     fused_mean = _mean(fused_values)
     best = ranked[0] if ranked else None
     best_mean = single_means[best] if best else None

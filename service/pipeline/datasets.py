@@ -1,6 +1,6 @@
 """Labelled image datasets: parse a reference, list it safely, open its images.
 
-Four kinds of dataset reference (DESIGN.md §4):
+Four kinds of dataset reference (the request's ``DatasetSpec``, service/contract/requests.py):
 
 * ``folder``   -- one sub-directory per class; ``train/``, ``val/`` (``valid/``, ``validation/``) and
   ``test/`` at the top make it a split layout, of which one split is loaded (``"train"`` by default).

@@ -29,6 +29,7 @@ from torchvision.transforms import Compose, Normalize
 
 from estimators import Statistics, StreamingStatistics
 
+from ._timm import timm_api
 from .datasets import Dataset, ImageDecodeError
 
 if TYPE_CHECKING:
@@ -178,6 +179,7 @@ class _Runner:
             self.stream = StreamingStatistics(
                 self.n_classes, class_scatter=scatter_bytes <= STREAMING_CLASS_SCATTER_BYTES
             )
+        assert labels is not None  # streaming (n_classes set): _extract_group passes every batch's labels
         self.stream.update(features, labels, probs)
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -190,7 +192,7 @@ class _Runner:
         with torch.inference_mode(), autocast:
             if self.layer is None:
                 return self.backbone.forward(x)
-            (maps,) = self.model.forward_intermediates(x, indices=[self.layer], intermediates_only=True)
+            (maps,) = timm_api(self.model).forward_intermediates(x, indices=[self.layer], intermediates_only=True)
             return maps.mean(dim=(2, 3)) if maps.ndim == 4 else maps.mean(dim=1), None
 
 
@@ -277,6 +279,7 @@ def extract_features(
         ):
             results[position] = feature_set
             if cache is not None:
+                assert feature_set.features is not None  # in memory: streaming turned the cache off above
                 arrays = {
                     "features": feature_set.features,
                     "labels": feature_set.labels,

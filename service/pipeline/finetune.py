@@ -54,7 +54,9 @@ Learning rate and seeds: every learning rate of the grid is trained with ``seeds
 train at it, and each seed's model is evaluated on ``test``. ``seed`` seeds the head's initialisation,
 the shuffling and the augmentation; the same seed gives the same result on the CPU.
 
-Result schema (``schema_version`` 1)::
+Result schema (``schema_version`` 1: :func:`finetune`'s own document; the engine,
+:func:`service.pipeline.engine.finetune`, adds ``kind``, ``request`` and ``environment`` and validates it
+into :class:`service.contract.FinetuneResult`, schema_version 2)::
 
     {
       "schema_version": 1,
@@ -125,6 +127,7 @@ from safetensors.torch import save_file
 
 from service.errors import InvalidDataset, InvalidFinetuneConfig, TooFewSamplesPerClass
 
+from ._timm import timm_api
 from .backbones import BackboneSpec, LoadedBackbone, file_sha256, load_backbone
 from .datasets import _SPLIT_ALIASES, Dataset, DatasetRef, ImageDecodeError, ImageItem, load_dataset, parse_dataset_ref
 from .extract import select_device
@@ -509,13 +512,13 @@ def _fresh_model(base: torch.nn.Module, n_classes: int, seed: int) -> torch.nn.M
     model = copy.deepcopy(base)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model.reset_classifier(n_classes)
+        timm_api(model).reset_classifier(n_classes)
     return model.eval()
 
 
 def _head_parameter_names(model: torch.nn.Module) -> set[str]:
     """Parameters of ``model.get_classifier()`` (a tuple of heads for distilled models)."""
-    classifier = model.get_classifier()
+    classifier = timm_api(model).get_classifier()
     heads = classifier if isinstance(classifier, tuple | list) else (classifier,)
     ids = {id(p) for head in heads if isinstance(head, torch.nn.Module) for p in head.parameters()}
     return {name for name, p in model.named_parameters() if id(p) in ids}
@@ -561,13 +564,14 @@ def partial_trainable_parameters(model: torch.nn.Module, fraction: float = 0.25)
 
 def _plain_linear_head(model: torch.nn.Module, sample: torch.Tensor) -> bool:
     """Whether logits are ``get_classifier()(pre_logits)``, so the head can train on extracted features."""
-    head = model.get_classifier()
+    timm_model = timm_api(model)
+    head = timm_model.get_classifier()
     if type(head) is not torch.nn.Linear or head.bias is None:
         return False
     with torch.inference_mode():
-        feats = model.forward_features(sample)
-        expected = model.forward_head(feats)
-        got = head(model.forward_head(feats, pre_logits=True))
+        feats = timm_model.forward_features(sample)
+        expected = timm_model.forward_head(feats)
+        got = head(timm_model.forward_head(feats, pre_logits=True))
     return got.shape == expected.shape and torch.allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
@@ -610,12 +614,13 @@ def _extract(
     mean_t = torch.tensor([m * 255.0 for m in mean], dtype=torch.float32, device=device).view(1, -1, 1, 1)
     std_t = torch.tensor([s * 255.0 for s in std], dtype=torch.float32, device=device).view(1, -1, 1, 1)
     model.to(device).eval()
+    timm_model = timm_api(model)
     out = []
     with torch.inference_mode():
         for start in range(0, len(split), _EVAL_BATCH):
             _check_cancel(cancel)
             x = (split.images[start : start + _EVAL_BATCH].to(device, torch.float32) - mean_t) / std_t
-            out.append(model.forward_head(model.forward_features(x), pre_logits=True).float().cpu())
+            out.append(timm_model.forward_head(timm_model.forward_features(x), pre_logits=True).float().cpu())
     model.to("cpu")  # the base model stays on the CPU; each run copies it
     return torch.cat(out) if out else torch.zeros((0, 0))
 
@@ -771,7 +776,7 @@ def finetune(
                 best_seed_run.model = None  # type: ignore[assignment]  # free it: only the best seed is saved
             best_seed_run = run
         else:
-            run.model = None  # type: ignore[assignment]
+            run.model = None  # type: ignore[assignment]  # free it: only the best seed is saved
         runs.append(run)
     assert best_seed_run is not None
 
@@ -836,8 +841,10 @@ def finetune_winner(ranking_result: Mapping[str, Any], **kwargs: Any) -> dict[st
             "not a ranking result: expected {'dataset': {'ref': ...}, 'backbones': [{'id': ...}, ...]} "
             "(the output of `backbone-rank rank --json`)"
         ) from None
-    if ranking_result.get("schema_version") not in (None, 1):
-        raise InvalidFinetuneConfig(f"ranking result schema_version {ranking_result.get('schema_version')!r} is not 1")
+    if ranking_result.get("schema_version") not in (None, 1, 2):
+        raise InvalidFinetuneConfig(
+            f"ranking result schema_version {ranking_result.get('schema_version')!r} is newer than this code reads (2)"
+        )
     dataset = kwargs.pop("dataset", None)
     if dataset is None:
         dataset = dataclasses.replace(DatasetRef.from_dict(dict(ref_dict)), split=None)
@@ -966,7 +973,7 @@ class _Trainer:
         on_batch = self.report.train(lr, seed)
         if self.on_features:
             self._ensure_features()
-            head = model.get_classifier()
+            head = timm_api(model).get_classifier()
             wrapper = _FeatureHead(head)
             features = self.features["train"].as_split(self._center, self._scale)
             history = train_classifier(
@@ -1012,7 +1019,7 @@ class _Trainer:
             # the folded head on raw features computes what the whole model computes on the images
             features = self.features[role]
             split = dataclasses.replace(features.split, images=features.raw[:, :, None, None].contiguous())
-            head = _FeatureHead(model.get_classifier()).to(self.device)
+            head = _FeatureHead(timm_api(model).get_classifier()).to(self.device)
             dims = split.images.shape[1]
             result = evaluate(head, split, mean=[0.0] * dims, std=[1.0 / 255.0] * dims, device=self.device)
         else:

@@ -1,9 +1,11 @@
 """Rank backbones on a dataset: load, extract (cached), score with every estimator, order.
 
-The result is a plain JSON-able dict (schema below), printed by ``backbone-rank rank --json``
-and returned by the service's ranking jobs.
+The result is a plain JSON-able dict (schema below); the engine (:func:`service.pipeline.engine.rank`)
+adds ``kind``, the effective ``request`` and the ``environment`` and validates it into
+:class:`service.contract.RankingResult` (schema_version 2), which ``backbone-rank rank --json`` prints and
+the service's ranking jobs return.
 
-Result schema (``schema_version`` 1)::
+Result schema (``schema_version`` 1, the document built here)::
 
     {
       "schema_version": 1,
@@ -14,7 +16,7 @@ Result schema (``schema_version`` 1)::
         {"id", "rank", "mean_rank",
          "scores": {estimator: float | null},   # null: not applicable (LEEP/NCE without a source head)
          "unscored": {estimator: reason},       # why each null score is null
-         "ranks": {estimator: float | null},    # 1 = best; ties share the average rank
+         "ranks": {estimator: float | null},    # 1 = best; scores within a relative 1e-9 share their average rank
          "fused_score": float | null,           # calibrated fusion (higher = better); null without one
          "p_best": float | null,                # probability of being best (half-sample resampling)
          "predicted_accuracy": {                # null without a calibration or its inputs
@@ -59,7 +61,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.stats import rankdata
+from numpy.typing import NDArray
 
 from estimators import SamplesRequiredError, Statistics, get_estimator, list_estimators, score
 from service.errors import EstimatorNeedsSourceHead, TooFewSamplesPerClass, UnknownEstimator
@@ -70,7 +72,15 @@ from .calibration import Calibration, Fusion, fused_scores, p_best, resolve_cali
 from .datasets import Dataset, DatasetRef, load_dataset
 from .extract import FeatureSet, ProgressCallback, ProgressEvent, extract_features
 
-__all__ = ["SCHEMA_VERSION", "default_estimators", "check_estimators", "rank_backbones", "rank_feature_sets"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "TIE_RTOL",
+    "check_estimators",
+    "default_estimators",
+    "rank_backbones",
+    "rank_feature_sets",
+    "tied_ranks",
+]
 
 _logger = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
@@ -150,7 +160,7 @@ def rank_backbones(
     if not isinstance(dataset, Dataset):
         from service.builtin.datasets import register_builtin_datasets
 
-        register_builtin_datasets()  # the offline generated datasets behind "builtin:NAME" (DESIGN.md §6)
+        register_builtin_datasets()  # the generated datasets behind "builtin:NAME" (service/ARCHITECTURE.md)
         dataset = load_dataset(
             dataset,
             roots=roots,
@@ -323,14 +333,56 @@ def _check_class_sizes(dataset: Dataset, feature_set: FeatureSet, min_per_class:
         )
 
 
+#: Scores this close (relative) are one value: streamed and in-memory statistics, or two runs on other BLAS
+#: builds, differ in the last digits, and a rank must not flip on that.
+TIE_RTOL = 1e-9
+
+
+def tied_ranks(values: Sequence[float], *, higher_is_better: bool, rtol: float = TIE_RTOL) -> list[float]:
+    """Ranks of ``values`` (1 = best); values equal within a relative ``rtol`` (or both NaN) share the average
+    of their ranks; NaN ranks last.
+
+    Deterministic: values are sorted best first (position breaks exact ties) and a group takes every
+    following value within ``rtol`` of the group's first, so a chain of near values never merges two that
+    differ by more than ``rtol``.
+    """
+    n = len(values)
+    array = np.asarray(values, dtype=float)
+    nan = np.isnan(array)
+    key = np.where(nan, np.inf, -array if higher_is_better else array)
+    order = sorted(range(n), key=lambda i: (bool(nan[i]), key[i], i))
+    ranks = [0.0] * n
+    start = 0
+    while start < n:
+        first = array[order[start]]
+        end = start + 1
+        while end < n and _same(first, array[order[end]], rtol):
+            end += 1
+        shared = (start + 1 + end) / 2.0  # the average of positions start+1 .. end
+        for position in range(start, end):
+            ranks[order[position]] = shared
+        start = end
+    return ranks
+
+
+def _same(a: float, b: float, rtol: float) -> bool:
+    if np.isnan(a) or np.isnan(b):
+        return bool(np.isnan(a) and np.isnan(b))
+    if a == b:  # also +-inf
+        return True
+    if np.isinf(a) or np.isinf(b):
+        return False
+    return bool(abs(a - b) <= rtol * max(abs(a), abs(b)))
+
+
 def _assign_ranks(rows: list[dict[str, Any]], infos: Sequence[Any]) -> None:
     """Per-estimator ranks (1 = best, ties averaged) and the fused mean rank; sorts ``rows``."""
     for row in rows:
         row["ranks"] = {}
     for info in infos:
         present = [row for row in rows if row["scores"][info.name] is not None]
-        values = np.array([row["scores"][info.name] for row in present], dtype=float)
-        ranks = rankdata(-values if info.higher_is_better else values, method="average") if present else []
+        values = [float(row["scores"][info.name]) for row in present]
+        ranks = tied_ranks(values, higher_is_better=info.higher_is_better)
         for row in rows:
             row["ranks"][info.name] = None
         for row, rank in zip(present, ranks, strict=True):
@@ -416,7 +468,7 @@ def _fuse(
             on_replicate = (
                 None
                 if progress is None
-                else lambda done: progress(ProgressEvent("p_best", "*", done, n_bootstrap))  # type: ignore[misc]
+                else lambda done: progress(ProgressEvent("p_best", "*", done, n_bootstrap))
             )
             probabilities = p_best(
                 _member_scorer(ordered, rows, used),
@@ -480,11 +532,11 @@ def _why_no_resampling(feature_sets: Sequence[FeatureSet]) -> str | None:
 
 def _member_scorer(
     feature_sets: Sequence[FeatureSet], rows: Sequence[Mapping[str, Any]], members: Sequence[str]
-) -> Callable[[np.ndarray], list[dict[str, float | None]]]:
+) -> Callable[[NDArray[np.intp]], list[Mapping[str, float | None]]]:
     """``rows -> [{member: score}]`` on an image subset, one dict per backbone (in ``rows`` order)."""
 
-    def scores(subset: np.ndarray) -> list[dict[str, float | None]]:
-        out: list[dict[str, float | None]] = []
+    def scores(subset: NDArray[np.intp]) -> list[Mapping[str, float | None]]:
+        out: list[Mapping[str, float | None]] = []
         for fs, row in zip(feature_sets, rows, strict=True):
             assert fs.features is not None
             probs = fs.source_probs[subset] if fs.source_probs is not None else None

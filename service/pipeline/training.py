@@ -280,7 +280,7 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
 
 def _frozen_norms(model: torch.nn.Module, backbone_frozen: bool) -> list[torch.nn.Module]:
     """BatchNorm layers whose parameters are all frozen (parameter-less ones follow the backbone)."""
-    frozen = []
+    frozen: list[torch.nn.Module] = []
     for module in model.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             params = list(module.parameters(recurse=False))
@@ -376,7 +376,7 @@ def train_classifier(
         if flags[name]:
             # no weight decay on biases and norm scales (1-D), as timm's param_groups_weight_decay
             groups.setdefault((name in head, p.ndim > 1), []).append(p)
-    param_groups = [
+    param_groups: list[dict[str, Any]] = [
         {
             "params": params,
             "lr": config.lr * (1.0 if is_head else config.backbone_lr_scale),

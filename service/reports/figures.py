@@ -14,6 +14,7 @@ import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -159,7 +160,7 @@ def _embed(figure: Figure, alt: str) -> EmbeddedFigure:
     )
 
 
-def _style_axes(ax: Axes, *, grid_axis: str = "both") -> None:
+def _style_axes(ax: Axes, *, grid_axis: Literal["both", "x", "y"] = "both") -> None:
     ax.set_facecolor("white")
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
@@ -212,7 +213,7 @@ def _place_labels(ax: Axes, xs: np.ndarray, ys: np.ndarray, labels: Sequence[str
     for i in order:
         (px, py), label = anchors[i], labels[i]
         width = char_w * len(label)
-        best: tuple[float, tuple[int, int, str], tuple[float, ...]] | None = None
+        best: tuple[float, tuple[int, int, str], tuple[float, float, float, float]] | None = None
         for dx, dy, align in _LABEL_SLOTS:
             x0 = px + dx * scale - (width if align == "right" else 0.0)
             y0 = py + dy * scale
@@ -223,7 +224,7 @@ def _place_labels(ax: Axes, xs: np.ndarray, ys: np.ndarray, labels: Sequence[str
             if best is None or cost < best[0]:
                 best = (cost, (dx, dy, align), rect)
         assert best is not None
-        (dx, dy, align), rect = best[1], best[2]  # type: ignore[misc]
+        (dx, dy, align), rect = best[1], best[2]
         obstacles.append(rect)
         ax.annotate(
             label,

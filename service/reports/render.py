@@ -17,7 +17,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import jinja2
+from pydantic import BaseModel, ValidationError
 
+from service.contract import AnyResult, BenchmarkResult, FinetuneResult, RankingResult, load_result
+from service.contract import result_kind as contract_result_kind
 from service.errors import InvalidResult
 
 from . import figures
@@ -44,6 +47,7 @@ __all__ = [
     "render_ranking_report",
     "render_report",
     "result_kind",
+    "typed_result",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -224,9 +228,9 @@ def _honest_reading(methods: Sequence[Mapping[str, Any]], summary: Mapping[str, 
     regrets = [
         (m["name"], as_float(_mapping(_mapping(summary.get(m["name"])).get("top1_regret")).get("mean"))) for m in scored
     ]
-    regrets = [(name, value) for name, value in regrets if value is not None]
-    if regrets:
-        name, value = min(regrets, key=lambda item: item[1])
+    present = [(name, value) for name, value in regrets if value is not None]
+    if present:
+        name, value = min(present, key=lambda item: item[1])
         sentences.append(
             f"The lowest mean top-1 regret among the estimators is {name}'s ({100 * value:.1f} accuracy points)."
         )
@@ -756,34 +760,52 @@ def render_finetune_report(result: Mapping[str, Any]) -> str:
 
 
 def result_kind(result: Any) -> str:
-    """``"benchmark"``, ``"ranking"`` or ``"finetune"``; anything else -> :class:`InvalidResult`."""
+    """``"benchmark"``, ``"ranking"`` or ``"finetune"`` (:func:`service.contract.result_kind`: the ``kind``, or the
+    keys of a version-1 file); anything else -> :class:`InvalidResult`."""
+    if isinstance(result, BaseModel):
+        return str(getattr(result, "kind", ""))
     if not isinstance(result, Mapping):
         raise InvalidResult(f"a result must be a JSON object, got {type(result).__name__}")
-    if result.get("kind") == "benchmark":
-        return "benchmark"
-    if {"backbones", "estimators", "class_map"} <= result.keys():
-        return "ranking"
-    if {"strategy", "test_accuracy"} <= result.keys():
-        return "finetune"
+    kind = contract_result_kind(dict(result))
+    if kind is not None:
+        return kind
     keys = ", ".join(sorted(map(str, result.keys()))[:12]) or "none"
     raise InvalidResult(
         'not a backbone-rank result: expected a benchmark result ("kind": "benchmark"), a ranking result '
-        "(keys backbones, estimators, class_map: `backbone-rank rank --json`) or a fine-tune result (keys strategy, "
-        f"test_accuracy); got keys: {keys}"
+        f"(`backbone-rank rank --json`) or a fine-tune result (`backbone-rank finetune --json`); got keys: {keys}"
     )
 
 
-def render_report(result: Mapping[str, Any]) -> str:
-    """Render any result as one self-contained HTML page, dispatching on its kind (see :func:`result_kind`).
+def typed_result(result: Mapping[str, Any] | AnyResult) -> AnyResult:
+    """``result`` as its typed model (:func:`service.contract.load_result`, any schema version); a document that
+    does not validate is an :class:`InvalidResult` naming the first problems."""
+    if isinstance(result, RankingResult | FinetuneResult | BenchmarkResult):
+        return result
+    kind = result_kind(result)
+    try:
+        return load_result(dict(result))
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'][1:])) or '(top level)'}: {e['msg']}" for e in err.errors()[:5]
+        )
+        raise InvalidResult(f"malformed {kind} result ({err.error_count()} problem(s)): {problems}") from None
+    except ValueError as err:
+        raise InvalidResult(str(err)) from None
+
+
+def render_report(result: Mapping[str, Any] | AnyResult) -> str:
+    """Render any result (its typed model, or a JSON document of any schema version) as one self-contained HTML
+    page, dispatching on its kind.
 
     Raises
     ------
     InvalidResult
         (a ``ValueError``) when ``result`` is not a benchmark, ranking or fine-tune result, or is malformed.
     """
+    typed = typed_result(result)
     renderers = {
         "benchmark": render_benchmark_report,
         "ranking": render_ranking_report,
         "finetune": render_finetune_report,
     }
-    return renderers[result_kind(result)](result)
+    return renderers[typed.kind](typed.model_dump(mode="json"))

@@ -12,12 +12,20 @@ from fastapi.sse import ServerSentEvent
 from service.deps import StoreDep
 from service.errors import JobNotFound
 from service.jobs.store import Job, JobStore
-from service.schemas import JobCreated, JobView, timestamp
+from service.schemas import ErrorBody, FinetuneJob, JobCreated, JobView, RankingJob, timestamp
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=``: every listed status answers an :class:`ErrorBody`."""
+    return {status: {"model": ErrorBody} for status in statuses}
+
 
 #: How often an SSE stream looks at the job row.
 POLL_SECONDS = 0.2
 
 _PREFIX = {"ranking": "/v1/rankings", "finetune": "/v1/finetunes"}
+#: Each kind's typed view: its request and result models (and so its OpenAPI schema).
+_VIEWS: dict[str, type[JobView]] = {"ranking": RankingJob, "finetune": FinetuneJob}
 
 
 def job_links(job: Job) -> dict[str, str]:
@@ -48,17 +56,18 @@ def job_dependency(kind: str) -> Callable[[str, JobStore], Job]:
 
 
 def job_view(job: Job) -> JobView:
-    return JobView(
+    """The job as its kind's typed view (the stored request and result validated into their models)."""
+    return _VIEWS.get(job.kind, JobView)(
         id=job.id,
         kind=job.kind,
-        state=job.state,  # type: ignore[arg-type]
+        state=job.state,
         request=job.request,
         progress=job.progress,
         result=job.result,
         error=job.error,
         attempts=job.attempts,
         cancel_requested=job.cancel_requested,
-        created_at=timestamp(job.created_at),  # type: ignore[arg-type]
+        created_at=timestamp(job.created_at),
         started_at=timestamp(job.started_at),
         finished_at=timestamp(job.finished_at),
         links=job_links(job),

@@ -10,10 +10,11 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
+from service.contract import FinetuneRequest
 from service.deps import SettingsDep, StoreDep, require_api_key
 from service.errors import ArtifactNotFound, JobNotSucceeded
 from service.jobs.store import Job
-from service.schemas import ErrorBody, FinetuneRequest, JobCreated, JobView
+from service.schemas import FinetuneJob, JobCreated, JobView
 from service.validate import finetune_request
 
 from . import _jobs
@@ -21,7 +22,7 @@ from .rankings import IdempotencyKey
 
 router = APIRouter(prefix="/v1/finetunes", tags=["finetunes"], dependencies=[Depends(require_api_key)])
 
-_ERRORS = {status: {"model": ErrorBody} for status in (401, 403, 404, 409, 413, 422, 429)}
+_ERRORS = _jobs.error_responses(401, 403, 404, 409, 413, 422, 429)
 
 
 @router.post("", status_code=202, response_model=JobCreated, responses=_ERRORS)
@@ -40,12 +41,12 @@ def create_finetune(
     return _jobs.created(job, is_new, response)
 
 
-@router.get("", response_model=list[JobView], responses=_ERRORS)
+@router.get("", response_model=list[FinetuneJob], responses=_ERRORS)
 def list_finetunes(store: StoreDep, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[JobView]:
     return [_jobs.job_view(job) for job in store.list_jobs("finetune", limit=limit)]
 
 
-@router.get("/{job_id}", response_model=JobView, responses=_ERRORS)
+@router.get("/{job_id}", response_model=FinetuneJob, responses=_ERRORS)
 def get_finetune(job_id: str, store: StoreDep) -> JobView:
     return _jobs.job_view(_jobs.get_job(store, "finetune", job_id))
 
@@ -58,7 +59,7 @@ async def finetune_events(
         yield event
 
 
-@router.delete("/{job_id}", response_model=JobView, responses=_ERRORS)
+@router.delete("/{job_id}", response_model=FinetuneJob, responses=_ERRORS)
 def cancel_finetune(job_id: str, store: StoreDep, response: Response) -> JobView:
     return _jobs.cancel(store, "finetune", job_id, response)
 

@@ -8,16 +8,17 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
+from service.contract import RankingRequest
 from service.deps import SettingsDep, StoreDep, require_api_key
 from service.jobs.store import Job
-from service.schemas import ErrorBody, JobCreated, JobView, RankingRequest
+from service.schemas import JobCreated, JobView, RankingJob
 from service.validate import ranking_request
 
 from . import _jobs
 
 router = APIRouter(prefix="/v1/rankings", tags=["rankings"], dependencies=[Depends(require_api_key)])
 
-_ERRORS = {status: {"model": ErrorBody} for status in (401, 403, 404, 409, 413, 422, 429)}
+_ERRORS = _jobs.error_responses(401, 403, 404, 409, 413, 422, 429)
 IdempotencyKey = Annotated[
     str | None,
     Header(
@@ -42,15 +43,15 @@ def create_ranking(
     return _jobs.created(job, is_new, response)
 
 
-@router.get("", response_model=list[JobView], responses=_ERRORS)
+@router.get("", response_model=list[RankingJob], responses=_ERRORS)
 def list_rankings(store: StoreDep, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[JobView]:
     """The newest rankings first."""
     return [_jobs.job_view(job) for job in store.list_jobs("ranking", limit=limit)]
 
 
-@router.get("/{job_id}", response_model=JobView, responses=_ERRORS)
+@router.get("/{job_id}", response_model=RankingJob, responses=_ERRORS)
 def get_ranking(job_id: str, store: StoreDep) -> JobView:
-    """State, progress and, once succeeded, the ranked table (schema: service.pipeline.rank)."""
+    """State, progress and, once succeeded, the ranked result (schema: RankingResult)."""
     return _jobs.job_view(_jobs.get_job(store, "ranking", job_id))
 
 
@@ -63,7 +64,7 @@ async def ranking_events(
         yield event
 
 
-@router.delete("/{job_id}", response_model=JobView, responses=_ERRORS)
+@router.delete("/{job_id}", response_model=RankingJob, responses=_ERRORS)
 def cancel_ranking(job_id: str, store: StoreDep, response: Response) -> JobView:
     """Cancel: 200 when it was still queued (cancelled now), 202 when running (its worker stops at its next
     progress event), 409 ``job_finished`` when it already ended."""

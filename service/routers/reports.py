@@ -13,13 +13,12 @@ from fastapi.responses import HTMLResponse
 
 from service.deps import SettingsDep, StoreDep, require_api_key
 from service.errors import InvalidResult, JobNotSucceeded, ReportNotFound
-from service.schemas import ErrorBody
 
 from . import _jobs
 
 router = APIRouter(prefix="/reports", tags=["reports"], dependencies=[Depends(require_api_key)])
 
-_ERRORS = {status: {"model": ErrorBody} for status in (401, 404, 409, 422)}
+_ERRORS = _jobs.error_responses(401, 404, 409, 422)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 
 
@@ -94,7 +93,7 @@ def benchmark_report(name: str, settings: SettingsDep) -> HTMLResponse:
         known = ", ".join(files) or "none"
         raise ReportNotFound(f"no benchmark result named {name!r}; recorded: {known}", name=name)
     # The listing came from a glob of the configured directory; re-check after resolving symlinks.
-    if not Path(os.path.realpath(path)).is_relative_to(os.path.realpath(settings.benchmark_results_dir)):
+    if not Path(os.path.realpath(path)).is_relative_to(os.path.realpath(settings.benchmark_results_dir or '')):
         raise ReportNotFound(f"no benchmark result named {name!r}", name=name)
     result = _read_result(path)
     if result_kind(result) != "benchmark":

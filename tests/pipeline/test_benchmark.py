@@ -84,7 +84,7 @@ def test_published_suite_scores_every_pair_and_writes_json_and_csv(target_dir, w
     suite = _published_suite(target_dir, weights)
     events = []
     result = run_benchmark(suite, out_dir=tmp_path, n_bootstrap=50, device="cpu", progress=events.append)
-    assert result["kind"] == "benchmark" and result["schema_version"] == 1
+    assert result["kind"] == "benchmark" and result["schema_version"] == 2
     assert result["suite"]["ground_truth"] == "published"
     [target] = result["targets"]
     assert target["n_classes"] == 3 and target["n_rank_images"] == 24  # the train split is ranked

@@ -389,16 +389,12 @@ def test_cli_finetune_winner_as_json(shapes: Path, tmp_path: Path) -> None:
         "BACKBONE_RANK_CACHE_DIR": str(tmp_path / "cache"),
         "OMP_NUM_THREADS": "1",
     }
+    # a ranking saved by `rank --json` before the request/result contract (schema_version 1), pointed at shapes
+    saved = json.loads((Path(__file__).parents[1] / "contract" / "data" / "ranking-v1.json").read_text())
+    saved["dataset"]["ref"] = {"kind": "folder", "path": str(shapes), "split": "train"}
+    saved["backbones"][0]["id"] = BACKBONE
     ranking = tmp_path / "ranking.json"
-    ranking.write_text(
-        json.dumps(
-            {
-                "schema_version": 1,
-                "dataset": {"ref": {"kind": "folder", "path": str(shapes), "split": "train"}},
-                "backbones": [{"id": BACKBONE, "rank": 1, "mean_rank": 1.0}],
-            }
-        )
-    )
+    ranking.write_text(json.dumps(saved))
     out = tmp_path / "cli-model"
     options = "--strategy linear --epochs 3 --lr 0.3 --seed 0 --seed 1 --input-size 32 --json".split()
     done = subprocess.run(
@@ -432,7 +428,9 @@ def test_cli_finetune_summary_and_errors(shapes: Path, tmp_path: Path, monkeypat
 
     bad = runner.invoke(app, [*args, "--strategy", "surgical"])
     assert bad.exit_code == 2
-    assert "error [invalid_finetune_config]: unknown fine-tuning strategy 'surgical'" in " ".join(bad.output.split())
+    # refused by the request model, before anything loads
+    expected = "error [invalid_request]: --strategy: Input should be 'linear', 'partial' or 'full'"
+    assert expected in " ".join(bad.output.split())
     neither = runner.invoke(app, ["finetune", str(shapes)])
     assert neither.exit_code == 2 and "--backbone" in neither.output
     missing = runner.invoke(app, ["finetune", "--winner", str(tmp_path / "nope.json")])

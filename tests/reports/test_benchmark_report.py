@@ -215,7 +215,8 @@ def test_lower_is_better_estimators_rank_small_scores_first():
 
 
 def test_a_mostly_empty_benchmark_still_renders():
-    html = render_report(
+    # the renderer itself tolerates partial documents; render_report first validates against the result schema
+    html = render_benchmark_report(
         {
             "kind": "benchmark",
             "summary": {"x": {"weighted_tau": {"mean": None}}},
@@ -250,7 +251,9 @@ def test_user_text_is_escaped():
     [{"kind": "benchmark", "targets": "not a list", "summary": []}, {"kind": "benchmark", "targets": [3, None]}],
 )
 def test_structurally_odd_benchmarks_do_not_crash(result):
-    assert "<h1>" in render_report(result)
+    assert "<h1>" in render_benchmark_report(result)
+    with pytest.raises(InvalidResult, match=r"^malformed benchmark result \(\d+ problem\(s\)\): "):
+        render_report(result)
 
 
 def test_wrong_types_are_an_invalid_result():

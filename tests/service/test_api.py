@@ -51,7 +51,9 @@ def test_submit_get_list_and_location(client: TestClient, dataset: Path) -> None
     job = client.get(body["url"]).json()
     assert job["state"] == "queued" and job["result"] is None and job["attempts"] == 0
     assert job["request"]["backbones"] == ["random:resnet10t", "random:test_resnet"]
-    assert job["request"]["dataset"] == {"kind": "folder", "path": str(dataset)}
+    # the stored request is the RankingRequest with every field, defaults included
+    assert job["request"]["dataset"] == {"kind": "folder", "path": str(dataset), "name": None, "split": None}
+    assert job["request"]["streaming"] is False and job["request"]["layer"] is None and job["request"]["cache"] is True
     assert [j["id"] for j in client.get("/v1/rankings").json()] == [body["id"]]
     # A ranking id is not a fine-tune id.
     assert client.get(f"/v1/finetunes/{body['id']}").json()["code"] == "job_not_found"
@@ -324,8 +326,10 @@ def test_sse_stream_of_a_job(client: TestClient, dataset: Path) -> None:
 
 def test_finetune_submission_rules(client: TestClient, dataset: Path) -> None:
     store = client.app.state.store
+    neither = client.post("/v1/finetunes", json={"strategy": "linear"})
+    assert neither.status_code == 422 and neither.json()["code"] == "invalid_request"
     both = client.post("/v1/finetunes", json={"backbone": "random:resnet10t", "ranking_id": "0" * 32})
-    assert both.status_code == 422 and both.json()["code"] == "invalid_request"
+    assert both.status_code == 404 and both.json()["code"] == "job_not_found"  # a backbone may name the winner
     no_data = client.post("/v1/finetunes", json={"backbone": "random:resnet10t"})
     assert no_data.status_code == 422
     unknown = client.post("/v1/finetunes", json={"ranking_id": "0" * 32})
@@ -343,7 +347,8 @@ def test_finetune_submission_rules(client: TestClient, dataset: Path) -> None:
     assert response.status_code == 202
     job = client.get(response.json()["url"]).json()
     assert job["request"]["backbone"] == "random:test_resnet"  # the winner
-    assert job["request"]["dataset"] == {"kind": "folder", "path": str(dataset)}  # split dropped
+    # the ranking's dataset, its split dropped
+    assert job["request"]["dataset"] == {"kind": "folder", "path": str(dataset), "name": None, "split": None}
     weights = client.get(f"{response.json()['url']}/weights")
     assert weights.status_code == 409 and weights.json()["code"] == "job_not_succeeded"
     assert client.get(f"/reports/finetunes/{response.json()['id']}").json()["code"] == "job_not_succeeded"

@@ -25,6 +25,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from service.client import Client, ClientError
+from service.contract import FinetuneResult, RankingResult
 
 from .conftest import REPO, ServerProcess, pid_alive, server_env, worker_pids, write_image_folder
 
@@ -81,8 +82,13 @@ def test_rank_follows_sse_to_the_ranked_result(ranked: dict[str, Any], client: C
 
 def test_client_rank_returns_the_result_and_raises_codes(client: Client, env: dict[str, Any]) -> None:
     result = client.rank(env["data"] / "pets", BACKBONES, estimators=["logme"], timeout=300)
-    assert [b["rank"] for b in result["backbones"]] == [1, 2]
-    assert all(b["from_cache"] for b in result["backbones"])  # same images, same backbones: the feature cache
+    assert isinstance(result, RankingResult) and result.schema_version == 2
+    assert [b.rank for b in result.backbones] == [1, 2]
+    assert all(b.from_cache for b in result.backbones)  # same images, same backbones: the feature cache
+    # the effective request: the server's defaults filled in under the request's own field names
+    assert result.request is not None and result.request.estimators == ["logme"]
+    assert result.request.device == "cpu" and result.request.batch_size == 8 and result.request.cache is True
+    assert result.environment is not None and result.environment.device == "cpu"
     with pytest.raises(ClientError) as refused:
         client.rank("/etc", BACKBONES)
     assert refused.value.code == "path_outside_roots" and refused.value.status == 403
@@ -123,15 +129,18 @@ def test_finetune_the_winner_and_download_its_weights(
 ) -> None:
     ranking = ranked["job"]
     result = client.finetune(ranking_id=ranking["id"], strategy="linear", epochs=2, input_size=16, timeout=300)
-    assert result["backbone"]["id"] == ranking["result"]["backbones"][0]["id"]
-    assert result["strategy"] == "linear" and result["ranking_id"] == ranking["id"]
-    assert 0.0 <= result["test_accuracy"]["mean"] <= 1.0
-    path = client.download_weights(result["job_id"], tmp_path / "model.safetensors")
+    assert isinstance(result, FinetuneResult)
+    assert result.backbone.id == ranking["result"]["backbones"][0]["id"]
+    assert result.strategy == "linear" and result.ranking_id == ranking["id"]
+    assert result.request is not None and result.request.backbone == result.backbone.id and result.request.epochs == 2
+    assert 0.0 <= result.test_accuracy.mean <= 1.0
+    assert result.job_id is not None
+    path = client.download_weights(result.job_id, tmp_path / "model.safetensors")
     tensors = load_file(path)  # valid safetensors, no pickle
     assert tensors and all(t.size > 0 for t in tensors.values())
     head = [name for name, t in tensors.items() if t.ndim == 2 and t.shape[0] == 3]
     assert head, "the fine-tuned head has one row per class (3)"
-    page = httpx.get(f"{server.url}/reports/finetunes/{result['job_id']}")
+    page = httpx.get(f"{server.url}/reports/finetunes/{result.job_id}")
     assert page.status_code == 200 and "<table" in page.text
 
 
@@ -164,6 +173,45 @@ def test_cli_rank_with_server(server: ServerProcess, env: dict[str, Any], ranked
         cwd=REPO,
     )
     assert refused.returncode == 2 and "path_outside_roots" in refused.stderr
+
+
+def test_cli_rank_on_the_server_gives_the_local_rows(
+    server: ServerProcess, env: dict[str, Any], tmp_path: Path
+) -> None:
+    """Every result-changing option reaches the server: --layer, --batch-size, --max-per-class, --streaming, -e."""
+    options = ["--layer", "1", "--batch-size", "3", "--max-per-class", "4", "--streaming", "--seed", "5", "--no-cache"]
+    options += ["-e", "logme", "-e", "h_score", "-e", "knn", "--device", "cpu"]
+    base = [sys.executable, "-m", "service.cli", "rank", str(env["data"] / "big"), "--json", *options]
+    for backbone in BACKBONES:
+        base += ["-b", backbone]
+    local_env = {**os.environ, "HF_HUB_OFFLINE": "1", "BACKBONE_RANK_CACHE_DIR": str(tmp_path / "cache")}
+    local = subprocess.run(base, capture_output=True, text=True, timeout=300, cwd=REPO, env=local_env)
+    remote = subprocess.run(base + ["--server", server.url], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert local.returncode == 0, local.stderr
+    assert remote.returncode == 0, remote.stderr
+    mine, theirs = RankingResult.model_validate_json(local.stdout), RankingResult.model_validate_json(remote.stdout)
+    assert mine.request == theirs.request
+    assert theirs.request is not None and theirs.request.layer == 1 and theirs.request.streaming
+    assert theirs.request.batch_size == 3 and theirs.request.max_per_class == 4 and theirs.request.seed == 5
+    assert theirs.request.cache is False and theirs.request.estimators == ["logme", "h_score", "knn"]
+    assert [b.id for b in mine.backbones] == [b.id for b in theirs.backbones]
+    for a, b in zip(mine.backbones, theirs.backbones, strict=True):
+        assert a.rank == b.rank and a.ranks == b.ranks and a.n_images == b.n_images == 8 and not b.from_cache
+        assert a.scores["knn"] is None and "streamed" in b.unscored["knn"]  # streaming reached the server
+        for name in ("logme", "h_score"):
+            assert b.scores[name] == pytest.approx(a.scores[name], rel=1e-6), name
+
+
+def test_cli_refuses_a_local_weights_dir_for_the_server(server: ServerProcess, env: dict[str, Any]) -> None:
+    command = [sys.executable, "-m", "service.cli", "rank", str(env["data"] / "pets"), "-b", "random:test_resnet"]
+    command += ["--server", server.url, "--weights-dir", "/tmp"]
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert refused.returncode == 2
+    assert " ".join(refused.stderr.split()).startswith("error [local_only_option]: --weights-dir names directories")
+    # and the API refuses the field too, whoever sends it
+    body = {"dataset": {"kind": "folder", "path": str(env["data"] / "pets")}, "backbones": ["random:test_resnet"]}
+    answer = httpx.post(f"{server.url}/v1/rankings", json={**body, "weights_dirs": ["/tmp"]})
+    assert answer.status_code == 422 and answer.json()["code"] == "local_only_option"
 
 
 # --------------------------------------------------------------------------------------------- restarts

@@ -1,0 +1,76 @@
+"""The composition root: settings in, a configured process and the engine's :class:`Runtime` out.
+
+Everything that turns :class:`~service.config.Settings` into engine arguments lives here, once: the CLI
+(:func:`cli_runtime`) and the job worker (:func:`service_runtime`) differ only where a service must be
+stricter (no "dataset's own folder" without data roots, the backbone allowlist, no client-side paths).
+:func:`start` fills the process-wide registries (built-in datasets, packaged ImageNet weights, the zoo)
+and sets torch's threads; it is idempotent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from service.config import Settings
+from service.pipeline.backbone_ids import service_allows
+from service.pipeline.runtime import Runtime
+
+__all__ = ["cli_runtime", "service_runtime", "start"]
+
+
+def start(settings: Settings) -> None:
+    """Register the built-in datasets and weights providers for this process (idempotent); set torch's threads."""
+    from service.builtin.datasets import register_builtin_datasets
+    from service.builtin.packaged_weights import register_packaged_weights, set_packaged_weights_dir
+    from service.builtin.zoo import register_zoo
+
+    register_builtin_datasets()
+    set_packaged_weights_dir(settings.cache_dir / "weights")
+    register_packaged_weights()
+    register_zoo(settings.zoo_dir or settings.cache_dir / "zoo")
+    if settings.num_threads:
+        import torch
+
+        torch.set_num_threads(settings.num_threads)
+
+
+def _runtime(
+    settings: Settings,
+    *,
+    roots: tuple[Path, ...] | None,
+    allowlist: Callable[[str], bool] | None = None,
+    accepts_local_paths: bool = True,
+) -> Runtime:
+    return Runtime(
+        cache_dir=settings.cache_dir,
+        builtin_dir=settings.cache_dir / "builtin",
+        roots=roots,
+        feature_cache_max_bytes=settings.feature_cache_max_bytes,
+        weights_dirs=tuple(settings.weights_dirs),
+        hf_cache_dir=settings.hf_cache_dir,
+        allowlist=allowlist,
+        calibration=settings.calibration,
+        min_per_class=settings.min_samples_per_class,
+        device=settings.device,
+        batch_size=settings.batch_size,
+        accepts_local_paths=accepts_local_paths,
+        finetunes_dir=settings.finetunes_dir,
+    )
+
+
+def cli_runtime(settings: Settings) -> Runtime:
+    """A local run: without configured data roots, the dataset's own folder is allowed."""
+    return _runtime(settings, roots=tuple(settings.data_roots) or None)
+
+
+def _allowlist(settings: Settings) -> Callable[[str], bool]:
+    patterns, weights_dirs = list(settings.allowed_backbones), list(settings.weights_dirs)
+    return lambda backbone_id: service_allows(backbone_id, patterns=patterns, weights_dirs=weights_dirs)
+
+
+def service_runtime(settings: Settings) -> Runtime:
+    """A worker's run: only paths under the data roots (none without roots), the allowlist, no client paths."""
+    return _runtime(
+        settings, roots=tuple(settings.data_roots), allowlist=_allowlist(settings), accepts_local_paths=False
+    )

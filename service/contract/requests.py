@@ -1,0 +1,170 @@
+"""What a user asks for: one pydantic model per request kind, shared by the CLI, the REST API (the body IS
+the model), the Python client and the job worker. Torch-free (the web process validates bodies with it).
+
+A field that is ``None`` means "not set": the runtime fills it from the settings (device, batch size) or
+from the method's own default (estimators, epochs, learning rates), and every result carries the
+*effective* request, with those defaults filled in, under the same field names. Unknown fields are
+refused (``extra="forbid"``), so a typo is an error rather than a silently ignored option.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+__all__ = [
+    "MAX_BACKBONES",
+    "MAX_BOOTSTRAP",
+    "BackboneId",
+    "BenchmarkRequest",
+    "DatasetSpec",
+    "FinetuneRequest",
+    "RankingRequest",
+    "local_only_fields",
+]
+
+#: Candidates in one ranking; each costs a model load and a pass over the dataset.
+MAX_BACKBONES = 64
+#: Half-sample replicates for p_best; 200 puts the share's standard error under 0.035 and bounds the refits.
+MAX_BOOTSTRAP = 200
+_JOB_ID = r"^[0-9a-f]{32}$"
+#: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``: what ``torch.device`` takes and the settings allow.
+_DEVICE = r"^(auto|cpu|mps|cuda(:[0-9]{1,2})?)$"
+
+BackboneId = Annotated[str, Field(min_length=1, max_length=1024)]
+EstimatorName = Annotated[str, Field(min_length=1, max_length=64)]
+LocalPath = Annotated[str, Field(min_length=1, max_length=4096)]
+Device = Annotated[str, Field(pattern=_DEVICE, description="auto, cpu, cuda, cuda:N or mps (default: settings).")]
+
+
+def _finite(value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError("must be finite")
+    return value
+
+
+LearningRate = Annotated[float, Field(gt=0, le=10), AfterValidator(_finite)]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatasetSpec(_Request):
+    """Where the images are: ``{"kind": "folder", "path": "/data/pets"}``, ``{"kind": "builtin", "name":
+    "glyphs-greek", "split": "test"}``. On a server, paths must resolve under its data roots."""
+
+    kind: Literal["folder", "manifest", "hf", "builtin"]
+    path: str | None = Field(None, min_length=1, max_length=4096)
+    name: str | None = Field(None, min_length=1, max_length=200)
+    split: str | None = Field(None, min_length=1, max_length=100)
+
+
+class RankingRequest(_Request):
+    """Rank ``backbones`` on ``dataset`` (``backbone-rank rank``, ``POST /v1/rankings``)."""
+
+    dataset: DatasetSpec
+    backbones: list[BackboneId] = Field(
+        min_length=1,
+        max_length=MAX_BACKBONES,
+        description="timm ids (arch.tag), zoo:NAME, random:ARCH; local-dir:/@file only under the weights dirs.",
+    )
+    estimators: list[EstimatorName] | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description="Default: every estimator that applies (GET /v1/estimators); the result lists those computed.",
+    )
+    max_per_class: int | None = Field(None, ge=1, le=1_000_000, description="Rank on a seeded per-class sample.")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of the per-class sample (and of the half-samples).")
+    layer: int | None = Field(
+        None,
+        ge=-64,
+        le=64,
+        description="Score an intermediate layer (timm forward_intermediates index) instead of the pooled "
+        "pre-logits; the source-head estimators (LEEP, NCE, ...) then do not apply.",
+    )
+    streaming: bool = Field(
+        False,
+        description="Accumulate sufficient statistics batch by batch instead of keeping the features (memory "
+        "independent of the number of images); estimators that need the samples are then left unscored.",
+    )
+    n_bootstrap: int = Field(
+        0,
+        ge=0,
+        le=MAX_BOOTSTRAP,
+        description="Half-sample replicates for each backbone's probability of being best (p_best; 0: none). "
+        "Each replicate refits the fused ranking's members for every backbone (the packaged fusion is the "
+        "linear probe: ~0.1-1 s per backbone and replicate on a CPU).",
+    )
+    device: Device | None = None
+    batch_size: int | None = Field(None, ge=1, le=4096, description="Images per batch (default: settings).")
+    cache: bool = Field(True, description="Reuse and store extracted features in the feature cache.")
+    weights_dirs: list[LocalPath] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Local runs only: extra directories searched for <id>.safetensors files (a server searches "
+        "its own weights dirs and refuses this field).",
+    )
+
+
+class FinetuneRequest(_Request):
+    """Fine-tune ``backbone``, or the winner of the succeeded ranking ``ranking_id`` (a service job; on that
+    ranking's dataset unless ``dataset`` is given)."""
+
+    dataset: DatasetSpec | None = None
+    backbone: BackboneId | None = None
+    ranking_id: str | None = Field(
+        None, pattern=_JOB_ID, description="Service only: a succeeded ranking, whose winner is the backbone."
+    )
+    strategy: Literal["linear", "partial", "full"] = "full"
+    epochs: int | None = Field(None, ge=1, le=1000, description="Default: the strategy's.")
+    lr_grid: list[LearningRate] | None = Field(
+        None, min_length=1, max_length=16, description="Head learning rates tried on val (default: the strategy's)."
+    )
+    seeds: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] | None = Field(
+        None, min_length=1, max_length=10, description="One run per seed at the chosen learning rate (default [0])."
+    )
+    batch_size: int | None = Field(None, ge=1, le=4096, description="Training batch size (default 128).")
+    max_per_class: int | None = Field(None, ge=1, le=1_000_000, description="Cap every split (seeded sample).")
+    input_size: int | None = Field(None, ge=8, le=1024, description="Train at this side length (e.g. 32).")
+    device: Device | None = None
+    weights_dirs: list[LocalPath] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Local runs only: extra directories searched for <id>.safetensors files.",
+    )
+
+    @model_validator(mode="after")
+    def _which_backbone(self) -> FinetuneRequest:
+        # With ranking_id the service fills in its winner (and dataset): the stored, effective request has both,
+        # and a backbone given with a ranking_id must be that winner.
+        if self.backbone is None and self.ranking_id is None:
+            raise ValueError("give 'backbone' (with 'dataset') or 'ranking_id' (a ranking whose winner to fine-tune)")
+        if self.ranking_id is None and self.dataset is None:
+            raise ValueError("'dataset' is required with 'backbone' (it is optional only with 'ranking_id')")
+        return self
+
+
+class BenchmarkRequest(_Request):
+    """Score every (target, backbone) pair of a suite and compare with fine-tuned (or published) accuracy
+    (``backbone-rank benchmark``)."""
+
+    suite: str = Field("default", min_length=1, description="default, quick, standard, or a suite .toml file.")
+    targets: list[str] | None = Field(None, min_length=1, description="Run only these targets of the suite.")
+    per_class: int | None = Field(
+        None, ge=1, le=100_000, description="default/quick suites: images per class in every split."
+    )
+    data_dir: LocalPath | None = Field(None, description="standard suite: folder holding the target ImageFolders.")
+    backbone_map: dict[str, BackboneId] = Field(
+        default_factory=dict, description="standard suite: NAME -> backbone id to use for a published model."
+    )
+    n_bootstrap: int = Field(500, ge=0, le=100_000, description="Bootstrap replicates per target for the CIs.")
+    device: Device | None = None
+
+
+def local_only_fields(request: RankingRequest | FinetuneRequest) -> list[str]:
+    """The fields set in ``request`` that only mean something on the caller's machine (a server refuses them)."""
+    return ["weights_dirs"] if request.weights_dirs else []

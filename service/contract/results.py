@@ -1,0 +1,413 @@
+"""What the user gets back: one pydantic model per result kind (ranking, fine-tune, benchmark), torch-free.
+
+The engine builds results as JSON documents and validates them into these models before anyone sees
+them, so the CLI's ``--json``, the REST API (whose OpenAPI document carries these schemas), the Python
+client and the HTML reports all read one documented shape. Every result names its ``kind`` and
+``schema_version`` and carries the effective request that produced it (defaults filled in), so it can
+be reproduced and audited.
+
+Versions: ``schema_version`` 1 is what the project wrote before the request/result contract (no
+``kind`` on rankings and fine-tunes, no ``request``, no ``environment``); such files still load
+(:func:`load_result`), with ``request`` and ``environment`` left ``None``. Version 2 adds them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter
+
+from .requests import BenchmarkRequest, DatasetSpec, FinetuneRequest, RankingRequest
+
+__all__ = [
+    "RESULT_SCHEMA_VERSION",
+    "AnyResult",
+    "BackboneRow",
+    "BenchmarkResult",
+    "Environment",
+    "FinetuneResult",
+    "RankingResult",
+    "load_result",
+    "result_kind",
+]
+
+#: The version written now; :func:`load_result` reads this and every earlier one.
+RESULT_SCHEMA_VERSION = 2
+
+
+def _finite_or_none(value: Any) -> Any:
+    """JSON has no NaN/inf: a non-finite float (e.g. the mean rank of a backbone no estimator applied to) is null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+#: A float that serialises as strict JSON (non-finite values become null).
+Number = Annotated[float | None, BeforeValidator(_finite_or_none)]
+
+
+class _Model(BaseModel):
+    # forbid: a field the engine adds without adding it here fails the tests, so the documented schema never drifts
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Loose(BaseModel):
+    """Descriptive blocks whose keys vary with the setup (versions, configurations): extra keys are kept."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class Environment(_Loose):
+    """Where a result was computed: versions, device and machine."""
+
+    backbone_rank: str | None = None
+    device: str | None = None
+    torch: str | None = None
+    timm: str | None = None
+    numpy: str | None = None
+    scipy: str | None = None
+    python: str | None = None
+    platform: str | None = None
+    machine: str | None = None
+    cpu_count: int | None = None
+    threads: int | None = None
+    git_commit: str | None = None
+    gpu: str | None = None
+    fingerprint: str | None = None
+
+
+# ------------------------------------------------------------------------------------------------ ranking
+
+
+class EstimatorColumn(_Model):
+    name: str
+    higher_is_better: bool
+    reference: str
+    needs: list[str] = Field(default_factory=list)
+
+
+class DatasetSummary(_Model):
+    ref: DatasetSpec
+    n_images: int
+    n_classes: int
+    classes: list[str]
+    class_counts: dict[str, int]
+    skipped: dict[str, int] = Field(description="Files skipped while listing, by reason.")
+    splits: list[str]
+    fingerprint: str
+
+
+class Prediction(_Model):
+    """A predicted accuracy with its interval (nominal 90 %, from leave-one-target-out residuals)."""
+
+    value: float
+    low: float
+    high: float
+    inputs: list[str] = Field(description="What the calibrated model predicted from.")
+
+
+class PredictedAccuracy(_Model):
+    finetune: Prediction | None = None
+    linear_probe: Prediction | None = None
+
+
+class RowSeconds(_Model):
+    load: float
+    extract: float
+    score: float
+    per_estimator: dict[str, float]
+
+
+class BackboneRow(_Model):
+    """One candidate of a ranking."""
+
+    id: str
+    rank: int = Field(description="Position in the fused order, 1 = best.")
+    mean_rank: Number = Field(description="Mean of the per-estimator ranks (null when no estimator applied).")
+    scores: dict[str, Number] = Field(description="Per estimator; null: not applicable here (see unscored).")
+    unscored: dict[str, str] = Field(description="Why each null score is null.")
+    ranks: dict[str, Number] = Field(
+        description="Per estimator, 1 = best; scores equal within a relative 1e-9 share their average rank."
+    )
+    fused_score: Number = None
+    p_best: Number = None
+    predicted_accuracy: PredictedAccuracy | None = None
+    source_accuracy: Number = None
+    feature_dim: int
+    num_source_classes: int
+    weights_source: str | None
+    weights_sha256: str | None
+    data_config: dict[str, Any] | None
+    n_images: int
+    n_failed_images: int
+    from_cache: bool
+    seconds: RowSeconds
+
+
+class CalibrationHeadline(_Model):
+    finetune_mae: Number = None
+    finetune_coverage: Number = None
+    linear_probe_mae: Number = None
+    linear_probe_coverage: Number = None
+    nominal_coverage: Number = None
+    fused_mean_weighted_tau: Number = None
+    best_single: str | None = None
+    best_single_mean_weighted_tau: Number = None
+    images_per_class: list[float] = Field(default_factory=list)
+
+
+class CalibrationInfo(_Model):
+    path: str | None
+    created: str | None
+    source: dict[str, Any]
+    loto: CalibrationHeadline
+
+
+class PBestInfo(_Model):
+    n_bootstrap: int
+    seed: int
+    resampling: str
+    seconds: float
+
+
+class FusionInfo(_Model):
+    """What the order rests on."""
+
+    method: Literal["calibrated", "mean_rank"]
+    members: list[str]
+    weights: list[float] | None
+    normalisation: str
+    calibration: CalibrationInfo | None
+    p_best: PBestInfo | None
+    note: str
+
+
+class TotalSeconds(_Model):
+    total: float
+
+
+class RankingResult(_Model):
+    """A finished ranking: ``backbones`` best first."""
+
+    schema_version: int = RESULT_SCHEMA_VERSION
+    kind: Literal["ranking"] = "ranking"
+    request: RankingRequest | None = Field(None, description="The effective request (null in version-1 files).")
+    environment: Environment | None = None
+    dataset: DatasetSummary
+    class_map: dict[str, int]
+    estimators: list[EstimatorColumn]
+    backbones: list[BackboneRow]
+    fusion: FusionInfo
+    failed_images: int = Field(description="Images that could not be decoded (skipped).")
+    seconds: TotalSeconds
+
+
+# ---------------------------------------------------------------------------------------------- fine-tune
+
+
+class SplitSummary(_Model):
+    n_images: int
+    n_failed: int
+    source: Literal["split", "carved"]
+    fingerprint: str
+
+
+class FinetuneDataset(_Model):
+    ref: DatasetSpec
+    n_classes: int
+    classes: list[str]
+    splits: dict[str, SplitSummary]
+    carved: list[str]
+    fingerprint: str
+
+
+class BackboneDescription(_Model):
+    id: str
+    arch: str
+    weights_source: str | None = None
+    weights_sha256: str | None = None
+    num_features: int
+    num_source_classes: int = 0
+    data_config: dict[str, Any] = Field(default_factory=dict)
+
+
+class FinetuneConfig(_Loose):
+    """The training recipe as run (optimizer settings, augmentation, what was trainable); keys vary by strategy."""
+
+    epochs: int
+    batch_size: int
+    optimizer: str
+    input_size: list[int]
+    max_per_class: int | None = None
+    device: str | None = None
+    backbone_lr_scale: float | None = None
+    linear_on_features: bool | None = None
+    trainable_parameters: int | None = None
+    total_parameters: int | None = None
+
+
+class AccuracyStats(_Model):
+    mean: float
+    std: float
+    per_seed: list[float]
+
+
+class SavedWeights(_Model):
+    path: str
+    backbone_id: str
+    sha256: str
+    card: dict[str, Any]
+
+
+class WinnerInfo(_Model):
+    rank: int
+    mean_rank: Number
+    n_backbones: int
+
+
+class FinetuneSeconds(_Model):
+    load: float
+    train: float
+    eval: float
+    total: float
+
+
+class FinetuneResult(_Model):
+    """A finished fine-tuning: test accuracy over seeds, the learning-rate search, per-class accuracy."""
+
+    schema_version: int = RESULT_SCHEMA_VERSION
+    kind: Literal["finetune"] = "finetune"
+    request: FinetuneRequest | None = Field(None, description="The effective request (null in version-1 files).")
+    environment: Environment | None = None
+    dataset: FinetuneDataset
+    class_map: dict[str, int]
+    backbone: BackboneDescription
+    strategy: Literal["linear", "partial", "full"]
+    config: FinetuneConfig
+    lr_grid: list[float]
+    val_accuracy_by_lr: dict[str, float]
+    chosen_lr: float
+    seeds: list[int]
+    test_accuracy: AccuracyStats
+    val_accuracy: AccuracyStats
+    best_seed: int
+    per_class_accuracy: dict[str, Number]
+    confusion_matrix: list[list[int]]
+    chance_accuracy: float
+    images_per_second: float
+    weights: SavedWeights | None
+    seconds: FinetuneSeconds
+    ranking: WinnerInfo | None = Field(None, description="The winner's place when it came from a ranking.")
+    ranking_id: str | None = Field(None, description="Service: the ranking job whose winner this is.")
+    job_id: str | None = Field(None, description="Service: this fine-tune job (its weights: /v1/finetunes/{id}).")
+
+
+# ---------------------------------------------------------------------------------------------- benchmark
+
+
+class MetricSummary(_Model):
+    mean: Number
+    ci_low: Number = None
+    ci_high: Number = None
+    n_targets: int
+
+
+class MethodSummary(_Model):
+    is_baseline: bool
+    weighted_tau: MetricSummary
+    kendall_tau: MetricSummary
+    pearson: MetricSummary
+    top1_regret: MetricSummary
+
+
+class SuiteInfo(_Model):
+    name: str
+    description: str
+    ground_truth: str
+    fingerprint: str
+    definition: dict[str, Any]
+
+
+class BenchmarkTarget(_Loose):
+    name: str
+    dataset: str
+    relation: str
+    n_classes: int
+    n_rank_images: int
+    n_test_images: int | None
+    backbones: list[dict[str, Any]] = Field(description="Per backbone: scores, baselines, accuracy, seconds.")
+    metrics: dict[str, dict[str, dict[str, Number]] | None] = Field(
+        default_factory=dict,
+        description="Per method and metric: value with its bootstrap CI on this target (null: not computable).",
+    )
+
+
+class BenchmarkResult(_Model):
+    """A benchmark run: every (target, backbone) pair scored and fine-tuned (or published), and how well each
+    estimator's order matched the ground truth."""
+
+    schema_version: int = RESULT_SCHEMA_VERSION
+    kind: Literal["benchmark"] = "benchmark"
+    request: BenchmarkRequest | None = Field(None, description="The effective request (null in version-1 files).")
+    suite: SuiteInfo
+    created: str
+    environment: Environment
+    estimators: list[EstimatorColumn]
+    baselines: list[dict[str, Any]]
+    targets: list[BenchmarkTarget]
+    skipped: dict[str, list[dict[str, Any]]]
+    summary: dict[str, MethodSummary]
+    cost: dict[str, Any] | None = None
+    seconds: TotalSeconds | None = None
+    files: dict[str, str] | None = Field(None, description="Where the CLI wrote the JSON/CSV (and HTML).")
+
+
+# ------------------------------------------------------------------------------------------------ loading
+
+
+def result_kind(data: Any) -> str | None:
+    """``"ranking"``, ``"finetune"`` or ``"benchmark"`` from a result document (``kind``, or the keys of a
+    version-1 file that had none); None when it is no result of ours."""
+    if not isinstance(data, dict):
+        return None
+    kind = data.get("kind")
+    if kind in ("ranking", "finetune", "benchmark"):
+        return str(kind)
+    if kind is not None:
+        return None
+    if "backbones" in data and "fusion" in data or ("backbones" in data and "estimators" in data):
+        return "ranking"
+    if "test_accuracy" in data and "backbone" in data:
+        return "finetune"
+    if "suite" in data and "targets" in data:
+        return "benchmark"
+    return None
+
+
+AnyResult = RankingResult | FinetuneResult | BenchmarkResult
+_ANY: TypeAdapter[AnyResult] = TypeAdapter(
+    Annotated[RankingResult | FinetuneResult | BenchmarkResult, Field(discriminator="kind")]
+)
+
+
+def load_result(data: Any) -> AnyResult:
+    """A result document (parsed JSON, any schema version) as its typed model.
+
+    Raises
+    ------
+    ValueError
+        Not a backbone-rank result, a newer schema version than this code knows, or a malformed one
+        (pydantic's ``ValidationError`` is a ``ValueError``).
+    """
+    kind = result_kind(data)
+    if kind is None:
+        keys = ", ".join(sorted(map(str, data))[:12]) if isinstance(data, dict) else type(data).__name__
+        raise ValueError(f"not a backbone-rank result (a ranking, fine-tune or benchmark JSON); got keys: {keys}")
+    version = data.get("schema_version", 1)
+    if not isinstance(version, int) or version > RESULT_SCHEMA_VERSION:
+        raise ValueError(
+            f"{kind} result schema_version {version!r} is newer than this backbone-rank reads "
+            f"(<= {RESULT_SCHEMA_VERSION}); upgrade backbone-rank"
+        )
+    return _ANY.validate_python({**data, "kind": kind})

@@ -1,0 +1,61 @@
+"""What the engine needs from its host besides the request: where things are and what is allowed.
+
+A :class:`Runtime` is built once from the settings by the composition root (:mod:`service.bootstrap`),
+for the CLI or for a service worker, and handed to every engine call (:mod:`service.pipeline.engine`).
+It holds no torch objects, so building it is cheap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .cache import FeatureCache
+
+__all__ = ["Runtime"]
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """The host's side of a run.
+
+    Attributes
+    ----------
+    roots : sequence of Path or None
+        Directories datasets must resolve under; None (the CLI without configured roots) allows the
+        dataset's own directory, an empty list (a service without roots) allows no path at all.
+    cache_dir, feature_cache_max_bytes
+        The feature cache (``<cache_dir>/features``, LRU-bounded).
+    builtin_dir : Path
+        Where built-in datasets are materialised.
+    weights_dirs, hf_cache_dir
+        Where weights are searched (besides the providers registered at start-up).
+    allowlist : callable or None
+        A service's backbone allowlist; None allows every id.
+    calibration : Path or "default" or None
+        Predicted accuracy and the fused order (``"default"``: the packaged file).
+    min_per_class : int
+        Classes with fewer usable images are an error.
+    device, batch_size
+        Defaults for requests that leave them unset.
+    accepts_local_paths : bool
+        False on a service: a request naming directories of the caller's machine is refused.
+    """
+
+    cache_dir: Path
+    builtin_dir: Path
+    roots: Sequence[Path] | None = None
+    feature_cache_max_bytes: int = 20 * 2**30
+    weights_dirs: Sequence[Path] = ()
+    hf_cache_dir: Path | None = None
+    allowlist: Callable[[str], bool] | None = None
+    calibration: Path | str | None = "default"
+    min_per_class: int = 2
+    device: str = "auto"
+    batch_size: int = 64
+    accepts_local_paths: bool = True
+    finetunes_dir: Path | None = field(default=None)
+
+    def feature_cache(self) -> FeatureCache:
+        return FeatureCache(self.cache_dir / "features", self.feature_cache_max_bytes)
