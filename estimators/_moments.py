@@ -37,7 +37,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from ._backend import Backend, get_backend
-from ._validation import MIN_SAMPLES_PER_CLASS, _show, check_features, check_source_probs
+from ._validation import _show, check_class_counts, check_features, check_source_probs
 
 __all__ = ["MomentAccumulator", "StreamedMoments"]
 
@@ -313,18 +313,7 @@ class MomentAccumulator:
         classes = classes[order]
         slots = used[order]
         counts = self._counts[slots].copy()
-        if classes.shape[0] < 2:
-            raise ValueError(
-                f"labels contain a single class ({_show(classes)}); transferability needs at least 2 classes — "
-                "add samples of other classes"
-            )
-        small = np.flatnonzero(counts < MIN_SAMPLES_PER_CLASS)
-        if small.size:
-            raise ValueError(
-                f"class {_show(classes[small])} has fewer than {MIN_SAMPLES_PER_CLASS} samples; every class needs "
-                f"at least {MIN_SAMPLES_PER_CLASS} (class means and within-class statistics) — add samples or drop "
-                "the class"
-            )
+        check_class_counts(classes, counts)
         class_means = self._class_means[slots].copy()
         cached: dict[str, Any] = {
             "counts": counts,

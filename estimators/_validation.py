@@ -80,12 +80,17 @@ def check_labels(labels: ArrayLike, n_samples: int | None = None) -> tuple[NDArr
         classes, codes = np.unique(array, return_inverse=True)
     except TypeError as err:
         raise ValueError(f"labels mix types that cannot be compared ({err}); use all ints or all strings") from None
+    check_class_counts(classes, np.bincount(codes, minlength=classes.shape[0]))
+    return codes.astype(np.intp, copy=False), classes
+
+
+def check_class_counts(classes: NDArray[Any], counts: NDArray[Any]) -> None:
+    """At least 2 classes, each with at least :data:`MIN_SAMPLES_PER_CLASS` samples; else a ValueError naming them."""
     if classes.shape[0] < 2:
         raise ValueError(
             f"labels contain a single class ({_show(classes)}); transferability needs at least 2 classes — "
             "add samples of other classes"
         )
-    counts = np.bincount(codes, minlength=classes.shape[0])
     small = np.flatnonzero(counts < MIN_SAMPLES_PER_CLASS)
     if small.size:
         raise ValueError(
@@ -93,7 +98,6 @@ def check_labels(labels: ArrayLike, n_samples: int | None = None) -> tuple[NDArr
             f"at least {MIN_SAMPLES_PER_CLASS} (class means and within-class statistics) — add samples or drop "
             "the class"
         )
-    return codes.astype(np.intp, copy=False), classes
 
 
 def check_source_probs(source_probs: ArrayLike, n_samples: int) -> NDArray[np.float64]:

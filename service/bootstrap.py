@@ -16,19 +16,29 @@ from service.config import Settings
 from service.pipeline.backbone_ids import service_allows
 from service.pipeline.runtime import Runtime
 
-__all__ = ["cli_runtime", "service_runtime", "start"]
+__all__ = ["cli_runtime", "register_builtins", "service_runtime", "start"]
 
 
-def start(settings: Settings) -> None:
-    """Register the built-in datasets and weights providers for this process (idempotent); set torch's threads."""
+def register_builtins(zoo_dir: Path | None = None, packaged_weights_dir: Path | None = None) -> None:
+    """Plug the built-ins into the engine's registries (idempotent): the generated datasets (``builtin:NAME``),
+    the packaged ImageNet weights, the zoo (weights, source accuracies, builds) and the built-in benchmark
+    suites. Directories default to the settings' (the zoo's and packaged weights' own defaults)."""
     from service.builtin.datasets import register_builtin_datasets
     from service.builtin.packaged_weights import register_packaged_weights, set_packaged_weights_dir
+    from service.builtin.suites import register_builtin_suites
     from service.builtin.zoo import register_zoo
 
     register_builtin_datasets()
-    set_packaged_weights_dir(settings.cache_dir / "weights")
+    if packaged_weights_dir is not None:
+        set_packaged_weights_dir(packaged_weights_dir)
     register_packaged_weights()
-    register_zoo(settings.zoo_dir or settings.cache_dir / "zoo")
+    register_zoo(zoo_dir)
+    register_builtin_suites()
+
+
+def start(settings: Settings) -> None:
+    """Fill this process's registries from the settings (:func:`register_builtins`); set torch's threads."""
+    register_builtins(settings.zoo_dir or settings.cache_dir / "zoo", settings.cache_dir / "weights")
     if settings.num_threads:
         import torch
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import httpx
 
+from service.atomic import atomic_path
 from service.contract import FinetuneRequest, FinetuneResult, RankingRequest, RankingResult
 
 __all__ = ["Client", "ClientError", "dataset_ref"]
@@ -285,11 +286,9 @@ class Client:
                 if response.status_code >= 400:
                     response.read()
                     raise _http_error(response)
-                tmp = target.with_name(target.name + ".part")
-                with open(tmp, "wb") as fh:
+                with atomic_path(target, suffix=".part") as tmp, open(tmp, "wb") as fh:
                     for chunk in response.iter_bytes():
                         fh.write(chunk)
-                os.replace(tmp, target)
         except httpx.TransportError as err:
             raise ClientError("connection_error", f"download of the weights of {job_id} failed: {err}") from err
         return target

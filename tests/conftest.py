@@ -30,3 +30,13 @@ def _no_leaked_packaged_provider() -> Iterator[None]:
     zoo = sys.modules.get("service.builtin.zoo")
     if zoo is not None:
         zoo.set_zoo_dir(None)
+
+
+@pytest.fixture
+def builtins() -> None:
+    """The built-ins plugged into the engine, as ``service.bootstrap.start`` does at a process's start-up: the
+    generated datasets, the packaged weights and the zoo (providers unregistered again after the test, above),
+    and the built-in benchmark suites."""
+    from service.bootstrap import register_builtins
+
+    register_builtins()

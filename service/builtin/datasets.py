@@ -64,7 +64,7 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ._atomic import replace_dir
+from service.atomic import replace_dir
 
 __all__ = [
     "BUILTIN_DATASETS",

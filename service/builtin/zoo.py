@@ -53,6 +53,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import platform
 import re
@@ -65,7 +66,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from ._atomic import replace_dir
+from service.atomic import replace_dir
 
 __all__ = [
     "PROVIDER_NAME",
@@ -330,14 +331,40 @@ def zoo_provider(model_id: str) -> Path | None:
     return folder if read_card(folder) is not None else None
 
 
+def zoo_source_info(backbone_id: str) -> tuple[str | None, float | None] | None:
+    """``(source task, accuracy on its test split)`` from a built zoo model's card; None for other ids."""
+    if not backbone_id.startswith("zoo:"):
+        return None
+    folder = zoo_provider(backbone_id)
+    card = (read_card(folder) if folder is not None else None) or {}
+    accuracy = card.get("source_accuracy")
+    if isinstance(accuracy, int | float) and math.isfinite(accuracy):
+        return card.get("source"), float(accuracy)
+    return card.get("source"), None
+
+
+def build_missing(ids: Sequence[str]) -> None:
+    """Build the zoo models among ``ids`` (``zoo:NAME``) that are not built with the current recipe."""
+    wanted = [backbone.removeprefix("zoo:") for backbone in ids if backbone.startswith("zoo:")]
+    built = {entry["name"] for entry in list_zoo() if entry.get("current")}
+    missing = [name for name in wanted if name in ZOO_ENTRIES and name not in built]
+    if missing:
+        _logger.info("building missing zoo models: %s", ", ".join(missing))
+        build_zoo(names=missing)
+
+
 def register_zoo(zoo_dir: str | os.PathLike[str] | None = None) -> None:
-    """Register :func:`zoo_provider` as weights provider ``"zoo"`` (idempotent); ``zoo_dir`` also sets the
-    directory it serves (:func:`set_zoo_dir`)."""
+    """Plug the zoo into the engine (idempotent): weights provider ``"zoo"`` (:func:`zoo_provider`), its cards'
+    source accuracies (:func:`zoo_source_info`) and the builder of missing models (:func:`build_missing`);
+    ``zoo_dir`` also sets the directory it serves (:func:`set_zoo_dir`)."""
     from service.pipeline.backbones import register_weights_provider
+    from service.pipeline.plugins import register_backbone_preparer, register_source_info
 
     if zoo_dir is not None:
         set_zoo_dir(zoo_dir)
     register_weights_provider(PROVIDER_NAME, zoo_provider, "the built-in zoo (backbone-rank zoo build)")
+    register_source_info(PROVIDER_NAME, zoo_source_info)
+    register_backbone_preparer("zoo:", build_missing)
 
 
 # --------------------------------------------------------------------------------------------- build

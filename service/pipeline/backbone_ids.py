@@ -24,13 +24,13 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from service.atomic import write_text_atomic
 from service.errors import UnknownBackbone, UnsafeCheckpointFormat
 
 __all__ = [
@@ -239,15 +239,7 @@ def write_timm_registry(directory: str | os.PathLike[str]) -> Path:
         "deprecated": {k: v for k, v in timm.models.get_deprecated_models().items() if v},
     }
     target = timm_registry_path(directory, timm.__version__)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".timm-registry-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(doc, fh)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(target, json.dumps(doc))
     return target
 
 

@@ -37,7 +37,7 @@ from typing import Any, Literal
 import numpy as np
 
 from estimators import get_estimator
-from service.builtin._atomic import write_text_atomic
+from service.atomic import atomic_path, write_text_atomic
 from service.errors import BackboneRankError, DatasetNotFound, InvalidDataset, WeightsUnavailable
 
 from .backbones import LoadedBackbone, load_backbone
@@ -45,6 +45,7 @@ from .benchmark_metrics import aggregate_over_targets, as_higher_is_better, rand
 from .benchmark_suites import Suite, SuiteBackbone, SuiteTarget, missing_data_hint
 from .datasets import load_dataset
 from .extract import extract_features, select_device
+from .plugins import prepare_backbones, source_info
 from .rank import default_estimators, rank_feature_sets
 
 __all__ = [
@@ -256,13 +257,6 @@ def run_benchmark(
 
         out_dir = get_settings().benchmark_results_dir
     chosen = _select_targets(suite, targets)
-    from service.builtin.datasets import register_builtin_datasets
-    from service.builtin.packaged_weights import register_packaged_weights
-    from service.builtin.zoo import register_zoo
-
-    register_builtin_datasets()
-    register_packaged_weights()
-    register_zoo()
     # Datasets first: a missing one is reported before the zoo is built or any backbone is loaded.
     datasets = _load_targets(suite, chosen, roots=roots, builtin_dir=builtin_dir)
     if build_zoo:
@@ -415,14 +409,8 @@ def _load_targets(
 
 
 def _build_missing_zoo(suite: Suite) -> None:
-    from service.builtin.zoo import ZOO_ENTRIES, build_zoo, list_zoo
-
-    wanted = [b.id.removeprefix("zoo:") for b in suite.backbones if b.id.startswith("zoo:")]
-    built = {entry["name"] for entry in list_zoo() if entry.get("current")}
-    missing = [name for name in wanted if name in ZOO_ENTRIES and name not in built]
-    if missing:
-        _logger.info("building missing zoo models: %s", ", ".join(missing))
-        build_zoo(names=missing)
+    """Make the suite's backbones available where the host can (the built-in zoo builds missing models)."""
+    prepare_backbones([b.id for b in suite.backbones])
 
 
 def _load_backbones(
@@ -605,20 +593,13 @@ def _n_test(finetune_result: dict[str, Any]) -> int | None:
 
 
 def _source_of(suite_backbone: SuiteBackbone, backbone: LoadedBackbone) -> tuple[str | None, float | None]:
-    """``(source task, accuracy on it)`` from the suite, else the zoo card."""
+    """``(source task, accuracy on it)`` from the suite, else from the host (e.g. a zoo model's card)."""
     if suite_backbone.source_accuracy is not None:
         return (
             "imagenet-1k" if suite_backbone.published_name or ".in1k" in suite_backbone.id else None,
             suite_backbone.source_accuracy,
         )
-    if suite_backbone.id.startswith("zoo:"):
-        from service.builtin.zoo import read_card, zoo_provider
-
-        folder = zoo_provider(suite_backbone.id)
-        card = (read_card(folder) if folder is not None else None) or {}
-        accuracy = card.get("source_accuracy")
-        return card.get("source"), float(accuracy) if accuracy is not None else None
-    return None, None
+    return source_info(suite_backbone.id)
 
 
 def _estimators_of(targets: Sequence[dict[str, Any]]) -> list[str]:
@@ -724,12 +705,10 @@ def write_results(result: dict[str, Any], out_dir: Path) -> dict[str, Path]:
                     *(row["scores"].get(m) for m in methods),
                 ]
             )
-    tmp = csv_path.with_name(csv_path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+    with atomic_path(csv_path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(header)
         writer.writerows([["" if v is None else v for v in line] for line in lines])
-    os.replace(tmp, csv_path)
     return {"json": json_path, "csv": csv_path}
 
 

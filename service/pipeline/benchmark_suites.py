@@ -3,20 +3,14 @@
 =============  ==============  =====================================================================
 suite          ground truth    what
 =============  ==============  =====================================================================
-``default``    fine-tuned      the built-in zoo (random-init controls included) and the real
-                               ImageNet EfficientNet-Lite0 on the six built-in targets, 20 images
-                               per class; about an hour on a 2-core CPU (sizes below)
-``quick``      fine-tuned      four zoo backbones on two built-in targets, one seed: minutes, for
-                               trying the machinery out
 ``standard``   published       the literature's 11 supervised ImageNet models x 11 targets with the
                                published fine-tuned accuracies (SFDA's ``tw_group1.py``), so only
                                feature extraction is paid; needs the datasets and weights locally
 =============  ==============  =====================================================================
 
-``default`` and ``quick`` take another sample size (``get_suite(name, per_class=N)``, CLI ``--per-class N``):
-N images per class in every split, for ranking and fine-tuning alike; the suite is then named
-``default-N-per-class`` so that its result files sit beside the default's. Calibrating on results of
-several sample sizes teaches the accuracy model the size effect (:mod:`service.pipeline.calibration`).
+Other suites are registered by the host (:func:`service.pipeline.plugins.register_suite`): the built-in
+``default`` and ``quick`` (``service/builtin/suites.py``) take another sample size (``get_suite(name,
+per_class=N)``, CLI ``--per-class N``).
 
 A suite may also be a TOML file (``--suite my_suite.toml``)::
 
@@ -49,10 +43,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from .plugins import registered_suites, suite_factory
+
 __all__ = [
     "FinetuneSpec",
     "STANDARD_TARGET_FOLDERS",
-    "SUITES",
     "Suite",
     "SuiteBackbone",
     "SuiteTarget",
@@ -60,6 +55,7 @@ __all__ = [
     "load_suite_file",
     "missing_data_hint",
     "standard_ground_truth",
+    "suite_names",
 ]
 
 
@@ -124,70 +120,7 @@ class Suite:
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-# ------------------------------------------------------------------------------------ built-in suites
-
-#: Input sizes of the default suite (recorded in every result): the zoo is pretrained at 32 px, and the
-#: ImageNet EfficientNet-Lite0 runs at 64 px instead of its native 224 px so that fine-tuning it three
-#: times per target fits a CPU hour (224 px would cost ~12x more per image).
-_LITE_INPUT_SIZE = 64
-#: Images per class of the default suite, in every split (targets have 40 train / 20 val / 40 test): with 20
-#: the 66 (target, backbone) pairs x 4 fine-tuning runs (2 learning rates on seed 0, then seeds 1 and 2) take
-#: about an hour on a 2-core CPU; with all 40 it was measured at ~3 h. Few-shot targets are also the regime
-#: where choosing the backbone matters most.
-_DEFAULT_PER_CLASS = 20
-
-_BUILTIN_TARGETS = (
-    SuiteTarget("glyphs-greek", "builtin:glyphs-greek", "near glyphs-latin"),
-    SuiteTarget("glyphs-cyrillic", "builtin:glyphs-cyrillic", "near glyphs-latin"),
-    SuiteTarget("math-symbols", "builtin:math-symbols", "mid glyphs-latin"),
-    SuiteTarget("digits", "builtin:digits", "different domain (handwriting)"),
-    SuiteTarget("textures-fine", "builtin:textures-fine", "near textures (fine-grained)"),
-    SuiteTarget("natural-patches", "builtin:natural-patches", "far (photographs)"),
-)
-
-
-def _suite_name(base: str, per_class: int | None, default: int | None) -> str:
-    """Result files are named by suite: another images-per-class setting must not overwrite the default's."""
-    return base if per_class == default else f"{base}-{per_class}-per-class"
-
-
-def _zoo_backbones() -> tuple[SuiteBackbone, ...]:
-    from service.builtin.zoo import ZOO_ENTRIES
-
-    return tuple(SuiteBackbone(f"zoo:{name}") for name in ZOO_ENTRIES)
-
-
-def _default_suite(per_class: int | None = None) -> Suite:
-    per_class = per_class or _DEFAULT_PER_CLASS
-    lite = SuiteBackbone("tf_efficientnet_lite0.in1k", input_size=_LITE_INPUT_SIZE, source_accuracy=0.7483)
-    return Suite(
-        name=_suite_name("default", per_class, _DEFAULT_PER_CLASS),
-        description=(
-            "The built-in zoo (small timm CNNs and a ViT pretrained on built-in source tasks, random-init "
-            f"controls) and the real ImageNet EfficientNet-Lite0 (at {_LITE_INPUT_SIZE} px) on the six built-in "
-            f"targets, {per_class} images per class; ground truth = full fine-tuning (6 epochs), 3 seeds, lr "
-            "chosen on the val split."
-        ),
-        targets=_BUILTIN_TARGETS,
-        backbones=(*_zoo_backbones(), lite),
-        finetune=FinetuneSpec(epochs=6, max_per_class=per_class),
-        rank_max_per_class=per_class,
-    )
-
-
-def _quick_suite(per_class: int | None = None) -> Suite:
-    from service.builtin.zoo import ZOO_ENTRIES
-
-    names = list(ZOO_ENTRIES)[:3] + [n for n in ZOO_ENTRIES if n.startswith("random")][:1]
-    return Suite(
-        name=_suite_name("quick", per_class, None),
-        description="Four zoo backbones on two built-in targets, one seed and few epochs: a smoke run in minutes.",
-        targets=(_BUILTIN_TARGETS[0], _BUILTIN_TARGETS[4]),
-        backbones=tuple(SuiteBackbone(f"zoo:{n}") for n in dict.fromkeys(names)),
-        finetune=FinetuneSpec(epochs=3, lr_grid=(0.03,), seeds=(0,), linear_probe=False, max_per_class=per_class),
-        rank_max_per_class=per_class,
-    )
-
+# ------------------------------------------------------------------------------------ the standard suite
 
 # Table GT-1: full fine-tuning top-1 accuracy (%; VOC2007: mAP), TencentARC/SFDA tw_group1.py.
 _GT1 = """\
@@ -294,11 +227,14 @@ def _standard_suite(data_dir: Path | None = None, backbone_map: Mapping[str, str
     )
 
 
-SUITES: dict[str, str] = {
-    "default": "built-in zoo + EfficientNet-Lite0 on the six built-in targets, fine-tuned ground truth (~1 h CPU)",
-    "quick": "four zoo backbones on two built-in targets, one seed (minutes)",
-    "standard": "11 ImageNet models x 11 targets with published ground truth (needs local data and weights)",
-}
+#: The engine's own suite (published ground truth); the built-in ones (``default``, ``quick``) are registered by
+#: the host (:func:`service.pipeline.plugins.register_suite`, from ``service/builtin/suites.py``).
+_STANDARD_DESCRIPTION = "11 ImageNet models x 11 targets with published ground truth (needs local data and weights)"
+
+
+def suite_names() -> dict[str, str]:
+    """Every suite name :func:`get_suite` knows, with its one-line description."""
+    return {**registered_suites(), "standard": _STANDARD_DESCRIPTION}
 
 
 def get_suite(
@@ -308,27 +244,30 @@ def get_suite(
     backbone_map: Mapping[str, str] | None = None,
     per_class: int | None = None,
 ) -> Suite:
-    """A built-in suite by name, or a suite TOML file by path.
+    """A registered suite by name (``default``, ``quick`` once the built-ins are registered), ``standard``, or a
+    suite TOML file by path.
 
     ``data_dir`` and ``backbone_map`` (published name -> backbone id) only apply to ``standard``;
-    ``per_class`` (images per class in every split, for ranking and fine-tuning alike) only to ``default``
-    and ``quick``: the calibration of predicted accuracy learns from several such settings.
+    ``per_class`` (images per class in every split, for ranking and fine-tuning alike) only to the registered
+    suites: the calibration of predicted accuracy learns from several such settings.
     """
-    if per_class is not None and (per_class < 2 or name_or_path not in ("default", "quick")):
+    factory = suite_factory(name_or_path)
+    if per_class is not None and (per_class < 2 or factory is None):
         raise ValueError(
-            f"per-class {per_class} applies to the built-in suites default and quick, with at least 2 images per "
-            "class; a suite file sets rank_max_per_class and [finetune] max_per_class itself"
+            f"per-class {per_class} applies to the built-in suites ({', '.join(registered_suites()) or 'none'}), "
+            "with at least 2 images per class; a suite file sets rank_max_per_class and [finetune] max_per_class "
+            "itself"
         )
-    if name_or_path == "default":
-        return _default_suite(per_class)
-    if name_or_path == "quick":
-        return _quick_suite(per_class)
+    if factory is not None:
+        return factory(per_class)
     if name_or_path == "standard":
         return _standard_suite(data_dir, backbone_map)
     path = Path(name_or_path)
     if path.suffix == ".toml":
         return load_suite_file(path)
-    raise ValueError(f"unknown suite {name_or_path!r}; built-in suites: {', '.join(SUITES)}, or give a .toml file")
+    raise ValueError(
+        f"unknown suite {name_or_path!r}; known suites: {', '.join(suite_names())}, or give a .toml file"
+    )
 
 
 def load_suite_file(path: str | Path) -> Suite:

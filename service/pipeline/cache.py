@@ -33,7 +33,6 @@ import logging
 import math
 import os
 import re
-import secrets
 import threading
 import time
 from collections.abc import Iterator, Mapping, Set
@@ -46,6 +45,8 @@ from filelock import FileLock
 from filelock import Timeout as LockTimeout
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
+
+from service.atomic import atomic_path
 
 __all__ = [
     "CACHE_SCHEMA_VERSION",
@@ -464,28 +465,11 @@ class FeatureCache:
             _H_DIGEST: _content_digest(tensors),
             _H_METADATA: metadata_json,
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Same directory as the target so os.replace is a same-filesystem atomic rename; pid +
-        # random suffix so concurrent writers of one key never share a temp file. Not mkstemp:
-        # its 0600 mode would make entries unreadable to other users of a shared cache.
-        tmp = path.parent / f".{key}.{os.getpid()}.{secrets.token_hex(8)}{_TMP_SUFFIX}"
-        try:
+        # fsync: the data is on disk before the rename makes it visible; a per-writer temp name (atomic_path),
+        # so concurrent writers of one key never share a temp file.
+        with atomic_path(path, fsync=True, suffix=_TMP_SUFFIX) as tmp:
             save_file(tensors, str(tmp), metadata=header)
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)  # data on disk before the rename makes it visible
-                # Sized before the rename: once visible, another process may evict or clear it.
-                size = os.fstat(fd).st_size
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                tmp.unlink()
-            except OSError:
-                pass
-            raise
-        _fsync_dir(path.parent)
+            size = tmp.stat().st_size  # before the rename: once visible, another process may evict or clear it
         logger.debug("feature cache: wrote %s (%d bytes)", path, size)
         if size > self.max_bytes:
             logger.warning(
@@ -625,17 +609,3 @@ def _unlink(path: Path, size: int, why: str) -> int:
         return 0
     logger.debug("feature cache: deleted %s (%d bytes, %s)", path, size, why)
     return size
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Persist a rename (best effort: not every platform/filesystem can fsync a directory)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -94,10 +94,11 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.stats import rankdata
 
-from service.builtin._atomic import write_text_atomic
+from service.atomic import write_text_atomic
 from service.errors import InvalidCalibration
 
 from .benchmark_metrics import as_higher_is_better, metric_values
+from .plugins import source_info
 
 __all__ = [
     "ACCURACY_INPUTS",
@@ -1038,11 +1039,11 @@ def p_best(
 
 @functools.cache
 def _suite_source_accuracies() -> dict[str, float]:
-    """Source accuracies the built-in suites record (published ImageNet top-1 of the real backbones)."""
-    from .benchmark_suites import get_suite
+    """Source accuracies the known suites record (published ImageNet top-1 of the real backbones)."""
+    from .benchmark_suites import get_suite, suite_names
 
     known: dict[str, float] = {}
-    for name in ("default", "standard"):
+    for name in suite_names():
         for backbone in get_suite(name).backbones:
             if backbone.source_accuracy is not None and not backbone.id.startswith(("zoo:", "unavailable:")):
                 known[backbone.id] = float(backbone.source_accuracy)
@@ -1050,17 +1051,14 @@ def _suite_source_accuracies() -> dict[str, float]:
 
 
 def source_accuracy_of(backbone_id: str) -> float | None:
-    """The backbone's accuracy on its own source task when known offline, else None: the built-in zoo's card,
-    or the published ImageNet top-1 the built-in benchmark suites record (the same numbers the benchmark's
-    ``source_accuracy`` baseline, and so the calibration, used)."""
-    if not backbone_id.startswith("zoo:"):
-        return _suite_source_accuracies().get(backbone_id)
-    from service.builtin.zoo import read_card, zoo_provider
-
-    folder = zoo_provider(backbone_id)
-    card = (read_card(folder) if folder is not None else None) or {}
-    value = card.get("source_accuracy")
-    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+    """The backbone's accuracy on its own source task when known offline, else None: what the host knows (the
+    built-in zoo's card, :func:`service.pipeline.plugins.source_info`), else the published ImageNet top-1 the
+    known benchmark suites record (the same numbers the benchmark's ``source_accuracy`` baseline, and so the
+    calibration, used)."""
+    _, value = source_info(backbone_id)
+    if value is not None:
+        return value if math.isfinite(value) else None
+    return _suite_source_accuracies().get(backbone_id)
 
 
 # ------------------------------------------------------------------------------------------- markdown

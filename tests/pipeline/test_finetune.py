@@ -440,7 +440,7 @@ def test_cli_finetune_summary_and_errors(shapes: Path, tmp_path: Path, monkeypat
 # ----------------------------------------------------------------------------------------- built-in target
 
 
-def test_full_finetune_beats_chance_on_a_builtin_target_quick(tmp_path: Path) -> None:
+def test_full_finetune_beats_chance_on_a_builtin_target_quick(tmp_path: Path, builtins: None) -> None:
     # natural-patches: crops of 18 photographs, learnable from scratch in a few epochs (colour and texture)
     quick = {"epochs": 4, "max_per_class": 12, "lr_grid": (0.03,), "input_size": 32, "batch_size": 32}
     result = finetune("builtin:natural-patches", "random:resnet10t", builtin_dir=tmp_path / "builtin", **quick)
@@ -459,7 +459,7 @@ def test_full_finetune_beats_chance_on_a_builtin_target_quick(tmp_path: Path) ->
     ],
 )
 def test_full_finetune_beats_chance_on_builtin_targets(
-    dataset: str, backbone: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    dataset: str, backbone: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, builtins: None
 ) -> None:
     monkeypatch.setenv("BACKBONE_RANK_CACHE_DIR", str(tmp_path / "cache"))
     from service.config import get_settings
