@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from service.pipeline.benchmark_metrics import as_higher_is_better, metric_values
+from service.pipeline.benchmark.metrics import as_higher_is_better, metric_values
 
 
 def _num(value: float | None, digits: int = 2) -> str:

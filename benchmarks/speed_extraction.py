@@ -30,9 +30,9 @@ from PIL import Image  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 from timm.data import create_transform  # noqa: E402
 
-from service.pipeline.backbones import load_backbone  # noqa: E402
-from service.pipeline.datasets import load_dataset  # noqa: E402
-from service.pipeline.extract import extract_features  # noqa: E402
+from service.pipeline.data.datasets import load_dataset  # noqa: E402
+from service.pipeline.features.extract import extract_features  # noqa: E402
+from service.pipeline.models.backbones import load_backbone  # noqa: E402
 
 
 def write_images(root: Path, n_images: int, n_classes: int = 4, size: int = 256, seed: int = 0) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from service.config import Settings
-from service.pipeline.backbone_ids import service_allows
+from service.pipeline.models.backbone_ids import service_allows
 from service.pipeline.runtime import Runtime
 
 __all__ = ["cli_runtime", "register_builtins", "service_runtime", "start"]

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from service.config import Settings
-from service.pipeline.backbone_ids import installed_timm_version, load_timm_registry, service_allows
+from service.pipeline.models.backbone_ids import installed_timm_version, load_timm_registry, service_allows
 
 __all__ = ["backbone_catalog", "estimator_catalog", "builtin_dataset_catalog"]
 

@@ -229,7 +229,7 @@ def _dataset_spec(text: str, *, for_server: bool) -> Any:
     For a server, a relative path typed here means this machine's path: it is made absolute (the server would
     resolve it against its own working directory)."""
     from service.contract import DatasetSpec
-    from service.pipeline.datasets import parse_dataset_ref
+    from service.pipeline.data.datasets import parse_dataset_ref
 
     spec = parse_dataset_ref(text).to_dict()
     if for_server and "path" in spec and not Path(spec["path"]).is_absolute() and not spec["path"].startswith("~"):
@@ -325,7 +325,7 @@ def _rich_progress(*, transient: bool) -> Any:
     return Progress(*columns, console=err_console, transient=transient)
 
 
-#: Progress stages after the extraction, with their bar's label (service.pipeline.extract.ProgressEvent).
+#: Progress stages after the extraction, with their bar's label (service.pipeline.features.extract.ProgressEvent).
 _AFTER_EXTRACTION = {"score": "scoring the backbones", "p_best": "p(best): half-sample replicates"}
 
 
@@ -443,7 +443,7 @@ def _print_ranking(result: dict[str, Any]) -> None:
 @app.command("benchmark")
 def benchmark_command(
     suite: Annotated[
-        str, typer.Option(help="default, quick, standard, or a suite .toml file (service.pipeline.benchmark_suites).")
+        str, typer.Option(help="default, quick, standard, or a suite .toml file (service.pipeline.benchmark.suites).")
     ] = "default",
     target: Annotated[
         list[str] | None, typer.Option("--target", "-t", help="Run only these targets of the suite. Repeatable.")
@@ -640,7 +640,7 @@ def calibrate_command(
         typer.Option(
             "--fusable",
             help="Estimators allowed as fusion members (repeatable; default: the cheap ones, "
-            "service.pipeline.calibration.FUSABLE_ESTIMATORS). p_best recomputes members on every half-sample.",
+            "service.pipeline.ranking.calibration.FUSABLE_ESTIMATORS). p_best recomputes members on every half-sample.",
         ),
     ] = None,
 ) -> None:
@@ -648,7 +648,7 @@ def calibrate_command(
     from service.errors import InvalidCalibration
 
     try:
-        from service.pipeline.calibration import FUSABLE_ESTIMATORS, fit_calibration, save_calibration
+        from service.pipeline.ranking.calibration import FUSABLE_ESTIMATORS, fit_calibration, save_calibration
 
         results = []
         for path in result_files:
@@ -673,7 +673,7 @@ def calibrate_command(
     if json_output:
         typer.echo(json.dumps(calibration.to_dict(), indent=2))
     elif markdown:
-        from service.pipeline.calibration import evaluation_markdown
+        from service.pipeline.ranking.calibration import evaluation_markdown
 
         typer.echo(evaluation_markdown(calibration.to_dict()), nl=False)
     else:

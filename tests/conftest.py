@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-_BACKBONES = "service.pipeline.backbones"
+_BACKBONES = "service.pipeline.models.backbones"
 _PACKAGED = "packaged"
 _ZOO = "zoo"
 

@@ -14,13 +14,13 @@ suite          ground truth    what
 Both take another sample size (``get_suite(name, per_class=N)``, CLI ``--per-class N``): N images per class
 in every split, for ranking and fine-tuning alike; the suite is then named ``default-N-per-class`` so that
 its result files sit beside the default's. Calibrating on results of several sample sizes teaches the
-accuracy model the size effect (:mod:`service.pipeline.calibration`). The engine's own suite, ``standard``
-(published ground truth), and suite files are in :mod:`service.pipeline.benchmark_suites`.
+accuracy model the size effect (:mod:`service.pipeline.ranking.calibration`). The engine's own suite, ``standard``
+(published ground truth), and suite files are in :mod:`service.pipeline.benchmark.suites`.
 """
 
 from __future__ import annotations
 
-from service.pipeline.benchmark_suites import FinetuneSpec, Suite, SuiteBackbone, SuiteTarget
+from service.pipeline.benchmark.suites import FinetuneSpec, Suite, SuiteBackbone, SuiteTarget
 from service.pipeline.plugins import register_suite
 
 from .zoo import ZOO_ENTRIES

@@ -125,7 +125,7 @@ class ZooEntry:
     init : {"pretrained", "random"}
         ``"pretrained"``: trained on the source here. ``"random"``: a seeded random-init control, saved untrained.
     epochs, lr, optimizer, weight_decay, warmup_epochs, batch_size, label_smoothing, augment, grad_clip
-        The :class:`~service.pipeline.training.TrainConfig` of the run.
+        The :class:`~service.pipeline.finetune.training.TrainConfig` of the run.
     seed : int
         Seeds the init and the training randomness.
     """
@@ -182,8 +182,8 @@ class ZooEntry:
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def train_config(self, scale: float = 1.0) -> Any:
-        """The :class:`~service.pipeline.training.TrainConfig` of this entry at ``scale``."""
-        from service.pipeline.training import TrainConfig
+        """The :class:`~service.pipeline.finetune.training.TrainConfig` of this entry at ``scale``."""
+        from service.pipeline.finetune.training import TrainConfig
 
         return TrainConfig(
             epochs=max(1, self.scaled_epochs(scale)),
@@ -357,7 +357,7 @@ def register_zoo(zoo_dir: str | os.PathLike[str] | None = None) -> None:
     """Plug the zoo into the engine (idempotent): weights provider ``"zoo"`` (:func:`zoo_provider`), its cards'
     source accuracies (:func:`zoo_source_info`) and the builder of missing models (:func:`build_missing`);
     ``zoo_dir`` also sets the directory it serves (:func:`set_zoo_dir`)."""
-    from service.pipeline.backbones import register_weights_provider
+    from service.pipeline.models.backbones import register_weights_provider
     from service.pipeline.plugins import register_backbone_preparer, register_source_info
 
     if zoo_dir is not None:
@@ -425,8 +425,8 @@ class _SplitCache:
             materialize_builtin_dataset,
             register_builtin_datasets,
         )
-        from service.pipeline.datasets import load_dataset
-        from service.pipeline.training import load_split_tensors
+        from service.pipeline.data.datasets import load_dataset
+        from service.pipeline.finetune.training import load_split_tensors
 
         info = BUILTIN_DATASETS.get(source)
         if info is None or info.role != "source":
@@ -607,7 +607,7 @@ def _build(
     import torch
 
     from service.config import get_settings
-    from service.pipeline.training import evaluate, train_classifier
+    from service.pipeline.finetune.training import evaluate, train_classifier
 
     settings = get_settings()
     if settings.num_threads:

@@ -132,7 +132,7 @@ def run_finetune(request: Mapping[str, Any], ctx: JobContext) -> dict[str, Any]:
     from service.bootstrap import service_runtime, start
     from service.contract import FinetuneRequest
     from service.pipeline.engine import finetune
-    from service.pipeline.training import TrainingCancelled
+    from service.pipeline.finetune.training import TrainingCancelled
 
     settings = ctx.settings
     start(settings)

@@ -158,7 +158,7 @@ class Worker:
     def _publish_timm_registry(self) -> None:
         """Let the web process check timm names without importing timm (see backbone_ids)."""
         try:
-            from service.pipeline.backbone_ids import write_timm_registry
+            from service.pipeline.models.backbone_ids import write_timm_registry
 
             write_timm_registry(self.settings.cache_dir / "catalog")
         except Exception:  # the API then leaves unknown names to the job; never a reason not to work

@@ -27,9 +27,8 @@ from service.contract import (
 )
 from service.contract.requests import DatasetSpec
 from service.errors import LocalOnlyOption
-
-from .datasets import DatasetRef
-from .runtime import Runtime
+from service.pipeline.data.datasets import DatasetRef
+from service.pipeline.runtime import Runtime
 
 __all__ = ["benchmark", "environment", "finetune", "rank", "winner_request"]
 
@@ -52,7 +51,7 @@ def _check_local_paths(request: RankingRequest | FinetuneRequest, runtime: Runti
 
 def environment(device: str) -> dict[str, Any]:
     """Versions, device and machine of this process (the benchmark's environment plus the package version)."""
-    from .benchmark import environment_info
+    from service.pipeline.benchmark.benchmark import environment_info
 
     try:
         version: str | None = importlib.metadata.version("backbone-rank")
@@ -67,9 +66,9 @@ def rank(
     *,
     progress: Callable[[Any], None] | None = None,
 ) -> RankingResult:
-    """Rank ``request.backbones`` on ``request.dataset`` (:func:`~service.pipeline.rank.rank_backbones`)."""
-    from .extract import select_device
-    from .rank import rank_backbones
+    """Rank ``request.backbones`` on ``request.dataset`` (:func:`~service.pipeline.ranking.rank.rank_backbones`)."""
+    from service.pipeline.features.extract import select_device
+    from service.pipeline.ranking.rank import rank_backbones
 
     _check_local_paths(request, runtime)
     device = request.device or runtime.device
@@ -122,9 +121,9 @@ def finetune(
     cancel: Callable[[], bool] | None = None,
     job_id: str | None = None,
 ) -> FinetuneResult:
-    """Fine-tune ``request.backbone`` (:func:`~service.pipeline.finetune.finetune`); with ``winner_of``, the
+    """Fine-tune ``request.backbone`` (:func:`~service.pipeline.finetune.finetune.finetune`); with ``winner_of``, the
     backbone is that ranking's winner and the result says where it ranked."""
-    from .finetune import finetune as run_finetune
+    from service.pipeline.finetune.finetune import finetune as run_finetune
 
     _check_local_paths(request, runtime)
     if request.backbone is None or request.dataset is None:
@@ -191,9 +190,9 @@ def benchmark(
     resume: bool = True,
     progress: Callable[[Any], None] | None = None,
 ) -> BenchmarkResult:
-    """Run a benchmark suite (:func:`~service.pipeline.benchmark.run_benchmark`)."""
-    from .benchmark import run_benchmark
-    from .benchmark_suites import get_suite
+    """Run a benchmark suite (:func:`~service.pipeline.benchmark.benchmark.run_benchmark`)."""
+    from service.pipeline.benchmark.benchmark import run_benchmark
+    from service.pipeline.benchmark.suites import get_suite
 
     suite = get_suite(
         request.suite,

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .benchmark_suites import Suite
+    from service.pipeline.benchmark.suites import Suite
 
 __all__ = [
     "SourceInfo",

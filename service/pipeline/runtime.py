@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .cache import FeatureCache
+from service.pipeline.features.cache import FeatureCache
 
 __all__ = ["Runtime"]
 

@@ -396,7 +396,7 @@ def render_benchmark_report(result: Mapping[str, Any]) -> str:
     ----------
     result : dict
         A benchmark result (``"kind": "benchmark"``, schema in ``/work/notes/benchmark_schema.md`` and
-        ``service.pipeline.benchmark``). Nulls, non-finite numbers and missing optional keys show as "n/a".
+        ``service.pipeline.benchmark.benchmark``). Nulls, non-finite numbers and missing optional keys show as "n/a".
 
     Returns
     -------
@@ -488,7 +488,7 @@ def render_ranking_report(result: Mapping[str, Any]) -> str:
     Parameters
     ----------
     result : dict
-        A ranking result (schema in the docstring of :mod:`service.pipeline.rank`).
+        A ranking result (schema in the docstring of :mod:`service.pipeline.ranking.rank`).
 
     Returns
     -------
@@ -671,7 +671,7 @@ def render_finetune_report(result: Mapping[str, Any]) -> str:
     Parameters
     ----------
     result : dict
-        A fine-tune result (``service.pipeline.finetune.finetune``).
+        A fine-tune result (``service.pipeline.finetune.finetune.finetune``).
 
     Returns
     -------

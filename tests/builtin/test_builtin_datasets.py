@@ -1,7 +1,7 @@
 """Tests for ``service.builtin.datasets``: deterministic offline datasets materialised as ImageFolders.
 
 Everything is real and small: datasets are generated with a few images per class into ``tmp_path``,
-read back with PIL, loaded through ``service.pipeline.datasets`` and listed by the CLI.
+read back with PIL, loaded through ``service.pipeline.data.datasets`` and listed by the CLI.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from service.builtin.datasets import (
     materialize_builtin_datasets,
     register_builtin_datasets,
 )
-from service.pipeline.datasets import DatasetRef, list_builtin_datasets, load_dataset
+from service.pipeline.data.datasets import DatasetRef, list_builtin_datasets, load_dataset
 
 TINY = {"train": 3, "val": 2, "test": 2}
 

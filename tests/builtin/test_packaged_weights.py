@@ -28,7 +28,7 @@ from PIL import Image  # noqa: E402
 
 from service.builtin import packaged_weights as pw  # noqa: E402
 from service.errors import WeightsUnavailable  # noqa: E402
-from service.pipeline.backbones import (  # noqa: E402
+from service.pipeline.models.backbones import (  # noqa: E402
     LoadedBackbone,
     file_sha256,
     list_weights_providers,
@@ -218,7 +218,7 @@ def test_the_engine_finds_packaged_weights_once_the_host_registered_them(tmp_pat
     root does, once per process (service.bootstrap.start in the CLI and every worker)."""
     from service.bootstrap import register_builtins
     from service.errors import WeightsUnavailable
-    from service.pipeline.rank import rank_backbones
+    from service.pipeline.ranking.rank import rank_backbones
 
     rng = np.random.default_rng(0)
     for name in ("a", "b"):

@@ -26,9 +26,9 @@ import torch  # noqa: E402
 from service.builtin import zoo  # noqa: E402
 from service.builtin.zoo import ZOO_ENTRIES, ZooEntry, ZooProgress, build_zoo, build_zoo_model  # noqa: E402
 from service.errors import UnknownBackbone, WeightsUnavailable, ZooBuildFailed  # noqa: E402
-from service.pipeline.backbones import list_weights_providers, load_backbone  # noqa: E402
-from service.pipeline.datasets import load_dataset  # noqa: E402
-from service.pipeline.training import evaluate, load_split_tensors  # noqa: E402
+from service.pipeline.data.datasets import load_dataset  # noqa: E402
+from service.pipeline.finetune.training import evaluate, load_split_tensors  # noqa: E402
+from service.pipeline.models.backbones import list_weights_providers, load_backbone  # noqa: E402
 
 SCALE = 0.2  # textures: 24 train / 4 val / 4 test images per class
 TINY = ZooEntry(
@@ -242,7 +242,7 @@ def test_list_zoo_shows_default_entries_and_other_built_models(built: dict[str, 
 
 
 def test_rank_resolves_zoo_ids(built: dict[str, Any], dirs: dict[str, Path], builtins: None) -> None:
-    from service.pipeline.rank import rank_backbones
+    from service.pipeline.ranking.rank import rank_backbones
 
     zoo.set_zoo_dir(dirs["zoo"])
     result = rank_backbones(

@@ -24,7 +24,7 @@ import timm.models
 import torch
 
 from service.errors import UnknownBackbone, UnsafeCheckpointFormat, WeightsUnavailable
-from service.pipeline.backbones import (
+from service.pipeline.models.backbones import (
     BackboneSpec,
     LoadedBackbone,
     file_sha256,

@@ -17,9 +17,9 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from service.pipeline import benchmark as benchmark_module  # noqa: E402
-from service.pipeline.benchmark import run_benchmark  # noqa: E402
-from service.pipeline.benchmark_suites import FinetuneSpec, Suite, SuiteBackbone, SuiteTarget, get_suite  # noqa: E402
+from service.pipeline.benchmark import benchmark as benchmark_module  # noqa: E402
+from service.pipeline.benchmark.benchmark import run_benchmark  # noqa: E402
+from service.pipeline.benchmark.suites import FinetuneSpec, Suite, SuiteBackbone, SuiteTarget, get_suite  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 CLASSES = ("bars", "blob", "cross")
@@ -174,7 +174,7 @@ def test_finetuned_ground_truth_and_resume_after_an_interruption(target_dir, wei
     stages = [json.loads(line)["stage"] for line in partial.read_text().splitlines()]
     assert stages == ["rank", "finetune", "linear_probe"]
 
-    from service.pipeline import finetune as finetune_module
+    from service.pipeline.finetune import finetune as finetune_module
 
     calls = []
     real = finetune_module.finetune

@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from service.pipeline.benchmark import BASELINES, summarize
-from service.pipeline.benchmark_metrics import (
+from service.pipeline.benchmark.benchmark import BASELINES, summarize
+from service.pipeline.benchmark.metrics import (
     aggregate_over_targets,
     metric_values,
     random_baseline_metrics,
     target_metrics,
     top1_regret,
 )
-from service.pipeline.benchmark_suites import (
+from service.pipeline.benchmark.suites import (
     STANDARD_TARGET_FOLDERS,
     get_suite,
     load_suite_file,

@@ -1,4 +1,4 @@
-"""Tests of the content-addressed feature cache (service/pipeline/cache.py), on real files.
+"""Tests of the content-addressed feature cache (service/pipeline/features/cache.py), on real files.
 
 The multi-process tests use the spawn context, so the worker functions below live at module level
 and import everything they need themselves.
@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from service.pipeline import cache as cache_mod
-from service.pipeline.cache import CachedFeatures, FeatureCache, feature_cache_key
+from service.pipeline.features import cache as cache_mod
+from service.pipeline.features.cache import CachedFeatures, FeatureCache, feature_cache_key
 
-LOGGER = "service.pipeline.cache"
+LOGGER = "service.pipeline.features.cache"
 
 BASE_CONFIG = {
     "input_size": (3, 224, 224),

@@ -1,4 +1,5 @@
-"""Predicted accuracy, fused ranking and p_best (service.pipeline.calibration): numbers, LOTO honesty, files, CLI."""
+"""Predicted accuracy, fused ranking and p_best (service.pipeline.ranking.calibration): numbers, LOTO honesty,
+files, CLI."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from scipy.stats import weightedtau
 
 from estimators import Statistics, score
 from service.errors import InvalidCalibration
-from service.pipeline import calibration as cal
-from service.pipeline.calibration import (
+from service.pipeline.ranking import calibration as cal
+from service.pipeline.ranking.calibration import (
     AccuracyModel,
     Fusion,
     fit_calibration,

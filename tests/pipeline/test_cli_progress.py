@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 from service.cli import _benchmark_progress
-from service.pipeline.benchmark import BenchmarkProgress
-from service.pipeline.finetune import FinetuneProgress
+from service.pipeline.benchmark.benchmark import BenchmarkProgress
+from service.pipeline.finetune.finetune import FinetuneProgress
 
 
 def test_benchmark_progress_takes_load_train_and_eval_events() -> None:

@@ -1,4 +1,4 @@
-"""Tests for ``service.pipeline.datasets``: layouts, safety checks, hostile images, fingerprints.
+"""Tests for ``service.pipeline.data.datasets``: layouts, safety checks, hostile images, fingerprints.
 
 Everything is real: images are written with PIL into ``tmp_path``, HF datasets are saved with
 ``save_to_disk``, FIFOs and symlinks are made with ``os``.
@@ -30,8 +30,8 @@ from service.errors import (
     TooFewClasses,
     TooFewSamplesPerClass,
 )
-from service.pipeline import datasets as ds_module
-from service.pipeline.datasets import (
+from service.pipeline.data import datasets as ds_module
+from service.pipeline.data.datasets import (
     ALLOWED_FORMATS,
     Dataset,
     DatasetRef,

@@ -1,4 +1,4 @@
-"""service.pipeline.finetune: strategies, lr selection, seeds, carved splits, the saved model, errors, the CLI.
+"""service.pipeline.finetune.finetune: strategies, lr selection, seeds, carved splits, the saved model, errors, the CLI.
 
 The target is written by the tests: three classes of coloured shapes (a red square, a green disc, a blue
 bar) at random places on a noisy grey background, 32 px PNGs in train/val/test folders. The backbones
@@ -25,9 +25,8 @@ from PIL import Image, ImageDraw
 from safetensors.torch import load_file
 
 from service.errors import InvalidDataset, InvalidFinetuneConfig, UnknownBackbone
-from service.pipeline.backbones import load_backbone
-from service.pipeline.datasets import load_dataset
-from service.pipeline.finetune import (
+from service.pipeline.data.datasets import load_dataset
+from service.pipeline.finetune.finetune import (
     STRATEGY_DEFAULTS,
     FinetuneProgress,
     _load_splits,
@@ -35,7 +34,8 @@ from service.pipeline.finetune import (
     finetune_winner,
     partial_trainable_parameters,
 )
-from service.pipeline.training import TrainingCancelled, evaluate, load_split_tensors
+from service.pipeline.finetune.training import TrainingCancelled, evaluate, load_split_tensors
+from service.pipeline.models.backbones import load_backbone
 
 BACKBONE = "random:test_resnet"
 CLASSES = ("red_square", "green_disc", "blue_bar")

@@ -18,11 +18,11 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from service.errors import EstimatorNeedsSourceHead, TooFewSamplesPerClass, UnknownEstimator  # noqa: E402
-from service.pipeline import extract as extract_module  # noqa: E402
-from service.pipeline.cache import FeatureCache  # noqa: E402
-from service.pipeline.datasets import Dataset, load_dataset  # noqa: E402
-from service.pipeline.extract import extract_features, select_device  # noqa: E402
-from service.pipeline.rank import rank_backbones  # noqa: E402
+from service.pipeline.data.datasets import Dataset, load_dataset  # noqa: E402
+from service.pipeline.features import extract as extract_module  # noqa: E402
+from service.pipeline.features.cache import FeatureCache  # noqa: E402
+from service.pipeline.features.extract import extract_features, select_device  # noqa: E402
+from service.pipeline.ranking.rank import rank_backbones  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 CLASSES = ("circle", "square", "stripes")
@@ -119,7 +119,7 @@ def test_second_run_is_served_from_the_cache_without_a_forward_pass(
 
 
 def test_images_are_decoded_once_per_preprocessing(image_folder, resnet_weights, monkeypatch):
-    from service.pipeline.backbones import load_backbone
+    from service.pipeline.models.backbones import load_backbone
 
     dataset = load_dataset(str(image_folder))
     calls = {"n": 0}
@@ -152,7 +152,7 @@ def test_features_equal_a_direct_forward_pass(image_folder, resnet_weights):
     import timm
     from timm.data import create_transform
 
-    from service.pipeline.backbones import load_backbone
+    from service.pipeline.models.backbones import load_backbone
 
     dataset = load_dataset(str(image_folder))
     backbone = load_backbone(f"test_resnet@{resnet_weights}")
@@ -170,7 +170,7 @@ def test_features_equal_a_direct_forward_pass(image_folder, resnet_weights):
 
 
 def test_intermediate_layer_features_have_no_source_head(image_folder):
-    from service.pipeline.backbones import load_backbone
+    from service.pipeline.models.backbones import load_backbone
 
     dataset = load_dataset(str(image_folder))
     (feature_set,) = extract_features(dataset, [load_backbone("random:test_resnet")], device="cpu", layer=1)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from estimators import list_estimators
-from service.pipeline.rank import default_estimators
+from service.pipeline.ranking.rank import default_estimators
 
 ALL = {info.name for info in list_estimators()}
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from service.pipeline.rank import TIE_RTOL, tied_ranks
+from service.pipeline.ranking.rank import TIE_RTOL, tied_ranks
 
 
 def test_distinct_scores_rank_by_direction():

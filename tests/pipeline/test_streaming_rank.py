@@ -13,11 +13,11 @@ from PIL import Image  # noqa: E402
 
 from estimators import Statistics, score  # noqa: E402
 from service.errors import TooFewSamplesPerClass  # noqa: E402
-from service.pipeline.backbones import load_backbone  # noqa: E402
-from service.pipeline.cache import FeatureCache  # noqa: E402
-from service.pipeline.datasets import load_dataset  # noqa: E402
-from service.pipeline.extract import extract_features  # noqa: E402
-from service.pipeline.rank import rank_backbones  # noqa: E402
+from service.pipeline.data.datasets import load_dataset  # noqa: E402
+from service.pipeline.features.cache import FeatureCache  # noqa: E402
+from service.pipeline.features.extract import extract_features  # noqa: E402
+from service.pipeline.models.backbones import load_backbone  # noqa: E402
+from service.pipeline.ranking.rank import rank_backbones  # noqa: E402
 
 CLASSES = {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}
 MOMENT_BASED = ("logme", "h_score", "shrinkage_h_score", "gbc", "transrate", "nce")

@@ -1,4 +1,4 @@
-"""service.pipeline.training: decoding at timm's eval geometry, training, freezing, determinism, evaluation."""
+"""service.pipeline.finetune.training: decoding at timm's eval geometry, training, freezing, determinism, evaluation."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 from timm.data import create_transform
 
-from service.pipeline.datasets import load_dataset
-from service.pipeline.training import (
+from service.pipeline.data.datasets import load_dataset
+from service.pipeline.finetune.training import (
     TensorSplit,
     TrainConfig,
     TrainingCancelled,

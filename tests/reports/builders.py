@@ -1,9 +1,9 @@
 """Builders of realistic result dicts for the report tests (and, later, the service's report tests).
 
-``benchmark_result`` lays out backbones, accuracies and scores the way ``service.pipeline.benchmark``
+``benchmark_result`` lays out backbones, accuracies and scores the way ``service.pipeline.benchmark.benchmark``
 does and computes the per-target metrics with scipy (fixed-width intervals instead of the bootstrap, so
 building one takes milliseconds and imports no torch); ``ranking_result`` runs a real (tiny) ranking on
-images the test writes; ``finetune_result`` follows the schema of ``service.pipeline.finetune``.
+images the test writes; ``finetune_result`` follows the schema of ``service.pipeline.finetune.finetune``.
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def target_metrics(rows: Sequence[dict[str, Any]], name: str, higher_is_better: 
 
 
 def summarize(result: dict[str, Any]) -> dict[str, Any]:
-    """Fill ``metrics``, ``summary`` and ``cost`` the way ``service.pipeline.benchmark.summarize`` does.
+    """Fill ``metrics``, ``summary`` and ``cost`` the way ``service.pipeline.benchmark.benchmark.summarize`` does.
 
     Means over targets are exact; intervals are fixed-width stand-ins for the bootstrap (fast, deterministic).
     """
@@ -251,8 +251,8 @@ def write_manifest_dataset(root: Path, classes: Sequence[str], per_class: int = 
 
 def ranking_result(root: Path, classes: Sequence[str] = ("cat", "dog", "bird")) -> dict[str, Any]:
     """A real ranking of two random-init timm test models on a manifest dataset written under ``root``."""
-    from service.pipeline import backbones
-    from service.pipeline.rank import rank_backbones
+    from service.pipeline.models import backbones
+    from service.pipeline.ranking.rank import rank_backbones
 
     manifest = write_manifest_dataset(root, classes)
     registered = "packaged" in backbones.list_weights_providers()
@@ -265,7 +265,7 @@ def ranking_result(root: Path, classes: Sequence[str] = ("cat", "dog", "bird")) 
 
 
 def finetune_result(classes: Sequence[str] = ("alpha", "beta", "gamma", "delta")) -> dict[str, Any]:
-    """A fine-tune result as ``service.pipeline.finetune.finetune`` returns it (2 seeds, 3 learning rates)."""
+    """A fine-tune result as ``service.pipeline.finetune.finetune.finetune`` returns it (2 seeds, 3 learning rates)."""
     n = len(classes)
     confusion = (np.eye(n, dtype=int) * 14 + np.roll(np.eye(n, dtype=int), 1, axis=1) * 3).tolist()
     confusion[-1] = [0] * n  # a class absent from the test split: its accuracy is null

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 
 from service.config import Settings
 from service.main import create_app
-from service.pipeline.backbone_ids import installed_timm_version, timm_registry_path
+from service.pipeline.models.backbone_ids import installed_timm_version, timm_registry_path
 
 from .conftest import REPO, write_image_folder
 

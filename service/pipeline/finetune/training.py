@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from timm.data import create_transform
 from torchvision.transforms import Compose, Normalize
 
-from .datasets import Dataset, ImageDecodeError
+from service.pipeline.data.datasets import Dataset, ImageDecodeError
 
 __all__ = [
     "EvalResult",

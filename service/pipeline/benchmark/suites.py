@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .plugins import registered_suites, suite_factory
+from service.pipeline.plugins import registered_suites, suite_factory
 
 __all__ = [
     "FinetuneSpec",
@@ -82,7 +82,7 @@ class SuiteBackbone:
 
 @dataclass(frozen=True)
 class FinetuneSpec:
-    """How the ground truth is fine-tuned (``service.pipeline.finetune``)."""
+    """How the ground truth is fine-tuned (``service.pipeline.finetune.finetune``)."""
 
     strategy: str = "full"
     epochs: int = 8

@@ -63,9 +63,8 @@ from huggingface_hub import try_to_load_from_cache
 from timm.models._hub import load_model_config_from_path
 
 from service.errors import UnknownBackbone, UnsafeCheckpointFormat, WeightsUnavailable
-
-from ._timm import timm_api
-from .backbone_ids import (
+from service.pipeline.models._timm import timm_api
+from service.pipeline.models.backbone_ids import (
     PICKLE_SUFFIXES,
     SAFETENSORS_SUFFIX,
     SOURCE_PREFIX_RE,

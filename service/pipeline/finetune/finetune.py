@@ -12,7 +12,7 @@ strategy    what trains                                   head lr grid     epoch
 ``full``    every parameter                               0.01, 0.03       10      lr x 0.1    yes
 ==========  ============================================  ===============  ======  ==========  =======
 
-All three use :func:`service.pipeline.training.train_classifier`: SGD with Nesterov momentum 0.9,
+All three use :func:`service.pipeline.finetune.training.train_classifier`: SGD with Nesterov momentum 0.9,
 weight decay 5e-4 (not on biases and norms), batch 128, cosine decay stepped per batch (``partial`` and
 ``full`` after one warmup epoch), random-translation augmentation, no flips.
 
@@ -126,12 +126,17 @@ from safetensors.torch import save_file
 
 from service.atomic import replace_dir
 from service.errors import InvalidDataset, InvalidFinetuneConfig, TooFewSamplesPerClass
-
-from ._timm import timm_api
-from .backbones import BackboneSpec, LoadedBackbone, file_sha256, load_backbone
-from .datasets import _SPLIT_ALIASES, Dataset, DatasetRef, ImageDecodeError, ImageItem, load_dataset, parse_dataset_ref
-from .extract import select_device
-from .training import (
+from service.pipeline.data.datasets import (
+    _SPLIT_ALIASES,
+    Dataset,
+    DatasetRef,
+    ImageDecodeError,
+    ImageItem,
+    load_dataset,
+    parse_dataset_ref,
+)
+from service.pipeline.features.extract import select_device
+from service.pipeline.finetune.training import (
     EvalResult,
     TensorSplit,
     TrainConfig,
@@ -142,6 +147,8 @@ from .training import (
     load_split_tensors,
     train_classifier,
 )
+from service.pipeline.models._timm import timm_api
+from service.pipeline.models.backbones import BackboneSpec, LoadedBackbone, file_sha256, load_backbone
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -180,7 +187,7 @@ class StrategyDefaults:
     augment : bool
         Random translation during training (``linear`` trains on features extracted once, so never).
     warmup_epochs, optimizer, momentum, weight_decay, label_smoothing
-        As :class:`~service.pipeline.training.TrainConfig`.
+        As :class:`~service.pipeline.finetune.training.TrainConfig`.
     """
 
     lr_grid: tuple[float, ...]
@@ -684,7 +691,7 @@ def finetune(
         ``builtin:NAME``, a folder (``train/``, ``val/``, ``test/`` splits or flat), a manifest or
         ``hf:PATH``; missing val/test splits are carved from train.
     backbone : BackboneSpec or str
-        Any id :func:`~service.pipeline.backbones.load_backbone` accepts.
+        Any id :func:`~service.pipeline.models.backbones.load_backbone` accepts.
     strategy : {"linear", "partial", "full"}
     epochs : int, optional
         Default: the strategy's (:data:`STRATEGY_DEFAULTS`).
@@ -696,9 +703,9 @@ def finetune(
     max_per_class : int, optional
         Cap every split at this many images per class (seeded sample) for a quick run.
     roots, builtin_dir
-        As :func:`~service.pipeline.datasets.load_dataset`.
+        As :func:`~service.pipeline.data.datasets.load_dataset`.
     weights_dirs, hf_cache_dir, allowlist
-        As :func:`~service.pipeline.backbones.load_backbone`.
+        As :func:`~service.pipeline.models.backbones.load_backbone`.
     output_dir : str or Path, optional
         Save the best seed's model there (loadable as ``local-dir:<output_dir>``).
     device : str
@@ -706,7 +713,7 @@ def finetune(
     progress : callable, optional
         Receives :class:`FinetuneProgress` events.
     cancel : callable, optional
-        Checked before every batch; True raises :class:`~service.pipeline.training.TrainingCancelled`.
+        Checked before every batch; True raises :class:`~service.pipeline.finetune.training.TrainingCancelled`.
     input_size : int or (int, int), optional
         Train and test at this resolution instead of the backbone's (smaller is faster on a CPU).
     backbone_lr_scale : float, optional
@@ -822,7 +829,7 @@ def _better(run: _Run, other: _Run) -> bool:
 
 
 def finetune_winner(ranking_result: Mapping[str, Any], **kwargs: Any) -> dict[str, Any]:
-    """Fine-tune the top backbone of a :func:`~service.pipeline.rank.rank_backbones` result.
+    """Fine-tune the top backbone of a :func:`~service.pipeline.ranking.rank.rank_backbones` result.
 
     The dataset is the ranking's (``result["dataset"]["ref"]``, its split dropped: fine-tuning picks
     train/val/test itself) unless ``dataset=`` is given; the other keyword arguments go to

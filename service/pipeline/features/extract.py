@@ -28,13 +28,12 @@ from timm.data import create_transform
 from torchvision.transforms import Compose, Normalize
 
 from estimators import Statistics, StreamingStatistics
-
-from ._timm import timm_api
-from .datasets import Dataset, ImageDecodeError
+from service.pipeline.data.datasets import Dataset, ImageDecodeError
+from service.pipeline.models._timm import timm_api
 
 if TYPE_CHECKING:
-    from .backbones import LoadedBackbone
-    from .cache import FeatureCache
+    from service.pipeline.features.cache import FeatureCache
+    from service.pipeline.models.backbones import LoadedBackbone
 
 __all__ = ["FeatureSet", "ProgressEvent", "extract_features", "select_device", "transform_key"]
 
@@ -82,7 +81,7 @@ class ProgressEvent:
     """Progress of an extraction, for bars in the CLI and events in the service."""
 
     #: "extract" (a batch done), "cached" (served from the cache), "done" (one backbone finished); after the
-    #: extraction, :func:`~service.pipeline.rank.rank_feature_sets` adds "score" (one backbone's estimators
+    #: extraction, :func:`~service.pipeline.ranking.rank.rank_feature_sets` adds "score" (one backbone's estimators
     #: computed; ``backbone`` is its id) and "p_best" (one half-sample replicate; ``backbone`` is ``"*"``).
     stage: str
     backbone: str
@@ -109,7 +108,7 @@ def transform_key(data_config: dict[str, Any]) -> str:
 
 
 def _cache_key(backbone: LoadedBackbone, dataset: Dataset, layer: int | None) -> str:
-    from .cache import feature_cache_key
+    from service.pipeline.features.cache import feature_cache_key
 
     return feature_cache_key(
         backbone_id=backbone.spec.id,

@@ -1,11 +1,11 @@
 """Benchmark: does the ranking predict what fine-tuning actually gives?
 
-For every (target, backbone) pair of a suite (:mod:`service.pipeline.benchmark_suites`) this scores
+For every (target, backbone) pair of a suite (:mod:`service.pipeline.benchmark.suites`) this scores
 the backbone with every estimator on the target's train split (features extracted without the
 feature cache, so the ranking cost is measured honestly), obtains the ground-truth accuracy — by
-fine-tuning (:func:`service.pipeline.finetune.finetune`: lr chosen on the val split, mean and spread
+fine-tuning (:func:`service.pipeline.finetune.finetune.finetune`: lr chosen on the val split, mean and spread
 over seeds, reported on the test split) or from a published table — and then, per target and per
-method, measures how well the scores predict the accuracies (:mod:`.benchmark_metrics`: weighted
+method, measures how well the scores predict the accuracies (:mod:`service.pipeline.benchmark.metrics`: weighted
 Kendall τ as the literature uses, Kendall τ, Pearson r, top-1 regret, bootstrap intervals).
 
 Next to the estimators stand the baselines a skeptic asks for: the backbone's accuracy on its own
@@ -36,17 +36,22 @@ from typing import Any, Literal
 
 import numpy as np
 
+import service
 from estimators import get_estimator
 from service.atomic import atomic_path, write_text_atomic
 from service.errors import BackboneRankError, DatasetNotFound, InvalidDataset, WeightsUnavailable
-
-from .backbones import LoadedBackbone, load_backbone
-from .benchmark_metrics import aggregate_over_targets, as_higher_is_better, random_baseline_metrics, target_metrics
-from .benchmark_suites import Suite, SuiteBackbone, SuiteTarget, missing_data_hint
-from .datasets import load_dataset
-from .extract import extract_features, select_device
-from .plugins import prepare_backbones, source_info
-from .rank import default_estimators, rank_feature_sets
+from service.pipeline.benchmark.metrics import (
+    aggregate_over_targets,
+    as_higher_is_better,
+    random_baseline_metrics,
+    target_metrics,
+)
+from service.pipeline.benchmark.suites import Suite, SuiteBackbone, SuiteTarget, missing_data_hint
+from service.pipeline.data.datasets import load_dataset
+from service.pipeline.features.extract import extract_features, select_device
+from service.pipeline.models.backbones import LoadedBackbone, load_backbone
+from service.pipeline.plugins import prepare_backbones, source_info
+from service.pipeline.ranking.rank import default_estimators, rank_feature_sets
 
 __all__ = [
     "BASELINES",
@@ -142,7 +147,7 @@ def _git_commit(source_root: Path | None = None) -> str | None:
     """
     import tomllib
 
-    root = source_root if source_root is not None else Path(__file__).resolve().parent.parent.parent
+    root = source_root if source_root is not None else Path(service.__file__).resolve().parent.parent
     try:
         with open(root / "pyproject.toml", "rb") as fh:
             project = tomllib.load(fh).get("project", {})
@@ -543,7 +548,7 @@ def _pair(
 
         return forward
 
-    from .finetune import finetune
+    from service.pipeline.finetune.finetune import finetune
 
     tuned = checkpoint.get("finetune", target.name, suite_backbone.id)
     if tuned is None:

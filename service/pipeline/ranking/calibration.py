@@ -1,7 +1,7 @@
 r"""Predicted accuracy with an interval, and the fused default ranking, calibrated on benchmark results.
 
 A ranking's scores are unitless; a user wants to know *what accuracy* to expect and *how sure* the
-winner is. Both are learned here from benchmark results (:mod:`service.pipeline.benchmark`), whose
+winner is. Both are learned here from benchmark results (:mod:`service.pipeline.benchmark.benchmark`), whose
 rows pair each (target, backbone) score with the fine-tuned and the linear-probe accuracy, and both
 are validated leave-one-target-out (LOTO): every number reported for a target comes from a fit that
 never saw that target, model selection included.
@@ -94,11 +94,11 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.stats import rankdata
 
+import service
 from service.atomic import write_text_atomic
 from service.errors import InvalidCalibration
-
-from .benchmark_metrics import as_higher_is_better, metric_values
-from .plugins import source_info
+from service.pipeline.benchmark.metrics import as_higher_is_better, metric_values
+from service.pipeline.plugins import source_info
 
 __all__ = [
     "ACCURACY_INPUTS",
@@ -124,7 +124,8 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
-DEFAULT_CALIBRATION_PATH = Path(__file__).resolve().parents[1] / "builtin" / "calibration.json"
+#: The packaged calibration: package data of ``service`` (a file, not an import of ``service.builtin``).
+DEFAULT_CALIBRATION_PATH = Path(service.__file__).resolve().parent / "builtin" / "calibration.json"
 #: Ground truths a benchmark row records: the fine-tuned test accuracy and the linear-probe accuracy.
 GROUND_TRUTHS = ("finetune", "linear_probe")
 #: Accuracy-like scores (fractions in [0, 1]) the accuracy model may use; ``class_means`` is always one.
@@ -1040,7 +1041,7 @@ def p_best(
 @functools.cache
 def _suite_source_accuracies() -> dict[str, float]:
     """Source accuracies the known suites record (published ImageNet top-1 of the real backbones)."""
-    from .benchmark_suites import get_suite, suite_names
+    from service.pipeline.benchmark.suites import get_suite, suite_names
 
     known: dict[str, float] = {}
     for name in suite_names():

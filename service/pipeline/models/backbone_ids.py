@@ -1,6 +1,6 @@
 """Backbone ids without torch: syntax, the service's allowlist, and a snapshot of timm's registry.
 
-:func:`service.pipeline.backbones.parse_backbone_spec` is the authority on ids, but it asks timm's
+:func:`service.pipeline.models.backbones.parse_backbone_spec` is the authority on ids, but it asks timm's
 registry and so imports torch. The web process must not (service/ARCHITECTURE.md, "Packages"), yet it
 should refuse a bad id before queueing a job. So it checks here:
 
@@ -47,7 +47,7 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 
-# The syntax authority for service.pipeline.backbones too, which adds timm's registry on top.
+# The syntax authority for service.pipeline.models.backbones too, which adds timm's registry on top.
 # A source prefix needs 2+ chars so that a Windows drive ("C:") is never taken for one (as in timm).
 SOURCE_PREFIX_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-_]+")
 _ZOO_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]*")

@@ -1,0 +1,1 @@
+"""Datasets: references, listing, decoding limits, the built-in dataset registry."""

@@ -1,0 +1,1 @@
+"""Fine-tuning a backbone (strategies, learning-rate search, seeds) and its training loop."""

@@ -1,0 +1,1 @@
+"""Backbones: ids (torch-free), weights resolution (safetensors only), timm models."""

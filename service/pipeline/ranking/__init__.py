@@ -1,0 +1,1 @@
+"""Scoring extracted features, ranks with ties, the calibrated fusion and predicted accuracy."""
