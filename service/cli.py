@@ -9,12 +9,15 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, cast
 
 import typer
 from rich.console import Console, ConsoleDimensions
 from rich.markup import escape
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from rich.console import JustifyMethod
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Training-free backbone ranking.")
 #: Line width when the output is not a terminal (piped or redirected) and COLUMNS is not set: rich would fall back
@@ -33,14 +36,14 @@ class _Console(Console):
     def size(self) -> ConsoleDimensions:
         import os
 
-        dimensions = Console.size.fget(self)  # type: ignore[attr-defined]
+        dimensions = Console.size.fget(self)  # type: ignore[attr-defined]  # rich's stubs type size as a plain attribute
         if self.is_terminal or os.environ.get("COLUMNS", "").isdigit():
             return dimensions
         return ConsoleDimensions(_NON_TTY_WIDTH, dimensions.height)
 
     @size.setter
     def size(self, new_size: tuple[int, int]) -> None:
-        Console.size.fset(self, new_size)  # type: ignore[attr-defined]
+        Console.size.fset(self, new_size)  # type: ignore[attr-defined]  # as above
 
 
 console = _Console()
@@ -84,7 +87,7 @@ def list_datasets_command(
     table = Table(title="Built-in datasets", caption=f"materialized under {escape(str(directory))}")
     for column, justify in (("name", "left"), ("role", "left"), ("classes", "right"), ("relation", "left"),
                             ("materialized", "left")):
-        table.add_column(column, justify=justify, no_wrap=column == "name")  # type: ignore[arg-type]
+        table.add_column(column, justify=_justify(justify), no_wrap=column == "name")
     for info in BUILTIN_DATASETS.values():
         manifest = builtin_dataset_manifest(info.name, directory)
         # A materialized dataset knows its exact classes (a glyph no font has, or a photo that needs a download,
@@ -307,6 +310,13 @@ def worker_command() -> None:
     worker_main()
 
 
+def _justify(value: str) -> JustifyMethod:
+    """A column alignment from the plain strings of the column tables ("left", "right", "center")."""
+    if value not in ("default", "left", "center", "right", "full"):
+        raise ValueError(f"not a column alignment: {value!r}")
+    return cast("JustifyMethod", value)
+
+
 def _exit_with(err: Exception) -> NoReturn:
     """Report a user-fixable error in one line on stderr (``error [code]: detail`` for the coded ones) and exit 2."""
     code, detail = getattr(err, "code", None), getattr(err, "detail", None)
@@ -405,7 +415,7 @@ def _print_ranking(result: dict[str, Any]) -> None:
         extra.append(("pred. fine-tune acc", "right"))
     for column, justify in (("rank", "right"), ("backbone", "left"), *extra, ("mean rank", "right"), ("D", "right"),
                             ("weights", "left"), ("extract s", "right"), ("cached", "center")):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+        table.add_column(column, justify=_justify(justify))
     for row in result["backbones"]:
         cells = []
         if calibrated:
@@ -1131,7 +1141,7 @@ def zoo_list_command(zoo_dir: Annotated[Path | None, _zoo_dir_option()] = None) 
     table = Table(title="Built-in zoo", caption=f"built under {escape(str(directory))}; rank with -b zoo:NAME")
     for column, justify in (("name", "left"), ("arch", "left"), ("source", "left"), ("input", "right"),
                             ("init", "left"), ("built", "left"), ("source acc", "right")):
-        table.add_column(column, justify=justify, no_wrap=column == "name")  # type: ignore[arg-type]
+        table.add_column(column, justify=_justify(justify), no_wrap=column == "name")
     for row in list_zoo(directory):
         card = row["card"]
         built = "no" if card is None else ("yes" if row["current"] else "yes (old recipe)")
@@ -1170,7 +1180,7 @@ def zoo_build_command(
     table = Table(title="Built-in zoo", caption="source acc: accuracy on the source's test split")
     for column, justify in (("name", "left"), ("arch", "left"), ("source", "left"), ("source acc", "right"),
                             ("chance", "right"), ("epochs", "right"), ("seconds", "right"), ("images/s", "right")):
-        table.add_column(column, justify=justify, no_wrap=column == "name")  # type: ignore[arg-type]
+        table.add_column(column, justify=_justify(justify), no_wrap=column == "name")
     for card in cards:
         table.add_row(
             card["name"], card["arch"], card["source"], f"{card['source_accuracy']:.3f}", f"{card['chance']:.3f}",

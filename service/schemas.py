@@ -75,14 +75,14 @@ class RankingJob(JobView):
     """A ranking job: its (validated, stored) request and, once succeeded, its :class:`RankingResult`."""
 
     request: RankingRequest  # type: ignore[assignment]  # narrows the generic view's mapping to the typed model
-    result: RankingResult | None  # type: ignore[assignment]
+    result: RankingResult | None  # type: ignore[assignment]  # likewise for the result
 
 
 class FinetuneJob(JobView):
     """A fine-tune job: its request (``ranking_id`` resolved to the winner) and, once succeeded, its result."""
 
     request: FinetuneRequest  # type: ignore[assignment]  # as RankingJob
-    result: FinetuneResult | None  # type: ignore[assignment]
+    result: FinetuneResult | None  # type: ignore[assignment]  # as RankingJob
 
 
 def timestamp(value: float | None) -> datetime | None:

@@ -100,7 +100,7 @@ def _malformed_is_invalid(kind: str) -> Callable[[F], F]:
                 _logger.debug("cannot render %s result", kind, exc_info=True)
                 raise InvalidResult(f"malformed {kind} result ({type(err).__name__}: {err})") from err
 
-        return wrapper  # type: ignore[return-value]
+        return wrapper  # type: ignore[return-value]  # functools.wraps keeps the signature F describes
 
     return decorate
 
