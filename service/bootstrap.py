@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from service.catalog import zoo_dir
 from service.config import Settings
 from service.pipeline.models.backbone_ids import service_allows
 from service.pipeline.runtime import Runtime
@@ -38,7 +39,7 @@ def register_builtins(zoo_dir: Path | None = None, packaged_weights_dir: Path | 
 
 def start(settings: Settings) -> None:
     """Fill this process's registries from the settings (:func:`register_builtins`); set torch's threads."""
-    register_builtins(settings.zoo_dir or settings.cache_dir / "zoo", settings.cache_dir / "weights")
+    register_builtins(zoo_dir(settings), settings.cache_dir / "weights")
     if settings.num_threads:
         import torch
 
@@ -65,7 +66,6 @@ def _runtime(
         device=settings.device,
         batch_size=settings.batch_size,
         accepts_local_paths=accepts_local_paths,
-        finetunes_dir=settings.finetunes_dir,
     )
 
 

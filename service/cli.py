@@ -269,12 +269,7 @@ def _on_server(server: str, request: Any, json_output: bool) -> Any:
 
     local = local_only_fields(request)
     if local:
-        options = ", ".join(_OPTION_OF.get(name, name) for name in local)
-        raise LocalOnlyOption(
-            f"{options} names directories on this machine, which the server cannot see; put the weights in one of "
-            "the server's weights dirs (BACKBONE_RANK_WEIGHTS_DIRS) or run without --server",
-            fields=local,
-        )
+        raise LocalOnlyOption.refusing(local, shown=[_OPTION_OF.get(name, name) for name in local])
     try:
         with Client(server) as client, _progress_bars(enabled=not json_output or sys.stderr.isatty()) as bars:
 

@@ -43,6 +43,7 @@ only a worker can see: ``worker_lost`` (its worker stopped responding ``max_job_
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 __all__ = [
@@ -205,6 +206,16 @@ class LocalOnlyOption(InvalidRequest):
     cannot see it: refused rather than dropped."""
 
     code = "local_only_option"
+
+    @classmethod
+    def refusing(cls, fields: Sequence[str], *, shown: Sequence[str] | None = None) -> LocalOnlyOption:
+        """The refusal of the request ``fields`` (named as ``shown``, e.g. the CLI's options), in the same words
+        whoever refuses them: the CLI before sending, the API on submission, the worker on a stored request."""
+        return cls(
+            f"{', '.join(shown or fields)} names directories on the caller's machine, which the server cannot see; "
+            "put the weights in one of the server's weights dirs (BACKBONE_RANK_WEIGHTS_DIRS), or run locally",
+            fields=list(fields),
+        )
 
 
 class JobNotFound(ServiceError):

@@ -105,11 +105,7 @@ def check_estimator_names(names: list[str] | None) -> list[str] | None:
 def _refuse_local_paths(body: RankingRequest | FinetuneRequest) -> None:
     local = local_only_fields(body)
     if local:
-        raise LocalOnlyOption(
-            f"{', '.join(local)} names directories on the caller's machine, which this server cannot see; put the "
-            "weights in one of the server's weights dirs (BACKBONE_RANK_WEIGHTS_DIRS) and drop the field",
-            fields=local,
-        )
+        raise LocalOnlyOption.refusing(local)
 
 
 def ranking_request(body: RankingRequest, settings: Settings) -> dict[str, Any]:

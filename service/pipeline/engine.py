@@ -42,11 +42,7 @@ def _dataset_ref(spec: DatasetSpec) -> DatasetRef:
 def _check_local_paths(request: RankingRequest | FinetuneRequest, runtime: Runtime) -> None:
     local = local_only_fields(request)
     if local and not runtime.accepts_local_paths:
-        raise LocalOnlyOption(
-            f"{', '.join(local)} names directories on the caller's machine, which this server cannot see; put the "
-            "weights in one of the server's weights dirs (BACKBONE_RANK_WEIGHTS_DIRS) or rank locally",
-            fields=local,
-        )
+        raise LocalOnlyOption.refusing(local)
 
 
 def environment(device: str) -> dict[str, Any]:

@@ -8,7 +8,7 @@ It holds no torch objects, so building it is cheap.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from service.pipeline.features.cache import FeatureCache
@@ -55,7 +55,6 @@ class Runtime:
     device: str = "auto"
     batch_size: int = 64
     accepts_local_paths: bool = True
-    finetunes_dir: Path | None = field(default=None)
 
     def feature_cache(self) -> FeatureCache:
         return FeatureCache(self.cache_dir / "features", self.feature_cache_max_bytes)
