@@ -31,7 +31,6 @@ from service.pipeline.finetune.finetune import (
     FinetuneProgress,
     _load_splits,
     finetune,
-    finetune_winner,
     partial_trainable_parameters,
 )
 from service.pipeline.finetune.training import TrainingCancelled, evaluate, load_split_tensors
@@ -320,18 +319,26 @@ def test_classes_are_mapped_by_name_across_splits(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------- winner, progress
 
 
-def test_finetune_winner_fine_tunes_the_top_ranked_backbone(shapes: Path) -> None:
-    ranking = {
-        "schema_version": 1,
-        "dataset": {"ref": {"kind": "folder", "path": str(shapes), "split": "train"}},
-        "backbones": [{"id": BACKBONE, "rank": 1, "mean_rank": 1.2}, {"id": "random:test_vit", "rank": 2}],
-    }
-    result = finetune_winner(ranking, strategy="linear", epochs=3, **FAST)
-    assert result["backbone"]["id"] == BACKBONE
-    assert result["dataset"]["ref"] == ranking["dataset"]["ref"]
-    assert result["ranking"] == {"rank": 1, "mean_rank": 1.2, "n_backbones": 2}
-    with pytest.raises(InvalidFinetuneConfig, match="not a ranking result"):
-        finetune_winner({"backbones": []})
+def test_finetune_winner_fine_tunes_the_top_ranked_backbone(shapes: Path, tmp_path: Path) -> None:
+    from service.bootstrap import cli_runtime
+    from service.config import Settings
+    from service.contract import RankingResult, load_result
+    from service.pipeline import engine
+
+    # a ranking saved by `rank --json` before the request/result contract (schema_version 1), pointed at shapes
+    saved = json.loads((Path(__file__).parents[1] / "contract" / "data" / "ranking-v1.json").read_text())
+    saved["dataset"]["ref"] = {"kind": "folder", "path": str(shapes), "split": "train"}
+    saved["backbones"][0].update(id=BACKBONE, mean_rank=1.2)
+    ranking = load_result(saved)
+    assert isinstance(ranking, RankingResult)
+    request = engine.winner_request(ranking, strategy="linear", epochs=3, **FAST)
+    assert request.backbone == BACKBONE and request.dataset is not None and request.dataset.split is None
+    result = engine.finetune(request, cli_runtime(Settings(cache_dir=tmp_path / "cache")), winner_of=ranking)
+    assert result.backbone.id == BACKBONE
+    assert result.dataset.ref.model_dump(exclude_none=True) == saved["dataset"]["ref"]
+    assert result.ranking is not None and result.ranking.model_dump() == {"rank": 1, "mean_rank": 1.2, "n_backbones": 2}
+    with pytest.raises(ValueError, match="no backbone to fine-tune"):
+        engine.winner_request(ranking.model_copy(update={"backbones": []}))
 
 
 def test_progress_events_and_cancel(shapes: Path) -> None:

@@ -156,7 +156,6 @@ __all__ = [
     "FinetuneProgress",
     "StrategyDefaults",
     "finetune",
-    "finetune_winner",
     "partial_trainable_parameters",
 ]
 
@@ -826,38 +825,6 @@ def _as_ref(dataset: DatasetRef | str | os.PathLike[str]) -> DatasetRef:
 def _better(run: _Run, other: _Run) -> bool:
     """Higher val accuracy, then lower val loss; a tie keeps ``other`` (the earlier lr or seed)."""
     return (run.val.accuracy, -run.val.loss) > (other.val.accuracy, -other.val.loss)
-
-
-def finetune_winner(ranking_result: Mapping[str, Any], **kwargs: Any) -> dict[str, Any]:
-    """Fine-tune the top backbone of a :func:`~service.pipeline.ranking.rank.rank_backbones` result.
-
-    The dataset is the ranking's (``result["dataset"]["ref"]``, its split dropped: fine-tuning picks
-    train/val/test itself) unless ``dataset=`` is given; the other keyword arguments go to
-    :func:`finetune`. The result gains ``"ranking": {"rank", "mean_rank", "n_backbones"}`` of the winner.
-    """
-    try:
-        winner = ranking_result["backbones"][0]
-        backbone_id = winner["id"]
-        ref_dict = ranking_result["dataset"]["ref"]
-    except (KeyError, IndexError, TypeError):
-        raise InvalidFinetuneConfig(
-            "not a ranking result: expected {'dataset': {'ref': ...}, 'backbones': [{'id': ...}, ...]} "
-            "(the output of `backbone-rank rank --json`)"
-        ) from None
-    if ranking_result.get("schema_version") not in (None, 1, 2):
-        raise InvalidFinetuneConfig(
-            f"ranking result schema_version {ranking_result.get('schema_version')!r} is newer than this code reads (2)"
-        )
-    dataset = kwargs.pop("dataset", None)
-    if dataset is None:
-        dataset = dataclasses.replace(DatasetRef.from_dict(dict(ref_dict)), split=None)
-    result = finetune(dataset, backbone_id, **kwargs)
-    result["ranking"] = {
-        "rank": winner.get("rank", 1),
-        "mean_rank": winner.get("mean_rank"),
-        "n_backbones": len(ranking_result["backbones"]),
-    }
-    return result
 
 
 def _check_decoded(tensors: Mapping[str, TensorSplit], classes: Sequence[str]) -> None:
