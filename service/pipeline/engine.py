@@ -189,6 +189,7 @@ def benchmark(
     """Run a benchmark suite (:func:`~service.pipeline.benchmark.benchmark.run_benchmark`)."""
     from service.pipeline.benchmark.benchmark import run_benchmark
     from service.pipeline.benchmark.suites import get_suite
+    from service.pipeline.plugins import suite_factory
 
     suite = get_suite(
         request.suite,
@@ -197,7 +198,13 @@ def benchmark(
         per_class=request.per_class,
     )
     device = request.device or runtime.device
-    effective = request.model_copy(update={"device": device})
+    # The effective request names what ran: the suite's targets (in run order) and, for a registered suite
+    # that sizes its splits, the images per class it used, so that a rerun of it reproduces the result.
+    per_class = request.per_class
+    if per_class is None and suite_factory(request.suite) is not None:
+        per_class = suite.rank_max_per_class
+    targets = list(dict.fromkeys(request.targets)) if request.targets else [t.name for t in suite.targets]
+    effective = request.model_copy(update={"device": device, "targets": targets, "per_class": per_class})
     result = run_benchmark(
         suite,
         request=effective.model_dump(mode="json"),

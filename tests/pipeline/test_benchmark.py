@@ -226,3 +226,32 @@ def test_cli_benchmark_runs_a_suite_file_and_writes_the_report(target_dir, weigh
 
 def test_benchmark_module_exports() -> None:
     assert {"run_benchmark", "summarize", "write_results", "environment_info"} <= set(benchmark_module.__all__)
+
+
+def test_the_effective_request_names_the_targets_and_sample_size_that_ran(target_dir, weights, tmp_path, monkeypatch):
+    from service.contract import BenchmarkRequest
+    from service.pipeline import engine, plugins
+    from service.pipeline.runtime import Runtime
+
+    def tiny(per_class: int | None) -> Suite:
+        published = _published_suite(target_dir, weights)
+        return Suite(**{**published.__dict__, "name": "tiny", "rank_max_per_class": per_class or 5})
+
+    monkeypatch.setitem(plugins._suites, "tiny", (tiny, "one target, three backbones"))
+    runtime = Runtime(cache_dir=tmp_path / "cache", builtin_dir=tmp_path / "builtin", device="cpu")
+    result = engine.benchmark(BenchmarkRequest(suite="tiny", n_bootstrap=10), runtime, out_dir=None)
+    assert result.request is not None
+    assert result.request.targets == ["shapes"] and result.request.per_class == 5 and result.request.device == "cpu"
+    # a suite file sizes its own splits: nothing to record
+    suite_file = tmp_path / "mine.toml"
+    suite_file.write_text(
+        'name = "mine"\nground_truth = "published"\nestimators = ["logme"]\n'
+        f'[[targets]]\nname = "shapes"\ndataset = "{target_dir}"\n'
+        '[[backbones]]\nid = "random:test_resnet"\ninput_size = 32\n'
+        '[[backbones]]\nid = "random:test_efficientnet"\ninput_size = 32\n'
+        '[published.shapes]\n"random:test_resnet" = 0.3\n"random:test_efficientnet" = 0.6\n',
+        encoding="utf-8",
+    )
+    result = engine.benchmark(BenchmarkRequest(suite=str(suite_file), n_bootstrap=10), runtime, out_dir=None)
+    assert result.request is not None
+    assert result.request.targets == ["shapes"] and result.request.per_class is None
