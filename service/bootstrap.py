@@ -15,9 +15,10 @@ from pathlib import Path
 from service.catalog import zoo_dir
 from service.config import Settings
 from service.pipeline.models.backbone_ids import service_allows
+from service.pipeline.models.hub import HubAccess
 from service.pipeline.runtime import Runtime
 
-__all__ = ["cli_runtime", "register_builtins", "service_runtime", "start"]
+__all__ = ["cli_runtime", "hub_access", "register_builtins", "service_runtime", "start"]
 
 
 def register_builtins(zoo_dir: Path | None = None, packaged_weights_dir: Path | None = None) -> None:
@@ -46,14 +47,36 @@ def start(settings: Settings) -> None:
         torch.set_num_threads(settings.num_threads)
 
 
+#: What a service downloads when its operator sets no BACKBONE_RANK_HUB_ALLOWED_REPOS: timm's own repos.
+SERVICE_HUB_REPOS = ("timm/*",)
+
+
+def hub_access(settings: Settings, *, service: bool) -> HubAccess:
+    """Downloads as the settings allow: none offline; a service only from ``hub_allowed_repos`` (timm/* unset)."""
+    patterns = settings.hub_allowed_repos
+    if patterns is None:
+        patterns = list(SERVICE_HUB_REPOS) if service else ["*"]
+    return HubAccess(
+        enabled=not settings.offline,
+        endpoint=settings.hub_endpoint,
+        allowed_repos=tuple(patterns),
+        timeout_s=settings.hub_timeout_s,
+        cache_dir=settings.hf_cache_dir,
+        max_download_bytes=settings.max_download_bytes,
+        min_free_bytes=settings.min_free_disk_bytes,
+    )
+
+
 def _runtime(
     settings: Settings,
     *,
     roots: tuple[Path, ...] | None,
+    hub: HubAccess,
     allowlist: Callable[[str], bool] | None = None,
     accepts_local_paths: bool = True,
 ) -> Runtime:
     return Runtime(
+        hub=hub,
         cache_dir=settings.cache_dir,
         builtin_dir=settings.cache_dir / "builtin",
         roots=roots,
@@ -70,8 +93,9 @@ def _runtime(
 
 
 def cli_runtime(settings: Settings) -> Runtime:
-    """A local run: without configured data roots, the dataset's own folder is allowed."""
-    return _runtime(settings, roots=tuple(settings.data_roots) or None)
+    """A local run: without configured data roots, the dataset's own folder is allowed; any hub repo unless the
+    settings restrict them."""
+    return _runtime(settings, roots=tuple(settings.data_roots) or None, hub=hub_access(settings, service=False))
 
 
 def _allowlist(settings: Settings) -> Callable[[str], bool]:
@@ -82,5 +106,9 @@ def _allowlist(settings: Settings) -> Callable[[str], bool]:
 def service_runtime(settings: Settings) -> Runtime:
     """A worker's run: only paths under the data roots (none without roots), the allowlist, no client paths."""
     return _runtime(
-        settings, roots=tuple(settings.data_roots), allowlist=_allowlist(settings), accepts_local_paths=False
+        settings,
+        roots=tuple(settings.data_roots),
+        hub=hub_access(settings, service=True),
+        allowlist=_allowlist(settings),
+        accepts_local_paths=False,
     )

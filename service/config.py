@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "get_settings", "default_cache_dir"]
@@ -23,7 +23,9 @@ class Settings(BaseSettings):
     """Everything configurable. Lists are JSON in the environment, e.g.
     ``BACKBONE_RANK_DATA_ROOTS='["/data", "/mnt/images"]'``."""
 
-    model_config = SettingsConfigDict(env_prefix="BACKBONE_RANK_", env_ignore_empty=True, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="BACKBONE_RANK_", env_ignore_empty=True, extra="ignore", populate_by_name=True
+    )
 
     data_roots: list[Path] = Field(
         default_factory=list,
@@ -38,6 +40,26 @@ class Settings(BaseSettings):
     hf_cache_dir: Path | None = Field(None, description="HuggingFace hub cache (default: huggingface_hub's).")
     zoo_dir: Path | None = Field(
         None, description="Where the built-in zoo is built and loaded from (default: <cache_dir>/zoo)."
+    )
+    offline: bool = Field(
+        False,
+        validation_alias=AliasChoices("BACKBONE_RANK_OFFLINE", "HF_HUB_OFFLINE"),
+        description="Never download from the hub, only read the HF cache (also HF_HUB_OFFLINE=1, CLI --offline).",
+    )
+    hub_endpoint: str | None = Field(
+        None,
+        validation_alias=AliasChoices("BACKBONE_RANK_HUB_ENDPOINT", "HF_ENDPOINT"),
+        description="The Hugging Face hub's URL (also HF_ENDPOINT); default: huggingface_hub's.",
+    )
+    hub_allowed_repos: list[str] | None = Field(
+        None,
+        description="fnmatch patterns of the hub repos this process may download, e.g. '[\"timm/*\"]'; default: any "
+        "for the CLI, timm/* for the service (a request cannot make a server fetch arbitrary repos).",
+    )
+    hub_timeout_s: float = Field(10.0, gt=0, description="Seconds to wait for any one answer of the hub.")
+    max_download_bytes: int = Field(8 * 2**30, ge=1, description="One model's files larger than this are refused.")
+    min_free_disk_bytes: int = Field(
+        2**30, ge=0, description="Free space the HF cache's disk must keep after a download."
     )
     max_image_pixels: int = Field(50_000_000, description="Images with more pixels are skipped, never decoded.")
     max_image_bytes: int = Field(100 * 2**20, description="Image files larger than this are skipped.")

@@ -16,6 +16,12 @@ Every error a user can cause carries a ``code`` (stable, documented, never rewor
     │   ├── WeightsUnavailable         weights_unavailable          422
     │   ├── UnsafeCheckpointFormat     unsafe_checkpoint_format     422
     │   └── ZooBuildFailed             zoo_build_failed             500  (a zoo model did not learn its source)
+    ├── HubError                       (downloads from the Hugging Face hub)
+    │   ├── HubUnreachable             hub_unreachable              503  (no answer within the timeout)
+    │   ├── DownloadNotAllowed         download_not_allowed         403  (a repo outside the download allowlist)
+    │   ├── DownloadTooLarge           download_too_large           413  (over the download size limit)
+    │   ├── InsufficientDisk           insufficient_disk            507  (the cache's disk lacks room for it)
+    │   └── DownloadFailed             download_failed              502  (truncated, corrupted or refused by the hub)
     ├── EstimatorError
     │   ├── UnknownEstimator           unknown_estimator            422
     │   └── EstimatorNeedsSourceHead   estimator_needs_source_head  422
@@ -60,6 +66,12 @@ __all__ = [
     "WeightsUnavailable",
     "UnsafeCheckpointFormat",
     "ZooBuildFailed",
+    "HubError",
+    "HubUnreachable",
+    "DownloadNotAllowed",
+    "DownloadTooLarge",
+    "InsufficientDisk",
+    "DownloadFailed",
     "EstimatorError",
     "UnknownEstimator",
     "EstimatorNeedsSourceHead",
@@ -150,6 +162,43 @@ class ZooBuildFailed(BackboneError):
 
     code = "zoo_build_failed"
     status = 500
+
+
+class HubError(BackboneRankError):
+    code = "hub_error"
+    status = 502
+
+
+class HubUnreachable(HubError):
+    """The hub did not answer within the timeout (no network, a wrong ``HF_ENDPOINT``, a firewall)."""
+
+    code = "hub_unreachable"
+    status = 503
+
+
+class DownloadNotAllowed(HubError):
+    """A repo outside the process's download allowlist (``BACKBONE_RANK_HUB_ALLOWED_REPOS``): a request cannot
+    make a service fetch arbitrary repos."""
+
+    code = "download_not_allowed"
+    status = 403
+
+
+class DownloadTooLarge(HubError):
+    code = "download_too_large"
+    status = 413
+
+
+class InsufficientDisk(HubError):
+    code = "insufficient_disk"
+    status = 507
+
+
+class DownloadFailed(HubError):
+    """A download that did not complete or whose bytes do not match the hub's checksum; nothing of it is kept."""
+
+    code = "download_failed"
+    status = 502
 
 
 class EstimatorError(BackboneRankError):

@@ -8,10 +8,11 @@ It holds no torch objects, so building it is cheap.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from service.pipeline.features.cache import FeatureCache
+from service.pipeline.models.hub import HubAccess
 
 __all__ = ["Runtime"]
 
@@ -31,6 +32,8 @@ class Runtime:
         Where built-in datasets are materialised.
     weights_dirs, hf_cache_dir
         Where weights are searched (besides the providers registered at start-up).
+    hub : HubAccess
+        Whether weights missing from every local place are downloaded from the hub, from where, which repos.
     allowlist : callable or None
         A service's backbone allowlist; None allows every id.
     calibration : Path or "default" or None
@@ -49,6 +52,7 @@ class Runtime:
     feature_cache_max_bytes: int = 20 * 2**30
     weights_dirs: Sequence[Path] = ()
     hf_cache_dir: Path | None = None
+    hub: HubAccess = field(default_factory=HubAccess)
     allowlist: Callable[[str], bool] | None = None
     calibration: Path | str | None = "default"
     min_per_class: int = 2

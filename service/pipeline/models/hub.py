@@ -1,0 +1,394 @@
+"""Download on demand: model files from the Hugging Face hub into its standard cache, safely (torch-free).
+
+Weights resolution (:mod:`service.pipeline.models.backbones`) calls :func:`fetch_repo_files` for an id whose
+weights are in no local place, when this process may download (:class:`HubAccess`, built once from the
+settings by ``service.bootstrap``). What it guarantees:
+
+- **allowlist first**: a repo outside ``HubAccess.allowed_repos`` (fnmatch patterns on ``org/name``; a service
+  allows ``timm/*`` by default) is refused before any request (:class:`~service.errors.DownloadNotAllowed`);
+- **safetensors only**: the repo's file list is read before any download; a repo that ships only pickle
+  checkpoints (``pytorch_model.bin``, ``*.pth``) is refused (:class:`~service.errors.UnsafeCheckpointFormat`);
+- **pinned and recorded**: the revision (a branch, a tag or a commit; ``main`` by default) is resolved to its
+  commit once and every file is downloaded at that commit, which the caller records in the result;
+- **room checked**: the bytes still missing are compared with ``max_download_bytes`` and with the free space of
+  the cache's disk (less ``min_free_bytes``) before the first byte is fetched;
+- **verified, nothing half-written**: every file's sha256 is checked against the hub's LFS checksum (its size
+  where the hub gives none); a truncated or corrupted download is removed from the cache (blob, snapshot link,
+  ``.incomplete`` file) and reported as :class:`~service.errors.DownloadFailed`;
+- **fails in seconds**: every request has ``HubAccess.timeout_s``; an unreachable hub is
+  :class:`~service.errors.HubUnreachable` naming the endpoint and how to work offline.
+
+``HF_TOKEN`` (and the token ``hf auth login`` saved) is read by huggingface_hub itself; the endpoint and cache
+folder come from :class:`HubAccess` (``HF_ENDPOINT``/``HF_HOME`` through the settings), because
+huggingface_hub reads its environment once, at import.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import importlib
+import logging
+import os
+import re
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from service.errors import (
+    DownloadFailed,
+    DownloadNotAllowed,
+    DownloadTooLarge,
+    HubUnreachable,
+    InsufficientDisk,
+    UnknownBackbone,
+    UnsafeCheckpointFormat,
+    WeightsUnavailable,
+)
+
+__all__ = ["HubAccess", "HubFiles", "fetch_repo_files", "repo_allowed", "COMMIT_RE"]
+
+_logger = logging.getLogger(__name__)
+
+#: A full git commit id: a revision that never moves, so the cache alone can answer for it.
+COMMIT_RE = re.compile(r"[0-9a-f]{40}")
+_PICKLE_NAMES = re.compile(r".*\.(bin|pt|pth|ckpt|pkl|pickle|tar)$")
+_READ_CHUNK = 1 << 20
+
+#: ``progress(done_bytes, total_bytes)`` as the download of a repo's files advances.
+DownloadProgress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class HubAccess:
+    """Whether and how this process may download from the hub.
+
+    Attributes
+    ----------
+    enabled : bool
+        False offline (``HF_HUB_OFFLINE=1``, ``BACKBONE_RANK_OFFLINE=1``, ``--offline``): only the cache is read.
+    endpoint : str or None
+        The hub's URL (``HF_ENDPOINT``); None: huggingface_hub's default.
+    allowed_repos : tuple of str
+        fnmatch patterns of repo ids this process may download (``("*",)``: any).
+    timeout_s : float
+        Seconds to wait for the hub's answer to any one request.
+    cache_dir : Path or None
+        The HF hub cache (``HF_HOME``/``HF_HUB_CACHE`` or the setting); None: huggingface_hub's default.
+    max_download_bytes : int
+        One repo's files larger than this together are refused.
+    min_free_bytes : int
+        Free space the cache's disk must keep after the download.
+    """
+
+    enabled: bool = False
+    endpoint: str | None = None
+    allowed_repos: tuple[str, ...] = ("*",)
+    timeout_s: float = 10.0
+    cache_dir: Path | None = None
+    max_download_bytes: int = 8 * 2**30
+    min_free_bytes: int = 2**30
+
+    def hub_cache(self) -> Path:
+        if self.cache_dir is not None:
+            return Path(self.cache_dir)
+        from huggingface_hub import constants
+
+        return Path(constants.HF_HUB_CACHE)
+
+    def where(self) -> str:
+        return self.endpoint or "https://huggingface.co"
+
+
+def repo_allowed(repo_id: str, patterns: Sequence[str]) -> bool:
+    """Whether ``repo_id`` (``org/name``) matches one of the fnmatch ``patterns`` (case-sensitive, like the hub)."""
+    return any(fnmatch.fnmatchcase(repo_id, pattern) for pattern in patterns)
+
+
+@dataclass(frozen=True)
+class HubFiles:
+    """Files of one repo at one commit, in the HF cache."""
+
+    repo_id: str
+    commit: str
+    paths: dict[str, Path]
+
+    @property
+    def folder(self) -> Path:
+        """The snapshot folder (``.../snapshots/<commit>``) holding the files."""
+        return next(iter(self.paths.values())).parent
+
+
+def fetch_repo_files(
+    repo_id: str,
+    filenames: Sequence[str],
+    access: HubAccess,
+    *,
+    revision: str | None = None,
+    what: str = "",
+    progress: DownloadProgress | None = None,
+) -> HubFiles:
+    """Download ``filenames`` (the first must be the ``.safetensors`` weights) of the model repo ``repo_id``.
+
+    ``what`` names the request in errors (the backbone id). The files already in the cache at the resolved
+    commit are not downloaded again.
+
+    Raises
+    ------
+    DownloadNotAllowed, WeightsUnavailable (offline), HubUnreachable, UnknownBackbone (no such repo or
+    revision), UnsafeCheckpointFormat (pickles only), DownloadTooLarge, InsufficientDisk, DownloadFailed.
+    """
+    what = what or repo_id
+    if not repo_allowed(repo_id, access.allowed_repos):
+        raise DownloadNotAllowed(
+            f"{what}: this service downloads only from repos matching {', '.join(access.allowed_repos)}; "
+            f"{repo_id!r} is not one (the operator sets BACKBONE_RANK_HUB_ALLOWED_REPOS)",
+            backbone=what,
+            repo=repo_id,
+        )
+    if not access.enabled:
+        raise WeightsUnavailable(
+            f"{what}: the weights ({repo_id}) are not in the HF cache ({access.hub_cache()}) and downloads are off "
+            "(offline: HF_HUB_OFFLINE / BACKBONE_RANK_OFFLINE / --offline); run once with the hub reachable, or "
+            f"`hf download {repo_id}`",
+            backbone=what,
+        )
+    info = _repo_info(repo_id, revision, access, what)
+    sizes, checksums = _file_table(info)
+    _check_safetensors_only(repo_id, filenames[0], sizes, what)
+    missing = [name for name in filenames if name not in sizes]
+    if missing:
+        raise WeightsUnavailable(f"{what}: the hub repo {repo_id} has no {', '.join(missing)}", backbone=what)
+    commit = str(info.sha)
+    cached = _cached_paths(repo_id, commit, filenames, access)
+    to_fetch = [name for name in filenames if name not in cached]
+    _check_room(sum(sizes[name] for name in to_fetch), access, what)
+    paths = dict(cached)
+    total = sum(sizes[name] for name in filenames)
+    done = sum(sizes[name] for name in cached)
+    for name in to_fetch:
+        paths[name] = _download(repo_id, name, commit, access, what, sizes[name], checksums.get(name), done, total,
+                                progress)  # fmt: skip
+        done += sizes[name]
+    if progress is not None:
+        progress(total, total)
+    _logger.info("%s: %s@%s in the HF cache (%d file(s) downloaded)", what, repo_id, commit[:12], len(to_fetch))
+    return HubFiles(repo_id=repo_id, commit=commit, paths={name: paths[name] for name in filenames})
+
+
+def _repo_info(repo_id: str, revision: str | None, access: HubAccess, what: str) -> Any:
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        with _network_errors(access, what):
+            return HfApi(endpoint=access.endpoint).model_info(
+                repo_id, revision=revision, files_metadata=True, timeout=access.timeout_s
+            )
+    except GatedRepoError as e:
+        raise WeightsUnavailable(
+            f"{what}: {repo_id} is gated: accept its terms on the hub and set HF_TOKEN", backbone=what
+        ) from e
+    except RevisionNotFoundError as e:
+        raise UnknownBackbone(f"{what}: {repo_id} has no revision {revision!r}", backbone=what) from e
+    except RepositoryNotFoundError as e:
+        raise UnknownBackbone(
+            f"{what}: the hub ({access.where()}) has no repo {repo_id!r} (a private one needs HF_TOKEN)", backbone=what
+        ) from e
+
+
+def _file_table(info: Any) -> tuple[dict[str, int], dict[str, str]]:
+    sizes: dict[str, int] = {}
+    checksums: dict[str, str] = {}
+    for sibling in info.siblings or ():
+        sizes[sibling.rfilename] = int(sibling.size or 0)
+        if sibling.lfs is not None and getattr(sibling.lfs, "sha256", None):
+            checksums[sibling.rfilename] = str(sibling.lfs.sha256)
+    return sizes, checksums
+
+
+def _check_safetensors_only(repo_id: str, weights: str, sizes: dict[str, int], what: str) -> None:
+    if weights in sizes:
+        return
+    pickles = sorted(name for name in sizes if _PICKLE_NAMES.fullmatch(name))
+    if pickles:
+        raise UnsafeCheckpointFormat(
+            f"{what}: the hub repo {repo_id} ships its weights only as pickle checkpoints ({', '.join(pickles[:3])}), "
+            "which can run code when loaded; backbone-rank loads safetensors only: convert them "
+            "(safetensors.torch.save_file) into a weights dir, or pick a repo with model.safetensors",
+            backbone=what,
+        )
+    raise WeightsUnavailable(f"{what}: the hub repo {repo_id} has no {weights}", backbone=what)
+
+
+def _cached_paths(repo_id: str, commit: str, filenames: Sequence[str], access: HubAccess) -> dict[str, Path]:
+    from huggingface_hub import try_to_load_from_cache
+
+    found = {}
+    for name in filenames:
+        hit = try_to_load_from_cache(repo_id, name, cache_dir=access.hub_cache(), revision=commit)
+        if isinstance(hit, str):
+            found[name] = Path(hit)
+    return found
+
+
+def _existing_parent(path: Path) -> Path:
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path(os.sep)
+
+
+def _check_room(needed: int, access: HubAccess, what: str) -> None:
+    if needed > access.max_download_bytes:
+        raise DownloadTooLarge(
+            f"{what}: {needed / 2**20:.0f} MiB to download, over this process's limit of "
+            f"{access.max_download_bytes / 2**20:.0f} MiB (BACKBONE_RANK_MAX_DOWNLOAD_BYTES)",
+            backbone=what,
+        )
+    cache = access.hub_cache()
+    free = shutil.disk_usage(_existing_parent(cache)).free
+    if needed + access.min_free_bytes > free:
+        raise InsufficientDisk(
+            f"{what}: {needed / 2**20:.0f} MiB to download but {cache} has {free / 2**20:.0f} MiB free "
+            f"(and {access.min_free_bytes / 2**20:.0f} MiB must stay free); free some space or point HF_HOME "
+            "elsewhere",
+            backbone=what,
+        )
+
+
+def _download(
+    repo_id: str,
+    name: str,
+    commit: str,
+    access: HubAccess,
+    what: str,
+    size: int,
+    sha256: str | None,
+    done: int,
+    total: int,
+    progress: DownloadProgress | None,
+) -> Path:
+    from huggingface_hub import hf_hub_download
+
+    cache = access.hub_cache()
+    try:
+        with _network_errors(access, what):
+            path = Path(
+                str(
+                    hf_hub_download(
+                        repo_id,
+                        name,
+                        revision=commit,
+                        cache_dir=cache,
+                        endpoint=access.endpoint,
+                        etag_timeout=access.timeout_s,
+                        tqdm_class=_bar_class(progress, done, total),
+                    )
+                )
+            )
+    except HubUnreachable:
+        _discard(cache, repo_id, commit, name)
+        raise
+    except Exception as e:  # huggingface_hub raises httpx and OS errors as they come; none may leave bytes behind
+        _discard(cache, repo_id, commit, name)
+        raise DownloadFailed(f"{what}: downloading {repo_id}/{name} failed: {_shorten(e)}", backbone=what) from e
+    problem = _verify(path, size, sha256)
+    if problem:
+        _discard(cache, repo_id, commit, name)
+        raise DownloadFailed(
+            f"{what}: {repo_id}/{name} arrived {problem}; it was removed from the cache, try again", backbone=what
+        )
+    return path
+
+
+def _verify(path: Path, size: int, sha256: str | None) -> str | None:
+    actual = path.stat().st_size
+    if size and actual != size:
+        return f"with {actual} of {size} bytes"
+    if sha256:
+        digest = hashlib.sha256()
+        with path.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(_READ_CHUNK), b""):
+                digest.update(chunk)
+        if digest.hexdigest() != sha256:
+            return f"corrupted (sha256 {digest.hexdigest()[:12]}…, the hub says {sha256[:12]}…)"
+    return None
+
+
+def _discard(cache: Path, repo_id: str, commit: str, name: str) -> None:
+    """Remove what a failed download of ``name`` left: its snapshot link, the blob it points to, partial files."""
+    repo_dir = cache / f"models--{repo_id.replace('/', '--')}"
+    link = repo_dir / "snapshots" / commit / name
+    targets = []
+    if link.is_symlink():
+        targets.append(Path(os.path.realpath(link)))
+    targets.append(link)
+    targets.extend((repo_dir / "blobs").glob("*.incomplete"))
+    for target in targets:
+        try:
+            target.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            _logger.warning("could not remove %s after a failed download: %s", target, e)
+
+
+@contextmanager
+def _network_errors(access: HubAccess, what: str) -> Iterator[None]:
+    """Translate "the hub did not answer" (whatever the transport raises) into :class:`HubUnreachable`."""
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    unanswered: tuple[type[BaseException], ...] = (*_transport_errors(), OfflineModeIsEnabled, LocalEntryNotFoundError)
+    try:
+        yield
+    except unanswered as e:
+        raise HubUnreachable(
+            f"{what}: the hub ({access.where()}) did not answer within {access.timeout_s:g} s ({_shorten(e)}); check "
+            "the network or HF_ENDPOINT, or work offline (--offline / HF_HUB_OFFLINE=1) with weights already in the "
+            "HF cache",
+            backbone=what,
+        ) from e
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """The "no answer" errors of the HTTP client huggingface_hub uses (httpx, or httpx2 from huggingface_hub 2.x)."""
+    errors: list[type[BaseException]] = []
+    for name in ("httpx", "httpx2"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        errors += [module.ConnectError, module.TimeoutException]
+    return tuple(errors)
+
+
+def _shorten(error: BaseException, limit: int = 240) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _bar_class(progress: DownloadProgress | None, done: int, total: int) -> Any:
+    """A silent tqdm class for huggingface_hub that reports bytes to ``progress`` (the CLI draws its own bars from
+    these events, the service sends them to its clients)."""
+    from huggingface_hub.utils import tqdm as hub_tqdm
+
+    start = done
+
+    class _Reporting(hub_tqdm):
+        seen = 0  # a disabled tqdm counts nothing itself
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["disable"] = True
+            super().__init__(*args, **kwargs)
+
+        def update(self, n: float | None = 1) -> bool | None:
+            self.seen += int(n or 0)
+            if progress is not None:
+                progress(min(start + self.seen, total), total)
+            return super().update(n)
+
+    return _Reporting
