@@ -161,6 +161,7 @@ def rank_command(
             "the dataset path is the server's. API key: $BACKBONE_RANK_API_KEY.",
         ),
     ] = None,
+    offline: OfflineOption = False,
 ) -> None:
     """Rank backbones on a labelled image dataset with training-free transferability scores."""
     from service.contract import RankingRequest
@@ -182,13 +183,14 @@ def rank_command(
             cache=cache,
             weights_dirs=[str(path) for path in weights_dir or []],
         )
+        _refuse_offline_for_server(offline, server)
         if server is not None:
             result: Any = _on_server(server, request, json_output)
         else:
             from service.pipeline.engine import rank
 
             with _progress_bars(enabled=not json_output or sys.stderr.isatty()) as on_progress:
-                result = rank(request, _local_runtime(), progress=on_progress)
+                result = rank(request, _local_runtime(offline=offline), progress=on_progress)
     except (BackboneRankError, ValueError) as err:
         _exit_with(err)
     _print_result(result, json_output, _print_ranking)
@@ -240,14 +242,39 @@ def _dataset_spec(text: str, *, for_server: bool) -> Any:
     return DatasetSpec(**spec)
 
 
-def _local_runtime() -> Any:
-    """The settings' runtime for a local run, with this process's registries filled (service.bootstrap)."""
+def _local_runtime(*, offline: bool = False) -> Any:
+    """The settings' runtime for a local run, with this process's registries filled (service.bootstrap);
+    ``offline`` (``--offline``) turns hub downloads off whatever the settings say."""
     from service.bootstrap import cli_runtime, start
     from service.config import get_settings
 
     settings = get_settings()
+    if offline:
+        settings = settings.model_copy(update={"offline": True})
     start(settings)
     return cli_runtime(settings)
+
+
+#: ``--offline``: a local run reads weights only from local places (a server follows its own settings).
+OfflineOption = Annotated[
+    bool,
+    typer.Option(
+        "--offline",
+        help="Download nothing: use only weights already in the HF cache, weights dirs and the zoo (also "
+        "HF_HUB_OFFLINE=1 or BACKBONE_RANK_OFFLINE=1). Without it, missing timm weights are fetched from the hub.",
+    ),
+]
+
+
+def _refuse_offline_for_server(offline: bool, server: str | None) -> None:
+    if offline and server is not None:
+        from service.errors import InvalidRequest
+
+        raise InvalidRequest(
+            "--offline applies to local runs; a server downloads as its own settings say (BACKBONE_RANK_OFFLINE, "
+            "BACKBONE_RANK_HUB_ALLOWED_REPOS)",
+            fields=["offline"],
+        )
 
 
 def _print_result(result: Any, json_output: bool, print_table: Callable[[dict[str, Any]], None]) -> None:
@@ -346,9 +373,8 @@ def _progress_bars(enabled: bool) -> Iterator[Callable[[Any], None] | None]:
         def on_progress(event: Any) -> None:
             # extraction: one bar per backbone; then one bar for scoring and one for the p_best replicates
             key = event.stage if event.stage in _AFTER_EXTRACTION else event.backbone
-            label = _AFTER_EXTRACTION.get(event.stage) or (
-                f"{event.backbone} (cached)" if event.stage == "cached" else event.backbone
-            )
+            suffix = {"cached": " (cached)", "download": " (downloading, bytes)"}.get(event.stage, "")
+            label = _AFTER_EXTRACTION.get(event.stage) or f"{event.backbone}{suffix}"
             if key not in tasks:
                 tasks[key] = bars.add_task(label, total=event.total)
             bars.update(tasks[key], completed=event.done, total=event.total, description=label)
@@ -479,6 +505,7 @@ def benchmark_command(
     report: Annotated[bool, typer.Option("--report/--no-report", help="Also write the HTML report.")] = True,
     bootstrap: Annotated[int, typer.Option(min=0, help="Bootstrap replicates per target for the CIs.")] = 500,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda ... (default: settings).")] = None,
+    offline: OfflineOption = False,
 ) -> None:
     """Score every (target, backbone) pair of a suite, compare with fine-tuned (or published) accuracy."""
     from service.config import get_settings
@@ -505,7 +532,7 @@ def benchmark_command(
             n_bootstrap=bootstrap,
             device=device,
         )
-        runtime = _local_runtime()
+        runtime = _local_runtime(offline=offline)
         with _benchmark_progress() as on_progress:
             result = benchmark(
                 request, runtime, out_dir=out_dir or get_settings().benchmark_results_dir, resume=resume,
@@ -825,6 +852,7 @@ def finetune_command(
             "weights stay there: GET /v1/finetunes/{id}/weights). API key: $BACKBONE_RANK_API_KEY.",
         ),
     ] = None,
+    offline: OfflineOption = False,
 ) -> None:
     """Fine-tune a backbone (or the winner of a saved ranking) and report its test accuracy."""
     from service.contract import FinetuneRequest
@@ -864,13 +892,16 @@ def finetune_command(
             request = _build_request(lambda **f: winner_request(ranking, **f), **fields)
         else:
             request = _build_request(FinetuneRequest, backbone=backbone, **fields)
+        _refuse_offline_for_server(offline, server)
         if server is not None:
             result: Any = _on_server(server, request, json_output)
         else:
             from service.pipeline.engine import finetune
 
             with _finetune_progress(enabled=not json_output or sys.stderr.isatty()) as on_progress:
-                result = finetune(request, _local_runtime(), winner_of=ranking, output_dir=out, progress=on_progress)
+                result = finetune(
+                    request, _local_runtime(offline=offline), winner_of=ranking, output_dir=out, progress=on_progress
+                )
     except (BackboneRankError, ValueError) as err:
         _exit_with(err)
     _print_result(result, json_output, _print_finetune)

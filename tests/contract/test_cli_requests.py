@@ -30,6 +30,8 @@ DATA = Path(__file__).parent / "data"
 
 #: Options that change no request field: how the result is shown, where it runs or is written.
 PRESENTATION = {"json_output", "server", "out", "out_dir", "resume", "report", "winner"}
+#: options about this machine, not the result: where weights may come from (the runtime's, not the request's)
+HOST = {"offline"}
 
 
 def _ranking() -> RankingResult:
@@ -77,7 +79,11 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     monkeypatch.setattr(engine, "benchmark", engine_benchmark)
     monkeypatch.setattr(service.client.Client, "rank", client_rank)
     monkeypatch.setattr(service.client.Client, "finetune", client_finetune)
-    monkeypatch.setattr(cli, "_local_runtime", lambda: object())
+    def local_runtime(offline: bool = False) -> object:
+        seen["offline"] = offline
+        return object()
+
+    monkeypatch.setattr(cli, "_local_runtime", local_runtime)
     return seen
 
 
@@ -117,7 +123,7 @@ RANK_FIELDS = {
 
 
 def test_every_rank_option_is_mapped_to_a_request_field_or_is_presentation():
-    assert _params("rank") == set(RANK_FIELDS) | (PRESENTATION & _params("rank"))
+    assert _params("rank") == set(RANK_FIELDS) | ((PRESENTATION | HOST) & _params("rank"))
     assert set(RANK_FIELDS.values()) == set(RankingRequest.model_fields)  # and every field has an option
 
 
@@ -132,6 +138,17 @@ def test_rank_options_reach_the_request(recorded, where):
     assert request.weights_dirs == ([] if where == "server" else ["/w"])
     # --json prints the result model's document, the API's schema
     assert RankingResult.model_validate_json(outcome.stdout) == _ranking()
+
+
+@pytest.mark.parametrize("command", ["rank", "finetune"])
+def test_offline_reaches_the_local_runtime_and_is_refused_for_a_server(recorded, command):
+    args = RANK_ARGS if command == "rank" else ["finetune", "builtin:digits", "-b", "zoo:latin-resnet10t"]
+    outcome = _invoke(*args, "--offline", "--json")
+    assert outcome.exit_code == 0, outcome.output
+    assert recorded["offline"] is True
+    outcome = _invoke(*args, "--offline", "--server", "http://127.0.0.1:9")
+    assert outcome.exit_code == 2 and "server" not in recorded
+    assert " ".join(outcome.stderr.split()).startswith("error [invalid_request]: --offline applies to local runs")
 
 
 def test_rank_refuses_a_local_weights_dir_for_a_server(recorded):
@@ -185,7 +202,7 @@ FINETUNE_FIELDS = {
 
 
 def test_every_finetune_option_is_mapped_to_a_request_field_or_is_presentation():
-    assert _params("finetune") == set(FINETUNE_FIELDS) | (PRESENTATION & _params("finetune"))
+    assert _params("finetune") == set(FINETUNE_FIELDS) | ((PRESENTATION | HOST) & _params("finetune"))
     # ranking_id is the service's way to name a winner; the CLI's is --winner FILE
     assert set(FINETUNE_FIELDS.values()) == set(FinetuneRequest.model_fields) - {"ranking_id"}
 
@@ -224,7 +241,7 @@ BENCHMARK_FIELDS = {
 
 
 def test_every_benchmark_option_reaches_the_request(recorded):
-    assert _params("benchmark") == set(BENCHMARK_FIELDS) | (PRESENTATION & _params("benchmark"))
+    assert _params("benchmark") == set(BENCHMARK_FIELDS) | ((PRESENTATION | HOST) & _params("benchmark"))
     assert set(BENCHMARK_FIELDS.values()) == set(BenchmarkRequest.model_fields)
     outcome = _invoke(
         "benchmark", "--suite", "standard", "-t", "pets", "-t", "dtd", "--per-class", "5", "--data-dir", "/d",
