@@ -52,14 +52,18 @@ SERVICE_HUB_REPOS = ("timm/*",)
 
 
 def hub_access(settings: Settings, *, service: bool) -> HubAccess:
-    """Downloads as the settings allow: none offline; a service only from ``hub_allowed_repos`` (timm/* unset)."""
-    patterns = settings.hub_allowed_repos
-    if patterns is None:
-        patterns = list(SERVICE_HUB_REPOS) if service else ["*"]
+    """Downloads as the settings allow: none offline; a service only from ``hub_allowed_repos`` (unset: timm/*)
+    and ``hub_allowed_datasets`` (unset: none); the CLI from any repo unless they are set."""
+    models, datasets = settings.hub_allowed_repos, settings.hub_allowed_datasets
+    if models is None:
+        models = list(SERVICE_HUB_REPOS) if service else ["*"]
+    if datasets is None:
+        datasets = [] if service else ["*"]
     return HubAccess(
         enabled=not settings.offline,
         endpoint=settings.hub_endpoint,
-        allowed_repos=tuple(patterns),
+        allowed_repos=tuple(models),
+        allowed_datasets=tuple(datasets),
         timeout_s=settings.hub_timeout_s,
         cache_dir=settings.hf_cache_dir,
         max_download_bytes=settings.max_download_bytes,

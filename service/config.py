@@ -56,8 +56,13 @@ class Settings(BaseSettings):
         description="fnmatch patterns of the hub repos this process may download, e.g. '[\"timm/*\"]'; default: any "
         "for the CLI, timm/* for the service (a request cannot make a server fetch arbitrary repos).",
     )
+    hub_allowed_datasets: list[str] | None = Field(
+        None,
+        description="fnmatch patterns of the hub dataset repos this process may download (hf://datasets/...); "
+        "default: any for the CLI, none for the service (the operator opts in, within max_download_bytes).",
+    )
     hub_timeout_s: float = Field(10.0, gt=0, description="Seconds to wait for any one answer of the hub.")
-    max_download_bytes: int = Field(8 * 2**30, ge=1, description="One model's files larger than this are refused.")
+    max_download_bytes: int = Field(8 * 2**30, ge=1, description="Larger downloads are refused.")
     min_free_disk_bytes: int = Field(
         2**30, ge=0, description="Free space the HF cache's disk must keep after a download."
     )

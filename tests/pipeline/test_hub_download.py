@@ -70,12 +70,30 @@ def test_downloads_at_the_resolved_commit_and_reuses_the_cache(hub: FakeHub, tmp
     assert got.paths["model.safetensors"].read_bytes() == WEIGHTS
     assert seen[-1] == (len(WEIGHTS) + len(FILES["config.json"]),) * 2
     downloads = [r for r in hub.requests if r[0] == "GET" and "/resolve/" in r[1]]
-    assert len(downloads) == 2 and all(repo.sha in path for _, path in downloads)
+    assert len(downloads) == 2
+    # the cache maps the revision's name to the commit, as an offline run resolves it
+    from huggingface_hub import try_to_load_from_cache
+
+    assert try_to_load_from_cache("timm/tiny.tag", "model.safetensors", cache_dir=tmp_path / "hf") == str(
+        got.paths["model.safetensors"]
+    )
     # a second call asks the hub for the commit only, and downloads nothing
     hub.requests.clear()
     again = fetch_repo_files("timm/tiny.tag", ["model.safetensors"], access, revision="v1")
     assert again.paths["model.safetensors"] == got.paths["model.safetensors"]
     assert [r for r in hub.requests if "/resolve/" in r[1]] == []
+
+
+def test_a_revision_that_moves_during_the_download_is_refused(hub: FakeHub, tmp_path: Path) -> None:
+    from service.pipeline.models.hub import download_files, list_repo
+
+    access = _access(hub, tmp_path)
+    listing = list_repo("timm/tiny.tag", access)
+    hub.repos[0].branches = ("v1",)  # "main" now points to another commit
+    hub.add(Repo("timm/tiny.tag", {**FILES, "model.safetensors": WEIGHTS[::-1]}))
+    with pytest.raises(DownloadFailed, match="the revision moved"):
+        download_files(listing, ["model.safetensors"], access)
+    assert [f for f in _files_under(tmp_path / "hf") if "snapshots" in f] == []
 
 
 def test_refuses_repos_outside_the_allowlist_without_asking_the_hub(hub: FakeHub, tmp_path: Path) -> None:
@@ -98,7 +116,7 @@ def test_a_pickle_only_repo_is_refused_before_downloading(hub: FakeHub, tmp_path
 
 
 def test_unknown_repo_and_revision_are_named(hub: FakeHub, tmp_path: Path) -> None:
-    with pytest.raises(UnknownBackbone, match="no repo 'timm/nope'"):
+    with pytest.raises(UnknownBackbone, match="no model repo 'timm/nope'"):
         fetch_repo_files("timm/nope", ["model.safetensors"], _access(hub, tmp_path))
     with pytest.raises(UnknownBackbone, match="no revision 'v9'"):
         fetch_repo_files("timm/tiny.tag", ["model.safetensors"], _access(hub, tmp_path), revision="v9")

@@ -1,15 +1,19 @@
-"""Download on demand: model files from the Hugging Face hub into its standard cache, safely (torch-free).
+"""Download on demand: model and dataset files from the Hugging Face hub into its standard cache, safely
+(torch-free).
 
 Weights resolution (:mod:`service.pipeline.models.backbones`) calls :func:`fetch_repo_files` for an id whose
-weights are in no local place, when this process may download (:class:`HubAccess`, built once from the
-settings by ``service.bootstrap``). What it guarantees:
+weights are in no local place, and hub datasets (``hf://datasets/...``) call :func:`list_repo` then
+:func:`download_files`, when this process may download (:class:`HubAccess`, built once from the settings by
+``service.bootstrap``). What it guarantees:
 
-- **allowlist first**: a repo outside ``HubAccess.allowed_repos`` (fnmatch patterns on ``org/name``; a service
-  allows ``timm/*`` by default) is refused before any request (:class:`~service.errors.DownloadNotAllowed`);
+- **allowlist first**: a repo outside ``HubAccess.allowed_repos`` / ``allowed_datasets`` (fnmatch patterns on
+  ``org/name``; a service allows the models ``timm/*`` and no dataset by default) is refused before any request
+  (:class:`~service.errors.DownloadNotAllowed`);
 - **safetensors only**: the repo's file list is read before any download; a repo that ships only pickle
   checkpoints (``pytorch_model.bin``, ``*.pth``) is refused (:class:`~service.errors.UnsafeCheckpointFormat`);
 - **pinned and recorded**: the revision (a branch, a tag or a commit; ``main`` by default) is resolved to its
-  commit once and every file is downloaded at that commit, which the caller records in the result;
+  commit once, every file must arrive at that commit, and the caller records it in the result; the cache keeps
+  the name -> commit ref, so a later offline run finds the same files;
 - **room checked**: the bytes still missing are compared with ``max_download_bytes`` and with the free space of
   the cache's disk (less ``min_free_bytes``) before the first byte is fetched;
 - **verified, nothing half-written**: every file's sha256 is checked against the hub's LFS checksum (its size
@@ -36,9 +40,11 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from service.errors import (
+    BackboneRankError,
+    DatasetNotFound,
     DownloadFailed,
     DownloadNotAllowed,
     DownloadTooLarge,
@@ -49,7 +55,16 @@ from service.errors import (
     WeightsUnavailable,
 )
 
-__all__ = ["HubAccess", "HubFiles", "fetch_repo_files", "repo_allowed", "COMMIT_RE"]
+__all__ = [
+    "COMMIT_RE",
+    "HubAccess",
+    "HubFiles",
+    "RepoListing",
+    "download_files",
+    "fetch_repo_files",
+    "list_repo",
+    "repo_allowed",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -72,8 +87,8 @@ class HubAccess:
         False offline (``HF_HUB_OFFLINE=1``, ``BACKBONE_RANK_OFFLINE=1``, ``--offline``): only the cache is read.
     endpoint : str or None
         The hub's URL (``HF_ENDPOINT``); None: huggingface_hub's default.
-    allowed_repos : tuple of str
-        fnmatch patterns of repo ids this process may download (``("*",)``: any).
+    allowed_repos, allowed_datasets : tuple of str
+        fnmatch patterns of the model / dataset repo ids this process may download (``("*",)``: any).
     timeout_s : float
         Seconds to wait for the hub's answer to any one request.
     cache_dir : Path or None
@@ -87,6 +102,7 @@ class HubAccess:
     enabled: bool = False
     endpoint: str | None = None
     allowed_repos: tuple[str, ...] = ("*",)
+    allowed_datasets: tuple[str, ...] = ("*",)
     timeout_s: float = 10.0
     cache_dir: Path | None = None
     max_download_bytes: int = 8 * 2**30
@@ -122,6 +138,95 @@ class HubFiles:
         return next(iter(self.paths.values())).parent
 
 
+@dataclass(frozen=True)
+class RepoListing:
+    """A repo's files at one commit, as the hub describes them (sizes, LFS sha256 where it gives one)."""
+
+    repo_id: str
+    repo_type: Literal["model", "dataset"]
+    revision: str
+    commit: str
+    sizes: dict[str, int]
+    checksums: dict[str, str]
+
+
+_NOT_FOUND: dict[str, type[BackboneRankError]] = {"model": UnknownBackbone, "dataset": DatasetNotFound}
+_UNAVAILABLE: dict[str, type[BackboneRankError]] = {"model": WeightsUnavailable, "dataset": DatasetNotFound}
+_SETTING = {"model": "BACKBONE_RANK_HUB_ALLOWED_REPOS", "dataset": "BACKBONE_RANK_HUB_ALLOWED_DATASETS"}
+
+
+def list_repo(
+    repo_id: str,
+    access: HubAccess,
+    *,
+    repo_type: Literal["model", "dataset"] = "model",
+    revision: str | None = None,
+    what: str = "",
+) -> RepoListing:
+    """Ask the hub for the files of ``repo_id`` at ``revision`` (``main``), after the allowlist and offline checks.
+
+    Raises
+    ------
+    DownloadNotAllowed, HubUnreachable; offline: WeightsUnavailable (model) / DatasetNotFound (dataset);
+    UnknownBackbone / DatasetNotFound for a missing repo or revision; WeightsUnavailable / DatasetNotFound for a
+    gated repo without a token.
+    """
+    what = what or repo_id
+    patterns = access.allowed_repos if repo_type == "model" else access.allowed_datasets
+    if not repo_allowed(repo_id, patterns):
+        raise DownloadNotAllowed(
+            f"{what}: this process downloads {repo_type}s only from repos matching "
+            f"{', '.join(patterns) or 'nothing'}; {repo_id!r} is not one (the operator sets {_SETTING[repo_type]})",
+            repo=repo_id,
+        )
+    if not access.enabled:
+        raise _UNAVAILABLE[repo_type](
+            f"{what}: {repo_id} is not in the HF cache ({access.hub_cache()}) and downloads are off (offline: "
+            "HF_HUB_OFFLINE / BACKBONE_RANK_OFFLINE / --offline); run once with the hub reachable, or "
+            f"`hf download {'--repo-type dataset ' if repo_type == 'dataset' else ''}{repo_id}`",
+        )
+    info = _repo_info(repo_id, repo_type, revision, access, what)
+    sizes, checksums = _file_table(info)
+    return RepoListing(repo_id, repo_type, revision or "main", str(info.sha), sizes, checksums)
+
+
+def download_files(
+    listing: RepoListing,
+    filenames: Sequence[str],
+    access: HubAccess,
+    *,
+    what: str = "",
+    progress: DownloadProgress | None = None,
+) -> HubFiles:
+    """Download ``filenames`` of a listed repo into the HF cache at the listed commit (those already there are not
+    fetched again), after the size and free-disk checks; each file is verified, and a bad one leaves nothing.
+
+    Raises
+    ------
+    DownloadTooLarge, InsufficientDisk, HubUnreachable, DownloadFailed (also when the revision moved to another
+    commit while downloading).
+    """
+    what = what or listing.repo_id
+    missing = [name for name in filenames if name not in listing.sizes]
+    if missing:
+        raise _UNAVAILABLE[listing.repo_type](f"{what}: the hub repo {listing.repo_id} has no {', '.join(missing)}")
+    cached = _cached_paths(listing, filenames, access)
+    to_fetch = [name for name in filenames if name not in cached]
+    _check_room(sum(listing.sizes[name] for name in to_fetch), access, what)
+    paths = dict(cached)
+    total = sum(listing.sizes[name] for name in filenames)
+    done = sum(listing.sizes[name] for name in cached)
+    for name in to_fetch:
+        paths[name] = _download(listing, name, access, what, done, total, progress)
+        done += listing.sizes[name]
+    if progress is not None:
+        progress(total, total)
+    _logger.info(
+        "%s: %s@%s in the HF cache (%d file(s) downloaded)", what, listing.repo_id, listing.commit[:12], len(to_fetch)
+    )
+    return HubFiles(repo_id=listing.repo_id, commit=listing.commit, paths={name: paths[name] for name in filenames})
+
+
 def fetch_repo_files(
     repo_id: str,
     filenames: Sequence[str],
@@ -133,70 +238,37 @@ def fetch_repo_files(
 ) -> HubFiles:
     """Download ``filenames`` (the first must be the ``.safetensors`` weights) of the model repo ``repo_id``.
 
-    ``what`` names the request in errors (the backbone id). The files already in the cache at the resolved
-    commit are not downloaded again.
+    ``what`` names the request in errors (the backbone id).
 
     Raises
     ------
-    DownloadNotAllowed, WeightsUnavailable (offline), HubUnreachable, UnknownBackbone (no such repo or
-    revision), UnsafeCheckpointFormat (pickles only), DownloadTooLarge, InsufficientDisk, DownloadFailed.
+    What :func:`list_repo` and :func:`download_files` raise, and UnsafeCheckpointFormat for a repo that has
+    pickle checkpoints but no ``filenames[0]``.
     """
     what = what or repo_id
-    if not repo_allowed(repo_id, access.allowed_repos):
-        raise DownloadNotAllowed(
-            f"{what}: this service downloads only from repos matching {', '.join(access.allowed_repos)}; "
-            f"{repo_id!r} is not one (the operator sets BACKBONE_RANK_HUB_ALLOWED_REPOS)",
-            backbone=what,
-            repo=repo_id,
-        )
-    if not access.enabled:
-        raise WeightsUnavailable(
-            f"{what}: the weights ({repo_id}) are not in the HF cache ({access.hub_cache()}) and downloads are off "
-            "(offline: HF_HUB_OFFLINE / BACKBONE_RANK_OFFLINE / --offline); run once with the hub reachable, or "
-            f"`hf download {repo_id}`",
-            backbone=what,
-        )
-    info = _repo_info(repo_id, revision, access, what)
-    sizes, checksums = _file_table(info)
-    _check_safetensors_only(repo_id, filenames[0], sizes, what)
-    missing = [name for name in filenames if name not in sizes]
-    if missing:
-        raise WeightsUnavailable(f"{what}: the hub repo {repo_id} has no {', '.join(missing)}", backbone=what)
-    commit = str(info.sha)
-    cached = _cached_paths(repo_id, commit, filenames, access)
-    to_fetch = [name for name in filenames if name not in cached]
-    _check_room(sum(sizes[name] for name in to_fetch), access, what)
-    paths = dict(cached)
-    total = sum(sizes[name] for name in filenames)
-    done = sum(sizes[name] for name in cached)
-    for name in to_fetch:
-        paths[name] = _download(repo_id, name, commit, access, what, sizes[name], checksums.get(name), done, total,
-                                progress)  # fmt: skip
-        done += sizes[name]
-    if progress is not None:
-        progress(total, total)
-    _logger.info("%s: %s@%s in the HF cache (%d file(s) downloaded)", what, repo_id, commit[:12], len(to_fetch))
-    return HubFiles(repo_id=repo_id, commit=commit, paths={name: paths[name] for name in filenames})
+    listing = list_repo(repo_id, access, revision=revision, what=what)
+    _check_safetensors_only(repo_id, filenames[0], listing.sizes, what)
+    return download_files(listing, filenames, access, what=what, progress=progress)
 
 
-def _repo_info(repo_id: str, revision: str | None, access: HubAccess, what: str) -> Any:
+def _repo_info(repo_id: str, repo_type: str, revision: str | None, access: HubAccess, what: str) -> Any:
     from huggingface_hub import HfApi
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 
+    api = HfApi(endpoint=access.endpoint)
+    info = api.model_info if repo_type == "model" else api.dataset_info
     try:
         with _network_errors(access, what):
-            return HfApi(endpoint=access.endpoint).model_info(
-                repo_id, revision=revision, files_metadata=True, timeout=access.timeout_s
-            )
+            return info(repo_id, revision=revision, files_metadata=True, timeout=access.timeout_s)
     except GatedRepoError as e:
-        raise WeightsUnavailable(
-            f"{what}: {repo_id} is gated: accept its terms on the hub and set HF_TOKEN", backbone=what
+        raise _UNAVAILABLE[repo_type](
+            f"{what}: {repo_id} is gated: accept its terms on the hub and set HF_TOKEN"
         ) from e
     except RevisionNotFoundError as e:
-        raise UnknownBackbone(f"{what}: {repo_id} has no revision {revision!r}", backbone=what) from e
+        raise _NOT_FOUND[repo_type](f"{what}: {repo_id} has no revision {revision!r}") from e
     except RepositoryNotFoundError as e:
-        raise UnknownBackbone(
-            f"{what}: the hub ({access.where()}) has no repo {repo_id!r} (a private one needs HF_TOKEN)", backbone=what
+        raise _NOT_FOUND[repo_type](
+            f"{what}: the hub ({access.where()}) has no {repo_type} repo {repo_id!r} (a private one needs HF_TOKEN)"
         ) from e
 
 
@@ -224,12 +296,14 @@ def _check_safetensors_only(repo_id: str, weights: str, sizes: dict[str, int], w
     raise WeightsUnavailable(f"{what}: the hub repo {repo_id} has no {weights}", backbone=what)
 
 
-def _cached_paths(repo_id: str, commit: str, filenames: Sequence[str], access: HubAccess) -> dict[str, Path]:
+def _cached_paths(listing: RepoListing, filenames: Sequence[str], access: HubAccess) -> dict[str, Path]:
     from huggingface_hub import try_to_load_from_cache
 
     found = {}
     for name in filenames:
-        hit = try_to_load_from_cache(repo_id, name, cache_dir=access.hub_cache(), revision=commit)
+        hit = try_to_load_from_cache(
+            listing.repo_id, name, cache_dir=access.hub_cache(), revision=listing.commit, repo_type=listing.repo_type
+        )
         if isinstance(hit, str):
             found[name] = Path(hit)
     return found
@@ -247,7 +321,6 @@ def _check_room(needed: int, access: HubAccess, what: str) -> None:
         raise DownloadTooLarge(
             f"{what}: {needed / 2**20:.0f} MiB to download, over this process's limit of "
             f"{access.max_download_bytes / 2**20:.0f} MiB (BACKBONE_RANK_MAX_DOWNLOAD_BYTES)",
-            backbone=what,
         )
     cache = access.hub_cache()
     free = shutil.disk_usage(_existing_parent(cache)).free
@@ -256,18 +329,14 @@ def _check_room(needed: int, access: HubAccess, what: str) -> None:
             f"{what}: {needed / 2**20:.0f} MiB to download but {cache} has {free / 2**20:.0f} MiB free "
             f"(and {access.min_free_bytes / 2**20:.0f} MiB must stay free); free some space or point HF_HOME "
             "elsewhere",
-            backbone=what,
         )
 
 
 def _download(
-    repo_id: str,
+    listing: RepoListing,
     name: str,
-    commit: str,
     access: HubAccess,
     what: str,
-    size: int,
-    sha256: str | None,
     done: int,
     total: int,
     progress: DownloadProgress | None,
@@ -277,12 +346,15 @@ def _download(
     cache = access.hub_cache()
     try:
         with _network_errors(access, what):
+            # By the revision's name, not its commit: huggingface_hub then records the name -> commit ref in the
+            # cache, which is what a later offline run resolves the name with.
             path = Path(
                 str(
                     hf_hub_download(
-                        repo_id,
+                        listing.repo_id,
                         name,
-                        revision=commit,
+                        repo_type=listing.repo_type,
+                        revision=listing.revision,
                         cache_dir=cache,
                         endpoint=access.endpoint,
                         etag_timeout=access.timeout_s,
@@ -291,16 +363,18 @@ def _download(
                 )
             )
     except HubUnreachable:
-        _discard(cache, repo_id, commit, name)
+        _discard(cache, listing, name)
         raise
     except Exception as e:  # huggingface_hub raises httpx and OS errors as they come; none may leave bytes behind
-        _discard(cache, repo_id, commit, name)
-        raise DownloadFailed(f"{what}: downloading {repo_id}/{name} failed: {_shorten(e)}", backbone=what) from e
-    problem = _verify(path, size, sha256)
+        _discard(cache, listing, name)
+        raise DownloadFailed(f"{what}: downloading {listing.repo_id}/{name} failed: {_shorten(e)}") from e
+    problem = _verify(path, listing.sizes[name], listing.checksums.get(name))
+    if path.parent.name != listing.commit:
+        problem = f"at commit {path.parent.name[:12]} while the rest is at {listing.commit[:12]} (the revision moved)"
     if problem:
-        _discard(cache, repo_id, commit, name)
+        _discard(cache, listing, name)
         raise DownloadFailed(
-            f"{what}: {repo_id}/{name} arrived {problem}; it was removed from the cache, try again", backbone=what
+            f"{what}: {listing.repo_id}/{name} arrived {problem}; it was removed from the cache, try again"
         )
     return path
 
@@ -319,14 +393,11 @@ def _verify(path: Path, size: int, sha256: str | None) -> str | None:
     return None
 
 
-def _discard(cache: Path, repo_id: str, commit: str, name: str) -> None:
-    """Remove what a failed download of ``name`` left: its snapshot link, the blob it points to, partial files."""
-    repo_dir = cache / f"models--{repo_id.replace('/', '--')}"
-    link = repo_dir / "snapshots" / commit / name
-    targets = []
-    if link.is_symlink():
-        targets.append(Path(os.path.realpath(link)))
-    targets.append(link)
+def _discard(cache: Path, listing: RepoListing, name: str) -> None:
+    """Remove what a failed download of ``name`` left: its snapshot links, the blob they point to, partial files."""
+    repo_dir = cache / f"{listing.repo_type}s--{listing.repo_id.replace('/', '--')}"
+    links = list((repo_dir / "snapshots").glob(f"*/{name}"))
+    targets = [Path(os.path.realpath(link)) for link in links if link.is_symlink()] + links
     targets.extend((repo_dir / "blobs").glob("*.incomplete"))
     for target in targets:
         try:
@@ -350,7 +421,6 @@ def _network_errors(access: HubAccess, what: str) -> Iterator[None]:
             f"{what}: the hub ({access.where()}) did not answer within {access.timeout_s:g} s ({_shorten(e)}); check "
             "the network or HF_ENDPOINT, or work offline (--offline / HF_HUB_OFFLINE=1) with weights already in the "
             "HF cache",
-            backbone=what,
         ) from e
 
 
