@@ -60,6 +60,7 @@ __all__ = [
     "HubAccess",
     "HubFiles",
     "RepoListing",
+    "cached_listing",
     "download_files",
     "fetch_repo_files",
     "list_repo",
@@ -135,7 +136,13 @@ class HubFiles:
     @property
     def folder(self) -> Path:
         """The snapshot folder (``.../snapshots/<commit>``) holding the files."""
-        return next(iter(self.paths.values())).parent
+        name, path = next(iter(self.paths.items()))
+        return _snapshot_of(path, name)
+
+
+def _snapshot_of(path: Path, name: str) -> Path:
+    """The snapshot folder of the cached file ``path`` of repo file ``name`` (which may lie in sub-folders)."""
+    return path.parents[len(Path(name).parts) - 1]
 
 
 @dataclass(frozen=True)
@@ -148,6 +155,8 @@ class RepoListing:
     commit: str
     sizes: dict[str, int]
     checksums: dict[str, str]
+    #: Read from the HF cache offline: only the files downloaded before, and no checksums.
+    from_cache: bool = False
 
 
 _NOT_FOUND: dict[str, type[BackboneRankError]] = {"model": UnknownBackbone, "dataset": DatasetNotFound}
@@ -188,6 +197,34 @@ def list_repo(
     info = _repo_info(repo_id, repo_type, revision, access, what)
     sizes, checksums = _file_table(info)
     return RepoListing(repo_id, repo_type, revision or "main", str(info.sha), sizes, checksums)
+
+
+def cached_listing(
+    repo_id: str,
+    access: HubAccess,
+    *,
+    repo_type: Literal["model", "dataset"] = "model",
+    revision: str | None = None,
+) -> RepoListing | None:
+    """What the HF cache holds of ``repo_id`` at ``revision`` (a commit, or a name whose commit an earlier download
+    recorded), without the network; None when it holds nothing."""
+    repo_dir = access.hub_cache() / f"{repo_type}s--{repo_id.replace('/', '--')}"
+    name = revision or "main"
+    commit = name
+    if not COMMIT_RE.fullmatch(name):
+        try:
+            commit = (repo_dir / "refs" / name).read_text(encoding="utf-8").strip()
+        except OSError:
+            return None
+    snapshot = repo_dir / "snapshots" / commit
+    if not COMMIT_RE.fullmatch(commit) or not snapshot.is_dir():
+        return None
+    sizes = {
+        path.relative_to(snapshot).as_posix(): path.stat().st_size
+        for path in sorted(snapshot.rglob("*"))
+        if path.is_file()
+    }
+    return RepoListing(repo_id, repo_type, name, commit, sizes, {}, from_cache=True) if sizes else None
 
 
 def download_files(
@@ -369,8 +406,9 @@ def _download(
         _discard(cache, listing, name)
         raise DownloadFailed(f"{what}: downloading {listing.repo_id}/{name} failed: {_shorten(e)}") from e
     problem = _verify(path, listing.sizes[name], listing.checksums.get(name))
-    if path.parent.name != listing.commit:
-        problem = f"at commit {path.parent.name[:12]} while the rest is at {listing.commit[:12]} (the revision moved)"
+    arrived = _snapshot_of(path, name).name
+    if arrived != listing.commit:
+        problem = f"at commit {arrived[:12]} while the rest is at {listing.commit[:12]} (the revision moved)"
     if problem:
         _discard(cache, listing, name)
         raise DownloadFailed(
