@@ -15,7 +15,9 @@ Every error a user can cause carries a ``code`` (stable, documented, never rewor
     │   ├── UnknownBackbone            unknown_backbone             422
     │   ├── WeightsUnavailable         weights_unavailable          422
     │   ├── UnsafeCheckpointFormat     unsafe_checkpoint_format     422
-    │   └── ZooBuildFailed             zoo_build_failed             500  (a zoo model did not learn its source)
+    │   ├── ZooBuildFailed             zoo_build_failed             500  (a zoo model did not learn its source)
+    │   ├── UnknownCandidateSet        unknown_candidate_set        422  (an @set name that does not exist)
+    │   └── InvalidCandidateSet        invalid_candidate_set        422  (a bad count or filter, or no match)
     ├── HubError                       (downloads from the Hugging Face hub)
     │   ├── HubUnreachable             hub_unreachable              503  (no answer within the timeout)
     │   ├── DownloadNotAllowed         download_not_allowed         403  (a repo outside the download allowlist)
@@ -66,6 +68,8 @@ __all__ = [
     "WeightsUnavailable",
     "UnsafeCheckpointFormat",
     "ZooBuildFailed",
+    "UnknownCandidateSet",
+    "InvalidCandidateSet",
     "HubError",
     "HubUnreachable",
     "DownloadNotAllowed",
@@ -162,6 +166,18 @@ class ZooBuildFailed(BackboneError):
 
     code = "zoo_build_failed"
     status = 500
+
+
+class UnknownCandidateSet(BackboneError):
+    """A named candidate set (``-b @name``) that does not exist; ``valid`` lists the ones that do."""
+
+    code = "unknown_candidate_set"
+
+
+class InvalidCandidateSet(BackboneError):
+    """A known candidate set with a bad count or filter (``valid`` lists the filters), or one no model satisfies."""
+
+    code = "invalid_candidate_set"
 
 
 class HubError(BackboneRankError):
