@@ -1,16 +1,18 @@
-"""What the service can run, listed without torch: backbones with offline weights, estimators,
-built-in datasets (``GET /v1/backbones``, ``/v1/estimators``, ``/v1/datasets/builtin``)."""
+"""What the service can run, listed without torch: backbones with offline weights, the model catalogue,
+estimators, built-in datasets (``GET /v1/backbones``, ``/v1/models``, ``/v1/estimators``, ``/v1/datasets/builtin``;
+the CLI's ``models``, ``estimators`` and ``datasets`` commands print the same)."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from service.config import Settings
 from service.pipeline.models.backbone_ids import installed_timm_version, load_timm_registry, service_allows
 
-__all__ = ["backbone_catalog", "estimator_catalog", "builtin_dataset_catalog"]
+__all__ = ["backbone_catalog", "estimator_catalog", "builtin_dataset_catalog", "model_listing", "MODEL_SORTS"]
 
 _logger = logging.getLogger(__name__)
 
@@ -115,8 +117,9 @@ def backbone_catalog(settings: Settings) -> dict[str, Any]:
         "timm": {
             "version": installed_timm_version(),
             "architectures": len(registry.archs) if registry is not None else None,
-            "note": "random:<arch> gives an untrained baseline of any timm architecture; other timm ids need "
-            "their weights in a weights dir or the HF cache",
+            "note": "random:<arch> gives an untrained baseline of any timm architecture; other timm ids are "
+            "downloaded into the HF cache when missing (unless offline; a service only from its allowed repos); "
+            "GET /v1/models lists timm's published models with their size, cost and ImageNet accuracy",
         },
     }
 
@@ -155,3 +158,76 @@ def builtin_dataset_catalog(settings: Settings) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+#: ``models`` orders: key -> (what it sorts by, best first).
+MODEL_SORTS: dict[str, str] = {
+    "top1": "ImageNet-1k top-1, highest first",
+    "params": "parameters, fewest first",
+    "gmacs": "GMACs, fewest first (unknown last)",
+    "speed": "GPU images/s, fastest first (unknown last)",
+    "id": "id, alphabetical",
+}
+
+
+def _sort_key(sort: str) -> Callable[[Any], tuple[Any, ...]]:
+    keys: dict[str, Callable[[Any], tuple[Any, ...]]] = {
+        "top1": lambda e: (-e.imagenet_top1, e.id),
+        "params": lambda e: (e.params_m, e.id),
+        "gmacs": lambda e: (e.gmacs is None, e.gmacs or 0.0, e.id),
+        "speed": lambda e: (e.gpu_img_per_s is None, -(e.gpu_img_per_s or 0.0), e.id),
+        "id": lambda e: (e.id,),
+    }
+    return keys[sort]
+
+
+def model_listing(
+    settings: Settings,
+    *,
+    selection: str | None = None,
+    filters: str | None = None,
+    search: str | None = None,
+    local_only: bool = False,
+    sort: str | None = None,
+    limit: int | None = None,
+) -> dict[str, Any]:
+    """timm's published models (the packaged catalogue, service/model_catalogue.py) with what they cost and score,
+    and whether their weights are on this machine already (``available_offline``).
+
+    ``selection`` is a named set (``@mobile``, ``@top:20?max_params=30``: its order unless ``sort``), ``filters`` the
+    same ``KEY=VALUE&...`` grammar, ``search`` terms of the id. Bad input raises the catalogue's coded errors.
+    """
+    from service.model_catalogue import (
+        expand_candidate_set,
+        filter_models,
+        load_model_catalogue,
+        parse_filters,
+    )
+
+    if sort is not None and sort not in MODEL_SORTS:
+        raise ValueError(f"unknown sort {sort!r}; sorts: {', '.join(MODEL_SORTS)}")
+    catalogue = load_model_catalogue()
+    entries = list(catalogue)
+    if selection:
+        by_id = {e.id: e for e in catalogue}
+        entries = [by_id[i] for i in expand_candidate_set(selection, catalogue)]
+    entries = filter_models(entries, query=search, **(parse_filters(filters, catalogue) if filters else {}))
+    if sort is not None or not selection:
+        entries.sort(key=_sort_key(sort or "top1"))
+    local = {e["id"] for e in _hf_cache_entries(settings) + _weights_dir_entries(settings)}
+    rows = [{**_entry_fields(e), "available_offline": e.id in local} for e in entries]
+    if local_only:
+        rows = [row for row in rows if row["available_offline"]]
+    total = len(rows)
+    return {
+        "models": rows[:limit] if limit is not None else rows,
+        "total": total,
+        "source": "timm's published ImageNet results and benchmarks (huggingface/pytorch-image-models, Apache-2.0; "
+        "service/builtin/model_catalogue.SOURCE.md)",
+    }
+
+
+def _entry_fields(entry: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(entry)

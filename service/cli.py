@@ -85,8 +85,13 @@ def list_datasets_command(
     # The same directory `rank` materializes into, so "materialized" tells whether a rank will build first.
     directory = builtin_dir if builtin_dir is not None else get_settings().cache_dir / "builtin"
     table = Table(title="Built-in datasets", caption=f"materialized under {escape(str(directory))}")
-    for column, justify in (("name", "left"), ("role", "left"), ("classes", "right"), ("relation", "left"),
-                            ("materialized", "left")):
+    for column, justify in (
+        ("name", "left"),
+        ("role", "left"),
+        ("classes", "right"),
+        ("relation", "left"),
+        ("materialized", "left"),
+    ):
         table.add_column(column, justify=_justify(justify), no_wrap=column == "name")
     for info in BUILTIN_DATASETS.values():
         manifest = builtin_dataset_manifest(info.name, directory)
@@ -112,10 +117,20 @@ def rank_command(
         typer.Option(
             "--backbone",
             "-b",
-            help="timm id (arch.tag), arch.tag@/path/weights.safetensors, local-dir:/path, zoo:NAME, or "
-            "random:arch for an untrained baseline. Repeat for each candidate.",
+            help="timm id (arch.tag; downloaded when missing, arch.tag@REVISION pins one), hf-hub:ORG/NAME, "
+            "arch.tag@/path/weights.safetensors, local-dir:/path, zoo:NAME, random:arch for an untrained baseline, "
+            "or a named set of the model catalogue: @popular, @mobile, @top:N, with filters, e.g. "
+            "@top:10?max_params=30 (`backbone-rank models`). Repeat for each candidate.",
         ),
     ],
+    skip_unavailable: Annotated[
+        bool | None,
+        typer.Option(
+            "--skip-unavailable/--no-skip-unavailable",
+            help="Rank the candidates whose weights can be had and list the others with how to get them (default: "
+            "on for a named set, off for ids given one by one).",
+        ),
+    ] = None,
     estimator: Annotated[
         list[str] | None,
         typer.Option("--estimator", "-e", help="Estimators to compute (default: all that apply). Repeatable."),
@@ -172,6 +187,7 @@ def rank_command(
             RankingRequest,
             dataset=_dataset_spec(dataset, for_server=server is not None),
             backbones=backbone,
+            skip_unavailable=skip_unavailable,
             estimators=estimator or None,
             max_per_class=max_per_class,
             seed=seed,
@@ -434,8 +450,16 @@ def _print_ranking(result: dict[str, Any]) -> None:
         extra.append(("p(best)", "right"))
     if calibrated:
         extra.append(("pred. fine-tune acc", "right"))
-    for column, justify in (("rank", "right"), ("backbone", "left"), *extra, ("mean rank", "right"), ("D", "right"),
-                            ("weights", "left"), ("extract s", "right"), ("cached", "center")):
+    for column, justify in (
+        ("rank", "right"),
+        ("backbone", "left"),
+        *extra,
+        ("mean rank", "right"),
+        ("D", "right"),
+        ("weights", "left"),
+        ("extract s", "right"),
+        ("cached", "center"),
+    ):
         table.add_column(column, justify=_justify(justify))
     for row in result["backbones"]:
         cells = []
@@ -448,8 +472,14 @@ def _print_ranking(result: dict[str, Any]) -> None:
                 "-" if not predicted else f"{predicted['value']:.2f} [{predicted['low']:.2f}, {predicted['high']:.2f}]"
             )
         table.add_row(
-            str(row["rank"]), row["id"], *cells, f"{row['mean_rank']:.2f}", str(row["feature_dim"]),
-            str(row["weights_source"]), f"{row['seconds']['extract']:.1f}", "yes" if row["from_cache"] else "",
+            str(row["rank"]),
+            row["id"],
+            *cells,
+            f"{row['mean_rank']:.2f}",
+            str(row["feature_dim"]),
+            str(row["weights_source"]),
+            f"{row['seconds']['extract']:.1f}",
+            "yes" if row["from_cache"] else "",
         )
     console.print(table)
     if fusion.get("note"):  # what the order rests on, and which sample size the predictions are for
@@ -1165,8 +1195,15 @@ def zoo_list_command(zoo_dir: Annotated[Path | None, _zoo_dir_option()] = None) 
 
     directory = zoo_dir if zoo_dir is not None else default_zoo_dir()
     table = Table(title="Built-in zoo", caption=f"built under {escape(str(directory))}; rank with -b zoo:NAME")
-    for column, justify in (("name", "left"), ("arch", "left"), ("source", "left"), ("input", "right"),
-                            ("init", "left"), ("built", "left"), ("source acc", "right")):
+    for column, justify in (
+        ("name", "left"),
+        ("arch", "left"),
+        ("source", "left"),
+        ("input", "right"),
+        ("init", "left"),
+        ("built", "left"),
+        ("source acc", "right"),
+    ):
         table.add_column(column, justify=_justify(justify), no_wrap=column == "name")
     for row in list_zoo(directory):
         card = row["card"]
@@ -1204,8 +1241,16 @@ def zoo_build_command(
     except BackboneRankError as err:
         _exit_with(err)
     table = Table(title="Built-in zoo", caption="source acc: accuracy on the source's test split")
-    for column, justify in (("name", "left"), ("arch", "left"), ("source", "left"), ("source acc", "right"),
-                            ("chance", "right"), ("epochs", "right"), ("seconds", "right"), ("images/s", "right")):
+    for column, justify in (
+        ("name", "left"),
+        ("arch", "left"),
+        ("source", "left"),
+        ("source acc", "right"),
+        ("chance", "right"),
+        ("epochs", "right"),
+        ("seconds", "right"),
+        ("images/s", "right"),
+    ):
         table.add_column(column, justify=_justify(justify), no_wrap=column == "name")
     for card in cards:
         table.add_row(

@@ -47,6 +47,7 @@ __all__ = [
     "CatalogueEntry",
     "load_model_catalogue",
     "filter_models",
+    "parse_filters",
     "is_candidate_set",
     "expand_candidate_set",
     "expand_backbone_ids",
@@ -281,8 +282,15 @@ def _parse_number(text: str, key: str, value: str) -> float:
     return number
 
 
-def _parse_filters(text: str, query: str, entries: Sequence[CatalogueEntry]) -> dict[str, Any]:
-    """:func:`filter_models`'s keyword arguments for the ``KEY=VALUE&...`` after the ``?``."""
+def parse_filters(query: str, entries: Sequence[CatalogueEntry] | None = None, *, text: str = "") -> dict[str, Any]:
+    """:func:`filter_models`'s keyword arguments for ``KEY=VALUE&...`` (what follows a set's ``?``; also
+    ``backbone-rank models --filter`` and ``GET /v1/models?filter=``); ``text`` names the whole expression in errors.
+
+    Raises:
+        InvalidCandidateSet: an unknown or repeated key, a missing or bad value (the valid keys are listed).
+    """
+    text = text or query
+    entries = load_model_catalogue() if entries is None else entries
     kwargs: dict[str, Any] = {}
     for item in query.split("&"):
         key, eq, value = item.partition("=")
@@ -349,7 +357,7 @@ def expand_candidate_set(text: str, entries: Sequence[CatalogueEntry] | None = N
         raise _refuse(raw, f"@{name} takes no count (only @top:N does)")
     if question and not query.strip():
         raise _refuse(raw, "nothing after '?'")
-    kwargs = _parse_filters(raw, query, catalogue) if query.strip() else {}
+    kwargs = parse_filters(query, catalogue, text=raw) if query.strip() else {}
     pool = [e for e in filter_models(catalogue, **kwargs) if e.family not in _EXCLUDED_FAMILIES]
 
     if name == "top":

@@ -10,7 +10,7 @@ refused (``extra="forbid"``), so a typo is an error rather than a silently ignor
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
@@ -69,7 +69,14 @@ class RankingRequest(_Request):
     backbones: list[BackboneId] = Field(
         min_length=1,
         max_length=MAX_BACKBONES,
-        description="timm ids (arch.tag), zoo:NAME, random:ARCH; local-dir:/@file only under the weights dirs.",
+        description="timm ids (arch.tag[@revision]), hf-hub:ORG/NAME, zoo:NAME, random:ARCH, or a named set of the "
+        "model catalogue (@popular, @mobile, @top:N, with filters: @top:20?max_params=30), which the request "
+        "holds as its ids; local-dir:/@file only under the weights dirs.",
+    )
+    skip_unavailable: bool | None = Field(
+        None,
+        description="Rank the candidates whose weights can be had and list the others (with how to get them) instead "
+        "of failing; default: on when the list came from a named set, off for ids named one by one.",
     )
     estimators: list[EstimatorName] | None = Field(
         None,
@@ -108,6 +115,23 @@ class RankingRequest(_Request):
         description="Local runs only: extra directories searched for <id>.safetensors files (a server searches "
         "its own weights dirs and refuses this field).",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_candidate_sets(cls, data: Any) -> Any:
+        # Every caller's request passes here (CLI, API body, client, stored job), so a named set becomes its ids
+        # once and stored requests and results name concrete models. The catalogue is torch-free.
+        backbones = data.get("backbones") if isinstance(data, dict) else None
+        if not isinstance(backbones, list) or not any(
+            isinstance(b, str) and b.strip().startswith("@") for b in backbones
+        ):
+            return data
+        from service.model_catalogue import expand_backbone_ids
+
+        expanded = {**data, "backbones": expand_backbone_ids([str(b) for b in backbones])}
+        if expanded.get("skip_unavailable") is None:
+            expanded["skip_unavailable"] = True
+        return expanded
 
 
 class FinetuneRequest(_Request):

@@ -134,6 +134,12 @@ class BackboneRow(_Model):
     p_best: Number = None
     predicted_accuracy: PredictedAccuracy | None = None
     source_accuracy: Number = None
+    params_m: Number = Field(None, description="Parameters of the loaded backbone, millions (classifier included).")
+    gmacs: Number = Field(None, description="GMACs per image at its eval size (timm's published table; null: unknown).")
+    imagenet_top1: Number = Field(
+        None, description="ImageNet-1k top-1, percent (timm's published table; null: not a published timm model)."
+    )
+    revision: str | None = Field(None, description="The hub commit of weights downloaded from (or pinned on) the hub.")
     feature_dim: int
     num_source_classes: int
     weights_source: str | None
@@ -183,6 +189,14 @@ class FusionInfo(_Model):
     note: str
 
 
+class UnavailableBackbone(_Model):
+    """A candidate the ranking left out, and why (``code`` as in service.errors)."""
+
+    id: str
+    code: str
+    detail: str
+
+
 class TotalSeconds(_Model):
     total: float
 
@@ -198,6 +212,10 @@ class RankingResult(_Model):
     class_map: dict[str, int]
     estimators: list[EstimatorColumn]
     backbones: list[BackboneRow]
+    unavailable: list[UnavailableBackbone] = Field(
+        default_factory=list,
+        description="Candidates left out because their weights could not be had (skip_unavailable).",
+    )
     fusion: FusionInfo
     failed_images: int = Field(description="Images that could not be decoded (skipped).")
     seconds: TotalSeconds

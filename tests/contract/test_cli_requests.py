@@ -79,6 +79,7 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     monkeypatch.setattr(engine, "benchmark", engine_benchmark)
     monkeypatch.setattr(service.client.Client, "rank", client_rank)
     monkeypatch.setattr(service.client.Client, "finetune", client_finetune)
+
     def local_runtime(offline: bool = False) -> object:
         seen["offline"] = offline
         return object()
@@ -99,11 +100,12 @@ def _params(command: str) -> set[str]:
 RANK_ARGS = [
     "rank", "builtin:digits#val", "-b", "zoo:latin-resnet10t", "-b", "random:resnet10t", "-e", "logme", "-e", "knn",
     "--max-per-class", "7", "--seed", "3", "--device", "cpu", "--batch-size", "5", "--no-cache", "--layer", "2",
-    "--streaming", "--bootstrap", "4",
+    "--streaming", "--bootstrap", "4", "--skip-unavailable",
 ]  # fmt: skip
 RANK_EXPECTED = {
     "dataset": {"kind": "builtin", "name": "digits", "split": "val", "path": None},
     "backbones": ["zoo:latin-resnet10t", "random:resnet10t"],
+    "skip_unavailable": True,
     "estimators": ["logme", "knn"],
     "max_per_class": 7,
     "seed": 3,
@@ -117,7 +119,7 @@ RANK_EXPECTED = {
 #: option (parameter name) -> the request field it sets
 RANK_FIELDS = {
     "dataset": "dataset", "backbone": "backbones", "estimator": "estimators", "max_per_class": "max_per_class",
-    "seed": "seed", "device": "device", "batch_size": "batch_size", "cache": "cache", "layer": "layer",
+    "skip_unavailable": "skip_unavailable", "seed": "seed", "device": "device", "batch_size": "batch_size", "cache": "cache", "layer": "layer",
     "streaming": "streaming", "bootstrap": "n_bootstrap", "weights_dir": "weights_dirs",
 }  # fmt: skip
 
