@@ -702,7 +702,8 @@ def calibrate_command(
         typer.Option(
             "--fusable",
             help="Estimators allowed as fusion members (repeatable; default: the cheap ones, "
-            "service.pipeline.ranking.calibration.FUSABLE_ESTIMATORS). p_best recomputes members on every half-sample.",
+            "service.pipeline.calibration.selection.FUSABLE_ESTIMATORS). p_best recomputes members on every "
+            "half-sample.",
         ),
     ] = None,
 ) -> None:
@@ -710,7 +711,9 @@ def calibrate_command(
     from service.errors import InvalidCalibration
 
     try:
-        from service.pipeline.ranking.calibration import FUSABLE_ESTIMATORS, fit_calibration, save_calibration
+        from service.pipeline.calibration.fit import fit_calibration
+        from service.pipeline.calibration.model import save_calibration
+        from service.pipeline.calibration.selection import FUSABLE_ESTIMATORS
 
         results = []
         for path in result_files:
@@ -735,7 +738,7 @@ def calibrate_command(
     if json_output:
         typer.echo(json.dumps(calibration.to_dict(), indent=2))
     elif markdown:
-        from service.pipeline.ranking.calibration import evaluation_markdown
+        from service.pipeline.calibration.evaluation import evaluation_markdown
 
         typer.echo(evaluation_markdown(calibration.to_dict()), nl=False)
     else:

@@ -14,7 +14,7 @@ suite          ground truth    what
 Both take another sample size (``get_suite(name, per_class=N)``, CLI ``--per-class N``): N images per class
 in every split, for ranking and fine-tuning alike; the suite is then named ``default-N-per-class`` so that
 its result files sit beside the default's. Calibrating on results of several sample sizes teaches the
-accuracy model the size effect (:mod:`service.pipeline.ranking.calibration`). The engine's own suite, ``standard``
+accuracy model the size effect (:mod:`service.pipeline.calibration.selection`). The engine's own suite, ``standard``
 (published ground truth), and suite files are in :mod:`service.pipeline.benchmark.suites`.
 """
 

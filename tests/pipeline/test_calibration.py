@@ -1,4 +1,4 @@
-"""Predicted accuracy, fused ranking and p_best (service.pipeline.ranking.calibration): numbers, LOTO honesty,
+"""Predicted accuracy, fused ranking and p_best (service.pipeline.calibration): numbers, LOTO honesty,
 files, CLI."""
 
 from __future__ import annotations
@@ -14,19 +14,24 @@ from scipy.stats import weightedtau
 
 from estimators import Statistics, score
 from service.errors import InvalidCalibration
-from service.pipeline.ranking import calibration as cal
-from service.pipeline.ranking.calibration import (
+from service.pipeline.calibration import model as cal_model
+from service.pipeline.calibration.evaluation import loto_evaluation
+from service.pipeline.calibration.fit import fit_calibration
+from service.pipeline.calibration.model import (
+    DEFAULT_CALIBRATION_PATH,
+    IMAGES_PER_CLASS,
     AccuracyModel,
     Fusion,
-    fit_calibration,
+    from_logit,
     fused_scores,
     load_calibration,
-    loto_evaluation,
-    p_best,
     resolve_calibration,
-    samples_from_results,
     save_calibration,
+    to_logit,
 )
+from service.pipeline.calibration.p_best import _half_sample, p_best, source_accuracy_of
+from service.pipeline.calibration.samples import samples_from_results
+from service.pipeline.calibration.selection import FUSABLE_ESTIMATORS, _residual_bounds
 
 ESTIMATORS = ("class_means", "knn", "logme", "nce")
 
@@ -97,14 +102,14 @@ def test_prediction_and_interval_are_the_hand_computed_numbers():
     shifted = AccuracyModel(("class_means",), (1.0, 2.0), (-0.2, 0.1), n_train=10).predict(2, {"class_means": 0.75})
     # C = 2: share (0.75 - 0.5) / 0.5 = 0.5 -> t = 0 -> 1 + 2 * 0 = 1 -> 0.5 + 0.5 * sigmoid(1)
     assert shifted["value"] == pytest.approx(0.5 + 0.5 * _sigmoid(1.0), abs=1e-12)
-    assert cal.from_logit(cal.to_logit(0.37, 10), 10) == pytest.approx(0.37, abs=1e-12)
+    assert from_logit(to_logit(0.37, 10), 10) == pytest.approx(0.37, abs=1e-12)
 
 
 def test_interval_bounds_are_split_conformal_order_statistics():
     residuals = np.arange(1.0, 20.0)  # n = 19: floor(20 * 0.05) = 1st and ceil(20 * 0.95) = 19th smallest
-    assert cal._residual_bounds(residuals) == (1.0, 19.0)
+    assert _residual_bounds(residuals) == (1.0, 19.0)
     residuals = np.arange(1.0, 40.0)  # n = 39: the 2nd and the 38th smallest
-    assert cal._residual_bounds(residuals[::-1]) == (2.0, 38.0)
+    assert _residual_bounds(residuals[::-1]) == (2.0, 38.0)
 
 
 def test_intervals_contain_the_value_and_stay_between_chance_and_one():
@@ -127,7 +132,7 @@ def test_a_noise_free_relation_is_recovered_with_a_tiny_loto_error():
         for row in target["backbones"]:
             cm = float(rng.uniform(1.5 / c, 0.95))
             row["scores"]["class_means"] = cm
-            exact = float(cal.from_logit(0.5 + 1.5 * cal.to_logit(cm, c), c))
+            exact = float(from_logit(0.5 + 1.5 * to_logit(cm, c), c))
             row["accuracy"] = {"mean": exact, "std": 0.0, "per_seed": [exact]}
     calibration = fit_calibration([result])
     model = calibration.accuracy["finetune"][0]
@@ -148,15 +153,15 @@ def test_the_sample_size_enters_the_accuracy_model_when_results_have_several():
             for row in target["backbones"]:
                 cm = float(rng.uniform(1.5 / c, 0.95))
                 row["scores"]["class_means"] = cm
-                exact = float(cal.from_logit(0.3 + 1.2 * cal.to_logit(cm, c) + gain, c))
+                exact = float(from_logit(0.3 + 1.2 * to_logit(cm, c) + gain, c))
                 row["accuracy"] = {"mean": exact, "std": 0.0, "per_seed": [exact]}
         results.append(result)
     calibration = fit_calibration(results)
     models = calibration.accuracy["finetune"]
-    assert cal.IMAGES_PER_CLASS in models[0].inputs
-    assert [m.inputs for m in models[-2:]] == [("class_means", cal.IMAGES_PER_CLASS), ("class_means",)]
+    assert IMAGES_PER_CLASS in models[0].inputs
+    assert [m.inputs for m in models[-2:]] == [("class_means", IMAGES_PER_CLASS), ("class_means",)]
     assert calibration.evaluation["accuracy"]["finetune"]["overall"]["mae"] < 0.01
-    slope = models[0].coef[1 + models[0].inputs.index(cal.IMAGES_PER_CLASS)]
+    slope = models[0].coef[1 + models[0].inputs.index(IMAGES_PER_CLASS)]
     assert slope == pytest.approx(0.6 / math.log(2), rel=0.1)  # the -0.6 logit gap between 10 and 20 per class
     scores = {"class_means": 0.5, "knn": 0.5, "linear_probe": 0.5}
     few, many = (calibration.predict_accuracy(10, scores, images_per_class=n)["finetune"] for n in (10, 20))
@@ -166,7 +171,7 @@ def test_the_sample_size_enters_the_accuracy_model_when_results_have_several():
     assert calibration.images_per_class() == [10.0, 20.0]
     # one sample size: the size is no candidate input
     single = fit_calibration([results[1]])
-    assert all(cal.IMAGES_PER_CLASS not in m.inputs for m in single.accuracy["finetune"])
+    assert all(IMAGES_PER_CLASS not in m.inputs for m in single.accuracy["finetune"])
 
 
 def test_loto_prediction_for_a_target_is_a_fit_on_the_other_targets_only():
@@ -311,7 +316,7 @@ def test_expensive_estimators_are_not_fusion_members_but_are_still_compared():
 def test_only_cheap_estimators_are_fusion_members_by_default():
     calibration = fit_calibration([synthetic_result()])
     candidates = calibration.evaluation["fusion"]["final_candidates"]
-    assert set(candidates) <= cal.FUSABLE_ESTIMATORS | {"source_accuracy"} and "logme" not in candidates
+    assert set(candidates) <= FUSABLE_ESTIMATORS | {"source_accuracy"} and "logme" not in candidates
     widened = fit_calibration([synthetic_result()], fusable={"logme", "class_means"})
     assert set(widened.evaluation["fusion"]["final_candidates"]) == {"logme", "class_means", "source_accuracy"}
 
@@ -370,7 +375,7 @@ def test_p_best_sums_to_one_is_deterministic_and_favours_the_clear_winner():
 
 def test_half_samples_are_stratified_without_replacement():
     labels = np.repeat(np.arange(3), [2, 5, 8])
-    rows = cal._half_sample(labels, np.random.default_rng(0))
+    rows = _half_sample(labels, np.random.default_rng(0))
     assert np.unique(rows).size == rows.size  # no duplicated image
     assert np.bincount(labels[rows]).tolist() == [2, 3, 4]  # half of each class, at least 2
 
@@ -425,7 +430,7 @@ def test_bad_model_numbers_are_refused(tmp_path):
 
 
 def test_missing_packaged_default_means_no_calibration(tmp_path, monkeypatch):
-    monkeypatch.setattr(cal, "DEFAULT_CALIBRATION_PATH", tmp_path / "absent.json")
+    monkeypatch.setattr(cal_model, "DEFAULT_CALIBRATION_PATH", tmp_path / "absent.json")
     assert resolve_calibration("default") is None
     assert resolve_calibration(None) is None
 
@@ -478,7 +483,7 @@ def test_cli_calibrate_prints_the_loto_table_and_writes_the_json(tmp_path):
 
 
 def test_packaged_calibration_when_present_is_valid():
-    path = Path(cal.DEFAULT_CALIBRATION_PATH)
+    path = Path(DEFAULT_CALIBRATION_PATH)
     if not path.is_file():
         pytest.skip("no packaged calibration yet (regenerate with backbone-rank calibrate)")
     calibration = load_calibration(path)
@@ -486,6 +491,6 @@ def test_packaged_calibration_when_present_is_valid():
 
 
 def test_the_prior_is_known_for_suite_backbones_only(builtins):
-    assert cal.source_accuracy_of("tf_efficientnet_lite0.in1k") == pytest.approx(0.7483)  # the default suite's
-    assert cal.source_accuracy_of("resnet50.tv_in1k") == pytest.approx(0.7615)  # torchvision's documented top-1
-    assert cal.source_accuracy_of("random:resnet10t") is None
+    assert source_accuracy_of("tf_efficientnet_lite0.in1k") == pytest.approx(0.7483)  # the default suite's
+    assert source_accuracy_of("resnet50.tv_in1k") == pytest.approx(0.7615)  # torchvision's documented top-1
+    assert source_accuracy_of("random:resnet10t") is None

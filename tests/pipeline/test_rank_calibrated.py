@@ -14,9 +14,9 @@ import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from service.errors import InvalidCalibration  # noqa: E402
+from service.pipeline.calibration.model import AccuracyModel, Calibration, Fusion, fused_scores  # noqa: E402
 from service.pipeline.features.cache import FeatureCache  # noqa: E402
 from service.pipeline.ranking import rank as rank_module  # noqa: E402
-from service.pipeline.ranking.calibration import AccuracyModel, Calibration, Fusion, fused_scores  # noqa: E402
 from service.pipeline.ranking.rank import rank_backbones  # noqa: E402
 
 BACKBONES = ["random:test_resnet", "random:test_vit", "random:test_efficientnet"]

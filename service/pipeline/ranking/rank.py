@@ -37,7 +37,7 @@ Result schema (``schema_version`` 1, the document built here)::
       "seconds": {"total": float}
     }
 
-Fused order (:mod:`service.pipeline.ranking.calibration`): with a calibration (the packaged default, or
+Fused order (:mod:`service.pipeline.calibration`): with a calibration (the packaged default, or
 ``BACKBONE_RANK_CALIBRATION_PATH``) backbones are ordered by the calibrated fusion of a few cheap
 estimators (and the source-task prior), standardised across the candidates; ``p_best`` comes from
 recomputing those members on ``n_bootstrap`` class-stratified half-samples of the images (the same for
@@ -65,18 +65,12 @@ from numpy.typing import NDArray
 
 from estimators import SamplesRequiredError, Statistics, get_estimator, list_estimators, score
 from service.errors import EstimatorNeedsSourceHead, TooFewSamplesPerClass, UnknownEstimator
+from service.pipeline.calibration.model import Calibration, Fusion, fused_scores, resolve_calibration
+from service.pipeline.calibration.p_best import p_best, source_accuracy_of
 from service.pipeline.data.datasets import Dataset, DatasetRef, load_dataset
 from service.pipeline.features.cache import FeatureCache
 from service.pipeline.features.extract import FeatureSet, ProgressCallback, ProgressEvent, extract_features
 from service.pipeline.models.backbones import BackboneSpec, LoadedBackbone, load_backbone
-from service.pipeline.ranking.calibration import (
-    Calibration,
-    Fusion,
-    fused_scores,
-    p_best,
-    resolve_calibration,
-    source_accuracy_of,
-)
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -153,7 +147,7 @@ def rank_backbones(
     names, the calibration file, the dataset (paths, images, class sizes) and every backbone's weights.
 
     ``calibration``: ``"default"`` (the packaged file; mean-rank order when it is absent), a path to a
-    calibration JSON (must be valid), a :class:`~service.pipeline.ranking.calibration.Calibration`, or None
+    calibration JSON (must be valid), a :class:`~service.pipeline.calibration.model.Calibration`, or None
     (mean-rank order, no predicted accuracy). ``n_bootstrap``: half-sample replicates for ``p_best``
     (0, the default: none; each replicate refits the fusion's members for every backbone, which for the
     packaged linear-probe fusion costs ~0.1-1 s per backbone), seeded by ``seed``.
