@@ -71,6 +71,74 @@ def list_estimators_command() -> None:
     console.print(table)
 
 
+@app.command("models")
+def list_models_command(
+    selection: Annotated[
+        str | None,
+        typer.Argument(
+            help="A named set: @popular, @mobile, @top:N, with filters (@top:20?max_params=30&min_top1=80)."
+        ),
+    ] = None,
+    filter_: Annotated[
+        str | None,
+        typer.Option(
+            "--filter",
+            help="KEY=VALUE&...: max_params (millions), max_gmacs, min_top1 (percent), family, pretrain "
+            "(several values joined by ','), e.g. 'max_params=10&family=mobilenet,efficientnet'.",
+        ),
+    ] = None,
+    search: Annotated[str | None, typer.Option(help="Terms the id must contain (a glob with * also works).")] = None,
+    local: Annotated[bool, typer.Option("--local", help="Only models whose weights are on this machine.")] = False,
+    sort: Annotated[
+        str | None, typer.Option(help="top1 (default), params, gmacs, speed or id; a named set keeps its order.")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Show at most N models.")] = 40,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the listing as JSON (GET /v1/models).")] = False,
+) -> None:
+    """List timm's pretrained models with size, cost and ImageNet accuracy, and whether their weights are here.
+    Any id shown (or the set itself) works as `rank -b ...`; missing weights are downloaded unless --offline."""
+    from service.catalog import model_listing
+    from service.config import get_settings
+    from service.errors import BackboneRankError
+
+    try:
+        listing = model_listing(
+            get_settings(),
+            selection=selection,
+            filters=filter_,
+            search=search,
+            local_only=local,
+            sort=sort,
+            limit=limit,
+        )
+    except (BackboneRankError, ValueError) as err:
+        _exit_with(err)
+    if json_output:
+        typer.echo(json.dumps(listing, indent=2))
+        return
+    shown, total = len(listing["models"]), listing["total"]
+    table = Table(
+        title=f"{selection or 'timm models'}: {shown} of {total}" if shown < total else f"{selection or 'timm models'}",
+        caption=f"local = weights already on this machine; numbers: {listing['source']}",
+    )
+    columns = (("id", "left"), ("params M", "right"), ("GMACs", "right"), ("top-1 %", "right"), ("size", "right"),
+               ("GPU img/s", "right"), ("pretrain", "left"), ("local", "center"))  # fmt: skip
+    for column, justify in columns:
+        table.add_column(column, justify=_justify(justify), no_wrap=column == "id")
+    for row in listing["models"]:
+        table.add_row(
+            row["id"],
+            f"{row['params_m']:.1f}",
+            "-" if row["gmacs"] is None else f"{row['gmacs']:.2f}",
+            f"{row['imagenet_top1']:.1f}",
+            str(row["img_size"]),
+            "-" if row["gpu_img_per_s"] is None else f"{row['gpu_img_per_s']:.0f}",
+            row["pretrain"] or "-",
+            "yes" if row["available_offline"] else "",
+        )
+    console.print(table)
+
+
 @app.command("datasets")
 def list_datasets_command(
     builtin_dir: Annotated[
