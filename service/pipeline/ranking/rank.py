@@ -65,7 +65,8 @@ from numpy.typing import NDArray
 
 from estimators import SamplesRequiredError, Statistics, get_estimator, list_estimators, score
 from service.errors import EstimatorNeedsSourceHead, TooFewSamplesPerClass, UnknownEstimator
-from service.pipeline.data.datasets import Dataset, DatasetRef, load_dataset
+from service.pipeline.data.datasets import Dataset, load_dataset
+from service.pipeline.data.refs import DatasetRef
 from service.pipeline.features.cache import FeatureCache
 from service.pipeline.features.extract import FeatureSet, ProgressCallback, ProgressEvent, extract_features
 from service.pipeline.models.backbones import BackboneSpec, LoadedBackbone, load_backbone
