@@ -318,7 +318,7 @@ def _dataset_spec(text: str, *, for_server: bool) -> Any:
     For a server, a relative path typed here means this machine's path: it is made absolute (the server would
     resolve it against its own working directory)."""
     from service.contract import DatasetSpec
-    from service.pipeline.data.datasets import parse_dataset_ref
+    from service.pipeline.data.refs import parse_dataset_ref
 
     spec = parse_dataset_ref(text).to_dict()
     if for_server and "path" in spec and not Path(spec["path"]).is_absolute() and not spec["path"].startswith("~"):

@@ -65,7 +65,7 @@ def dataset_ref(dataset: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str
     the *server's* paths."""
     if isinstance(dataset, Mapping):
         return dict(dataset)
-    from service.pipeline.data.datasets import parse_dataset_ref  # no torch; numpy/PIL at most
+    from service.pipeline.data.refs import parse_dataset_ref  # the standard library and service.errors only
 
     return parse_dataset_ref(os.fspath(dataset)).to_dict()
 

@@ -23,7 +23,8 @@ from service.errors import (
     WeightsUnavailable,
 )
 from service.jobs.store import JobStore
-from service.pipeline.data.datasets import DatasetRef, check_dataset_path
+from service.pipeline.data.paths import check_dataset_path
+from service.pipeline.data.refs import DatasetRef
 from service.pipeline.models.backbone_ids import check_backbone_id, load_timm_registry, service_allows
 
 __all__ = ["check_dataset", "check_backbones", "check_estimator_names", "ranking_request", "finetune_request"]

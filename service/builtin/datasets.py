@@ -38,7 +38,7 @@ Materialisation is idempotent and atomic: a build goes to a hidden temp director
 directory whose ``dataset.json`` has the same generator version and build parameters is returned as
 is. A file lock keeps two processes from building the same dataset.
 
-:func:`register_builtin_datasets` registers all of them with :mod:`service.pipeline.data.datasets`, so
+:func:`register_builtin_datasets` registers all of them with :mod:`service.pipeline.data.builtin`, so
 ``load_dataset("builtin:glyphs-greek#test")`` works; :data:`BUILTIN_DATASETS` describes them.
 """
 
@@ -242,12 +242,12 @@ def _info(name: str) -> BuiltinDatasetInfo:
 
 
 def register_builtin_datasets() -> None:
-    """Register every built-in dataset with :mod:`service.pipeline.data.datasets` (idempotent).
+    """Register every built-in dataset with :mod:`service.pipeline.data.builtin` (idempotent).
 
     Only names not registered yet are added, so calling this on every ``rank_backbones`` is cheap and
     does not override a dataset someone else registered under the same name on purpose.
     """
-    from service.pipeline.data.datasets import list_builtin_datasets, register_builtin_dataset
+    from service.pipeline.data.builtin import list_builtin_datasets, register_builtin_dataset
 
     registered = {entry["name"] for entry in list_builtin_datasets()}
     for info in BUILTIN_DATASETS.values():
@@ -338,7 +338,7 @@ def materialize_builtin_dataset(
     root.mkdir(parents=True, exist_ok=True)
     from filelock import FileLock
 
-    # Not the ".<name>.lock" that service.pipeline.data.datasets holds around this call: a second lock object
+    # Not the ".<name>.lock" that service.pipeline.data.builtin holds around this call: a second lock object
     # on that file in the same process would wait for itself.
     with FileLock(str(root / f".{name}.build.lock")):
         if _is_current(target, wanted):  # another process built it while we waited

@@ -27,7 +27,7 @@ from service.contract import (
 )
 from service.contract.requests import DatasetSpec
 from service.errors import LocalOnlyOption
-from service.pipeline.data.datasets import DatasetRef
+from service.pipeline.data.refs import DatasetRef
 from service.pipeline.runtime import Runtime
 
 __all__ = ["benchmark", "environment", "finetune", "rank", "winner_request"]

@@ -28,7 +28,9 @@ from service.builtin.datasets import (
     materialize_builtin_datasets,
     register_builtin_datasets,
 )
-from service.pipeline.data.datasets import DatasetRef, list_builtin_datasets, load_dataset
+from service.pipeline.data.builtin import list_builtin_datasets
+from service.pipeline.data.datasets import load_dataset
+from service.pipeline.data.refs import DatasetRef
 
 TINY = {"train": 3, "val": 2, "test": 2}
 

@@ -1,4 +1,4 @@
-"""Tests for ``service.pipeline.data.datasets``: layouts, safety checks, hostile images, fingerprints.
+"""Tests for ``service.pipeline.data``: layouts, safety checks, hostile images, fingerprints.
 
 Everything is real: images are written with PIL into ``tmp_path``, HF datasets are saved with
 ``save_to_disk``, FIFOs and symlinks are made with ``os``.
@@ -30,18 +30,11 @@ from service.errors import (
     TooFewClasses,
     TooFewSamplesPerClass,
 )
-from service.pipeline.data import datasets as ds_module
-from service.pipeline.data.datasets import (
-    ALLOWED_FORMATS,
-    Dataset,
-    DatasetRef,
-    ImageDecodeError,
-    ImageItem,
-    list_builtin_datasets,
-    load_dataset,
-    parse_dataset_ref,
-    register_builtin_dataset,
-)
+from service.pipeline.data import builtin as builtin_module
+from service.pipeline.data.builtin import list_builtin_datasets, register_builtin_dataset
+from service.pipeline.data.datasets import Dataset, ImageItem, load_dataset
+from service.pipeline.data.decode import ALLOWED_FORMATS, ImageDecodeError
+from service.pipeline.data.refs import DatasetRef, parse_dataset_ref
 
 from .conftest import MakeImageFolder, WriteImage
 
@@ -457,7 +450,7 @@ def test_hf_not_a_saved_dataset(tmp_path: Path, make_image_folder: MakeImageFold
 @pytest.fixture
 def clean_registry(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests may register built-ins freely: the registry is restored afterwards."""
-    monkeypatch.setattr(ds_module, "_BUILTINS", dict(ds_module._BUILTINS))
+    monkeypatch.setattr(builtin_module, "_BUILTINS", dict(builtin_module._BUILTINS))
 
 
 @pytest.mark.usefixtures("clean_registry")

@@ -98,7 +98,8 @@ def _rows(manifest: Path) -> list[dict[str, str]]:
 
 
 def test_parquet_split_with_hf_features_is_sampled_per_class_and_loads(hub: FakeHub, tmp_path: Path) -> None:
-    from service.pipeline.data.datasets import load_dataset, parse_dataset_ref
+    from service.pipeline.data.datasets import load_dataset
+    from service.pipeline.data.refs import parse_dataset_ref
 
     sample = materialize_hub_dataset("org/pets", _access(hub, tmp_path), tmp_path / "cache", max_per_class=3, seed=1)
     assert sample.split == "train" and sample.splits == ["test", "train"] and sample.classes == CLASSES

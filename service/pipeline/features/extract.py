@@ -28,7 +28,8 @@ from timm.data import create_transform
 from torchvision.transforms import Compose, Normalize
 
 from estimators import Statistics, StreamingStatistics
-from service.pipeline.data.datasets import Dataset, ImageDecodeError
+from service.pipeline.data.datasets import Dataset
+from service.pipeline.data.decode import ImageDecodeError
 from service.pipeline.models._timm import timm_api
 
 if TYPE_CHECKING:

@@ -126,15 +126,10 @@ from safetensors.torch import save_file
 
 from service.atomic import replace_dir
 from service.errors import InvalidDataset, InvalidFinetuneConfig, TooFewSamplesPerClass
-from service.pipeline.data.datasets import (
-    _SPLIT_ALIASES,
-    Dataset,
-    DatasetRef,
-    ImageDecodeError,
-    ImageItem,
-    load_dataset,
-    parse_dataset_ref,
-)
+from service.pipeline.data.datasets import Dataset, ImageItem, load_dataset
+from service.pipeline.data.decode import ImageDecodeError
+from service.pipeline.data.listing import SPLIT_ALIASES
+from service.pipeline.data.refs import DatasetRef, parse_dataset_ref
 from service.pipeline.features.extract import select_device
 from service.pipeline.finetune.training import (
     EvalResult,
@@ -393,7 +388,7 @@ class _Splits:
 
 
 def _canonical_split(name: str | None) -> str | None:
-    return None if name is None else _SPLIT_ALIASES.get(name.lower())
+    return None if name is None else SPLIT_ALIASES.get(name.lower())
 
 
 def _load_splits(

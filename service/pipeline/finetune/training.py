@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from timm.data import create_transform
 from torchvision.transforms import Compose, Normalize
 
-from service.pipeline.data.datasets import Dataset, ImageDecodeError
+from service.pipeline.data.datasets import Dataset
+from service.pipeline.data.decode import ImageDecodeError
 
 __all__ = [
     "EvalResult",

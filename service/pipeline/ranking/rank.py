@@ -67,7 +67,8 @@ from estimators import SamplesRequiredError, Statistics, get_estimator, list_est
 from service.errors import EstimatorNeedsSourceHead, TooFewSamplesPerClass, UnknownEstimator
 from service.pipeline.calibration.model import Calibration, Fusion, fused_scores, resolve_calibration
 from service.pipeline.calibration.p_best import p_best, source_accuracy_of
-from service.pipeline.data.datasets import Dataset, DatasetRef, load_dataset
+from service.pipeline.data.datasets import Dataset, load_dataset
+from service.pipeline.data.refs import DatasetRef
 from service.pipeline.features.cache import FeatureCache
 from service.pipeline.features.extract import FeatureSet, ProgressCallback, ProgressEvent, extract_features
 from service.pipeline.models.backbones import BackboneSpec, LoadedBackbone, load_backbone
