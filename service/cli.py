@@ -245,6 +245,8 @@ def rank_command(
         ),
     ] = None,
     offline: OfflineOption = False,
+    image_column: ImageColumnOption = None,
+    label_column: LabelColumnOption = None,
 ) -> None:
     """Rank backbones on a labelled image dataset with training-free transferability scores."""
     from service.contract import RankingRequest
@@ -253,7 +255,9 @@ def rank_command(
     try:
         request = _build_request(
             RankingRequest,
-            dataset=_dataset_spec(dataset, for_server=server is not None),
+            dataset=_dataset_spec(
+                dataset, for_server=server is not None, image_column=image_column, label_column=label_column
+            ),
             backbones=backbone,
             skip_unavailable=skip_unavailable,
             estimators=estimator or None,
@@ -313,14 +317,30 @@ def _build_request(model: Callable[..., Any], **fields: Any) -> Any:
         raise InvalidRequest("; ".join(problems)) from None
 
 
-def _dataset_spec(text: str, *, for_server: bool) -> Any:
-    """A dataset argument (``builtin:NAME``, ``hf:PATH``, a folder or manifest, ``#split``) as the request's spec.
-    For a server, a relative path typed here means this machine's path: it is made absolute (the server would
-    resolve it against its own working directory)."""
+#: ``--image-column`` / ``--label-column``: part of the dataset reference (hub datasets).
+ImageColumnOption = Annotated[
+    str | None, typer.Option(help="hf://datasets/... only: the image column (default: detected).")
+]
+LabelColumnOption = Annotated[
+    str | None, typer.Option(help="hf://datasets/... only: the label column (default: detected).")
+]
+
+
+def _dataset_spec(
+    text: str, *, for_server: bool, image_column: str | None = None, label_column: str | None = None
+) -> Any:
+    """A dataset argument (``builtin:NAME``, ``hf://datasets/ORG/NAME``, ``hf:PATH``, a folder or manifest,
+    ``#split``) as the request's spec, with the hub columns if given. For a server, a relative path typed here means
+    this machine's path: it is made absolute (the server would resolve it against its own working directory)."""
+    import dataclasses
+
     from service.contract import DatasetSpec
     from service.pipeline.data.refs import parse_dataset_ref
 
-    spec = parse_dataset_ref(text).to_dict()
+    ref = parse_dataset_ref(text)
+    if image_column or label_column:
+        ref = dataclasses.replace(ref, image_column=image_column, label_column=label_column)
+    spec = ref.to_dict()
     if for_server and "path" in spec and not Path(spec["path"]).is_absolute() and not spec["path"].startswith("~"):
         spec["path"] = str(Path(spec["path"]).absolute())
     return DatasetSpec(**spec)
@@ -954,6 +974,8 @@ def finetune_command(
         ),
     ] = None,
     offline: OfflineOption = False,
+    image_column: ImageColumnOption = None,
+    label_column: LabelColumnOption = None,
 ) -> None:
     """Fine-tune a backbone (or the winner of a saved ranking) and report its test accuracy."""
     from service.contract import FinetuneRequest
@@ -984,7 +1006,9 @@ def finetune_command(
             "weights_dirs": [str(path) for path in weights_dir or []],
         }
         if dataset is not None:
-            fields["dataset"] = _dataset_spec(dataset, for_server=server is not None)
+            fields["dataset"] = _dataset_spec(
+                dataset, for_server=server is not None, image_column=image_column, label_column=label_column
+            )
         ranking = None
         if winner is not None:
             from service.pipeline.engine import winner_request

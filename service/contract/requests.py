@@ -54,12 +54,18 @@ class _Request(BaseModel):
 
 class DatasetSpec(_Request):
     """Where the images are: ``{"kind": "folder", "path": "/data/pets"}``, ``{"kind": "builtin", "name":
-    "glyphs-greek", "split": "test"}``. On a server, paths must resolve under its data roots."""
+    "glyphs-greek", "split": "test"}``, ``{"kind": "hub", "name": "ORG/NAME", "split": "train"}`` (downloaded
+    within the server's allowlist). On a server, paths must resolve under its data roots."""
 
-    kind: Literal["folder", "manifest", "hf", "builtin"]
+    kind: Literal["folder", "manifest", "hf", "builtin", "hub"]
     path: str | None = Field(None, min_length=1, max_length=4096)
-    name: str | None = Field(None, min_length=1, max_length=200)
+    name: str | None = Field(None, min_length=1, max_length=200, description="builtin: its name; hub: ORG/NAME.")
     split: str | None = Field(None, min_length=1, max_length=100)
+    revision: str | None = Field(
+        None, min_length=1, max_length=200, description="hub: a branch, tag or commit (a result records the commit)."
+    )
+    image_column: str | None = Field(None, min_length=1, max_length=200, description="hub: the image column.")
+    label_column: str | None = Field(None, min_length=1, max_length=200, description="hub: the label column.")
 
 
 class RankingRequest(_Request):

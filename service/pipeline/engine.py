@@ -89,6 +89,7 @@ def rank(
         streaming=request.streaming,
         calibration=runtime.calibration,
         n_bootstrap=request.n_bootstrap,
+        hub_datasets=runtime.hub_datasets(),
     )
     effective = request.model_copy(
         update={
@@ -220,4 +221,3 @@ def benchmark(
         progress=progress,
     )
     return BenchmarkResult.model_validate(result)
-

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from service.pipeline.data.hub_dataset import HubDatasets
 from service.pipeline.features.cache import FeatureCache
 from service.pipeline.models.hub import HubAccess
 
@@ -62,3 +63,7 @@ class Runtime:
 
     def feature_cache(self) -> FeatureCache:
         return FeatureCache(self.cache_dir / "features", self.feature_cache_max_bytes)
+
+    def hub_datasets(self) -> HubDatasets:
+        """Hub datasets fetched with :attr:`hub`, their samples kept under ``<cache_dir>/hub-datasets``."""
+        return HubDatasets(self.hub, self.cache_dir / "hub-datasets")

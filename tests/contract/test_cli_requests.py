@@ -103,7 +103,10 @@ RANK_ARGS = [
     "--streaming", "--bootstrap", "4", "--skip-unavailable",
 ]  # fmt: skip
 RANK_EXPECTED = {
-    "dataset": {"kind": "builtin", "name": "digits", "split": "val", "path": None},
+    "dataset": {
+        "kind": "builtin", "name": "digits", "split": "val", "path": None, "revision": None, "image_column": None,
+        "label_column": None,
+    },
     "backbones": ["zoo:latin-resnet10t", "random:resnet10t"],
     "skip_unavailable": True,
     "estimators": ["logme", "knn"],
@@ -119,7 +122,8 @@ RANK_EXPECTED = {
 #: option (parameter name) -> the request field it sets
 RANK_FIELDS = {
     "dataset": "dataset", "backbone": "backbones", "estimator": "estimators", "max_per_class": "max_per_class",
-    "skip_unavailable": "skip_unavailable", "seed": "seed", "device": "device", "batch_size": "batch_size", "cache": "cache", "layer": "layer",
+    "skip_unavailable": "skip_unavailable", "seed": "seed", "image_column": "dataset", "label_column": "dataset",
+    "device": "device", "batch_size": "batch_size", "cache": "cache", "layer": "layer",
     "streaming": "streaming", "bootstrap": "n_bootstrap", "weights_dir": "weights_dirs",
 }  # fmt: skip
 
@@ -140,6 +144,21 @@ def test_rank_options_reach_the_request(recorded, where):
     assert request.weights_dirs == ([] if where == "server" else ["/w"])
     # --json prints the result model's document, the API's schema
     assert RankingResult.model_validate_json(outcome.stdout) == _ranking()
+
+
+@pytest.mark.parametrize("where", ["local", "server"])
+def test_a_hub_dataset_and_its_columns_reach_the_request(recorded, where):
+    extra = ["--server", "http://127.0.0.1:9"] if where == "server" else []
+    args = ["rank", "hf://datasets/org/pets@v1#test", "-b", "zoo:latin-resnet10t", "--label-column", "fine"]
+    outcome = _invoke(*args, *extra, "--json")
+    assert outcome.exit_code == 0, outcome.output
+    assert recorded[where].dataset.model_dump(exclude_none=True) == {
+        "kind": "hub", "name": "org/pets", "revision": "v1", "split": "test", "label_column": "fine",
+    }  # fmt: skip
+    outcome = _invoke("rank", "hf://datasets/pets", "-b", "zoo:latin-resnet10t", *extra)
+    assert outcome.exit_code == 2 and "ORG/NAME" in outcome.stderr
+    outcome = _invoke("rank", "data/pets", "-b", "zoo:latin-resnet10t", "--image-column", "img", *extra)
+    assert outcome.exit_code == 2 and "applies to hub datasets" in outcome.stderr
 
 
 @pytest.mark.parametrize("command", ["rank", "finetune"])
@@ -199,7 +218,7 @@ FINETUNE_EXPECTED = {
 FINETUNE_FIELDS = {
     "dataset": "dataset", "backbone": "backbone", "strategy": "strategy", "epochs": "epochs", "lr": "lr_grid",
     "seed": "seeds", "input_size": "input_size", "max_per_class": "max_per_class", "batch_size": "batch_size",
-    "device": "device", "weights_dir": "weights_dirs",
+    "device": "device", "weights_dir": "weights_dirs", "image_column": "dataset", "label_column": "dataset",
 }  # fmt: skip
 
 
@@ -225,7 +244,7 @@ def test_finetune_the_winner_of_a_saved_ranking_version_1(recorded):
     assert outcome.exit_code == 0, outcome.output
     request, winner = recorded["local"], _ranking().backbones[0]
     assert request.backbone == winner.id and request.epochs == 2
-    assert request.dataset.model_dump() == {"kind": "builtin", "name": "digits", "split": None, "path": None}
+    assert request.dataset.model_dump(exclude_none=True) == {"kind": "builtin", "name": "digits"}
     assert recorded["finetune_kwargs"]["winner_of"] == _ranking()
 
 

@@ -265,9 +265,7 @@ def get_suite(
     path = Path(name_or_path)
     if path.suffix == ".toml":
         return load_suite_file(path)
-    raise ValueError(
-        f"unknown suite {name_or_path!r}; known suites: {', '.join(suite_names())}, or give a .toml file"
-    )
+    raise ValueError(f"unknown suite {name_or_path!r}; known suites: {', '.join(suite_names())}, or give a .toml file")
 
 
 def load_suite_file(path: str | Path) -> Suite:

@@ -184,6 +184,7 @@ def _predict(
             return {**model.predict(n_classes, scores), "inputs": list(model.inputs)}
     return None
 
+
 # ---------------------------------------------------------------------------------------------- fusion
 
 
@@ -252,6 +253,7 @@ def fused_scores(score_rows: Sequence[Mapping[str, float | None]], fusion: Fusio
         weight[present] += w
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(weight > 0, total / np.where(weight > 0, weight, 1.0), np.nan)
+
 
 # ------------------------------------------------------------------------------------------ calibration
 

@@ -107,4 +107,3 @@ def source_accuracy_of(backbone_id: str) -> float | None:
     if value is not None:
         return value if math.isfinite(value) else None
     return _suite_source_accuracies().get(backbone_id)
-

@@ -122,8 +122,6 @@ def _per_target(values: Mapping[tuple[str, str], float | None]) -> dict[str, flo
     return {target: _mean(found) for target, found in collected.items()}
 
 
-
-
 def _mean(values: Sequence[float | None]) -> float | None:
     kept = [v for v in values if v is not None]
     return float(np.mean(kept)) if kept else None

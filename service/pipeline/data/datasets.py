@@ -49,15 +49,16 @@ from typing import Any, cast
 import numpy as np
 from PIL import Image
 
-from service.errors import EmptyDataset, TooFewClasses, TooFewSamplesPerClass
+from service.errors import EmptyDataset, InvalidDataset, TooFewClasses, TooFewSamplesPerClass
 from service.pipeline.data.builtin import materialize_builtin
 from service.pipeline.data.decode import ALLOWED_FORMATS, decode_image, warn_if_truncated_images_allowed
 from service.pipeline.data.folder import list_folder
 from service.pipeline.data.hf_disk import list_hf, open_hf_table, read_hf_image
+from service.pipeline.data.hub_dataset import HubDatasets, HubSample, materialize_hub_dataset
 from service.pipeline.data.listing import Entry, HFSource, Limits, Lister, Listing
 from service.pipeline.data.manifest import list_manifest
 from service.pipeline.data.paths import open_regular_file, realpath_roots, resolve_user_path
-from service.pipeline.data.refs import MANIFEST_SUFFIXES, DatasetRef, parse_dataset_ref
+from service.pipeline.data.refs import HUB_PREFIX, MANIFEST_SUFFIXES, DatasetRef, parse_dataset_ref
 
 __all__ = ["Dataset", "ImageItem", "load_dataset"]
 
@@ -181,6 +182,7 @@ def load_dataset(
     max_image_pixels: int = 50_000_000,
     max_image_bytes: int = 100 * 2**20,
     builtin_dir: str | Path | None = None,
+    hub_datasets: HubDatasets | None = None,
 ) -> Dataset:
     """List and check a dataset.
 
@@ -197,7 +199,9 @@ def load_dataset(
         max_image_pixels: Images whose header declares more pixels are skipped without decoding.
             Pillow's own cap (``Image.MAX_IMAGE_PIXELS``) still applies above this.
         max_image_bytes: Larger files are skipped.
-        builtin_dir: Where built-in datasets are materialized (default: ``<cache_dir>/datasets``).
+        builtin_dir: Where built-in datasets are materialized (default: ``<cache_dir>/builtin``).
+        hub_datasets: How hub datasets (``hf://datasets/ORG/NAME``) are fetched and where their samples are
+            materialised; without it a hub reference is an error. The returned ref records the commit.
 
     Returns:
         The :class:`Dataset`, items sorted by ``(label, source)``.
@@ -231,6 +235,16 @@ def load_dataset(
         user = f"builtin:{ref.name}"
         listing_roots: tuple[str, ...] = (root,)
         listing = list_folder(root, listing_roots, ref.split, user, limits)
+    elif ref.kind == "hub":
+        # Trusted like a built-in: our own cache, filled within the hub allowlist (the roots are for user paths).
+        sample = _hub_sample(ref, hub_datasets, max_per_class, seed)
+        user = f"{HUB_PREFIX}{ref.name}"
+        root = os.path.realpath(sample.manifest.parent)
+        listing_roots = (root,)
+        listing = list_manifest(os.path.realpath(sample.manifest), listing_roots, None, user, limits)
+        listing = dataclasses.replace(listing, split=sample.split, splits=sample.splits)
+        listing.skipped.update(sample.skipped)
+        ref = dataclasses.replace(ref, revision=sample.commit)
     else:
         user = cast(str, ref.path)
         real = resolve_user_path(user, roots)
@@ -263,6 +277,22 @@ def load_dataset(
         _logger.warning("dataset %s: skipped %s", user, _describe_skipped(dataset.skipped))
     _logger.info("dataset %s: %d images, %d classes", user, len(dataset), len(dataset.classes))
     return dataset
+
+
+def _hub_sample(ref: DatasetRef, hub_datasets: HubDatasets | None, max_per_class: int | None, seed: int) -> HubSample:
+    if hub_datasets is None:
+        raise InvalidDataset(f"{HUB_PREFIX}{ref.name}: hub datasets need hub access (the engine passes its runtime's)")
+    return materialize_hub_dataset(
+        cast(str, ref.name),
+        hub_datasets.access,
+        hub_datasets.directory,
+        revision=ref.revision,
+        split=ref.split,
+        image_column=ref.image_column,
+        label_column=ref.label_column,
+        max_per_class=max_per_class,
+        seed=seed,
+    )
 
 
 def _subsample(

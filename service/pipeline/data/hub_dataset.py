@@ -12,7 +12,7 @@ Two repo layouts are understood, the two the hub's own dataset viewer reads with
 ``max_per_class`` is applied before any image is decoded or copied: parquet labels are read alone, the sample
 is drawn, and only the row groups holding sampled rows are read; an imagefolder's sample is drawn from the file
 list, and only sampled files are downloaded. The sample's bytes are written once into
-``<cache_dir>/hub-datasets/ORG--NAME/<commit>/<split>/<sample key>/`` (``images/`` + ``manifest.csv``), which
+``<directory>/ORG--NAME/<commit>/<split>/<sample key>/`` (``images/`` + ``manifest.csv``), which
 :func:`~service.pipeline.data.datasets.load_dataset` then lists with every check a local manifest gets; a later
 run with the same commit, split and sample reads it there (offline too: the commit of a named revision is
 remembered in the HF cache).
@@ -38,7 +38,7 @@ from service.atomic import replace_dir
 from service.errors import DatasetNotFound, InvalidDataset
 from service.pipeline.models.hub import HubAccess, RepoListing, cached_listing, download_files, list_repo
 
-__all__ = ["HubSample", "materialize_hub_dataset", "DEFAULT_SPLIT"]
+__all__ = ["DEFAULT_SPLIT", "HubDatasets", "HubSample", "materialize_hub_dataset"]
 
 _logger = logging.getLogger(__name__)
 
@@ -65,6 +65,14 @@ Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
+class HubDatasets:
+    """How a process fetches hub datasets (its :class:`HubAccess`) and where it materialises their samples."""
+
+    access: HubAccess
+    directory: Path
+
+
+@dataclass(frozen=True)
 class HubSample:
     """A materialised sample of one split of a hub dataset."""
 
@@ -80,7 +88,7 @@ class HubSample:
 def materialize_hub_dataset(
     repo_id: str,
     access: HubAccess,
-    cache_dir: Path,
+    directory: Path,
     *,
     revision: str | None = None,
     split: str | None = None,
@@ -106,7 +114,7 @@ def materialize_hub_dataset(
     layout = _layout(listing.sizes)
     chosen = _choose_split(layout, split, what)
     key = _sample_key(image_column, label_column, max_per_class, seed)
-    out = Path(cache_dir) / "hub-datasets" / repo_id.replace("/", "--") / listing.commit / chosen / key
+    out = Path(directory) / repo_id.replace("/", "--") / listing.commit / chosen / key
     manifest = out / "manifest.csv"
     meta_path = out / "sample.json"
     if manifest.is_file() and meta_path.is_file():

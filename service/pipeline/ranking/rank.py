@@ -68,6 +68,7 @@ from service.errors import EstimatorNeedsSourceHead, TooFewSamplesPerClass, Unkn
 from service.pipeline.calibration.model import Calibration, Fusion, fused_scores, resolve_calibration
 from service.pipeline.calibration.p_best import p_best, source_accuracy_of
 from service.pipeline.data.datasets import Dataset, load_dataset
+from service.pipeline.data.hub_dataset import HubDatasets
 from service.pipeline.data.refs import DatasetRef
 from service.pipeline.features.cache import FeatureCache
 from service.pipeline.features.extract import FeatureSet, ProgressCallback, ProgressEvent, extract_features
@@ -141,6 +142,7 @@ def rank_backbones(
     streaming: bool = False,
     calibration: Calibration | str | Path | None = "default",
     n_bootstrap: int = 0,
+    hub_datasets: HubDatasets | None = None,
 ) -> dict[str, Any]:
     """Rank ``backbones`` on ``dataset``; see the module docstring for the result schema.
 
@@ -166,6 +168,7 @@ def rank_backbones(
             seed=seed,
             min_per_class=min_per_class,
             builtin_dir=builtin_dir,
+            hub_datasets=hub_datasets,
         )
     loaded: list[LoadedBackbone] = []
     load_seconds: list[float] = []
@@ -441,9 +444,7 @@ def _fuse(
     fused = fused_scores([{m: _member(row, m) for m in used} for row in rows], members)
     for row, value in zip(rows, fused, strict=True):
         row["fused_score"] = float(value) if np.isfinite(value) else None
-    rows.sort(
-        key=lambda r: (r["fused_score"] is None, -(r["fused_score"] or 0.0), r["mean_rank"], r["_position"])
-    )
+    rows.sort(key=lambda r: (r["fused_score"] is None, -(r["fused_score"] or 0.0), r["mean_rank"], r["_position"]))
     for position, row in enumerate(rows, start=1):
         row["rank"] = position
     note = "ordered by the calibrated fusion"
@@ -458,9 +459,7 @@ def _fuse(
         if why_not is None:
             began = time.perf_counter()
             on_replicate = (
-                None
-                if progress is None
-                else lambda done: progress(ProgressEvent("p_best", "*", done, n_bootstrap))
+                None if progress is None else lambda done: progress(ProgressEvent("p_best", "*", done, n_bootstrap))
             )
             probabilities = p_best(
                 _member_scorer(ordered, rows, used),
