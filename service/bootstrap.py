@@ -47,18 +47,9 @@ def start(settings: Settings) -> None:
         torch.set_num_threads(settings.num_threads)
 
 
-#: What a service downloads when its operator sets no BACKBONE_RANK_HUB_ALLOWED_REPOS: timm's own repos.
-SERVICE_HUB_REPOS = ("timm/*",)
-
-
 def hub_access(settings: Settings, *, service: bool) -> HubAccess:
-    """Downloads as the settings allow: none offline; a service only from ``hub_allowed_repos`` (unset: timm/*)
-    and ``hub_allowed_datasets`` (unset: none); the CLI from any repo unless they are set."""
-    models, datasets = settings.hub_allowed_repos, settings.hub_allowed_datasets
-    if models is None:
-        models = list(SERVICE_HUB_REPOS) if service else ["*"]
-    if datasets is None:
-        datasets = [] if service else ["*"]
+    """Downloads as the settings allow (:meth:`Settings.hub_patterns`); none offline."""
+    models, datasets = settings.hub_patterns(service=service)
     return HubAccess(
         enabled=not settings.offline,
         endpoint=settings.hub_endpoint,

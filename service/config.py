@@ -120,6 +120,17 @@ class Settings(BaseSettings):
             self.benchmark_results_dir = self.cache_dir / "benchmarks"
         return self
 
+    def hub_patterns(self, *, service: bool) -> tuple[list[str], list[str]]:
+        """The (model, dataset) repo patterns this process may download: the settings', else any for the CLI and
+        ``timm/*`` models and no dataset for the service (a request cannot make a server fetch arbitrary repos)."""
+        models = self.hub_allowed_repos
+        datasets = self.hub_allowed_datasets
+        if models is None:
+            models = ["timm/*"] if service else ["*"]
+        if datasets is None:
+            datasets = [] if service else ["*"]
+        return list(models), list(datasets)
+
     @property
     def calibration(self) -> Path | str:
         """What rankings are calibrated with: ``calibration_path``, else ``"default"`` (the packaged file)."""

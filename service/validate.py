@@ -43,6 +43,10 @@ def check_dataset(spec: DatasetSpec | dict[str, Any], settings: Settings) -> dic
                 "(GET /v1/datasets/builtin)",
                 name=ref.name,
             )
+    elif ref.kind == "hub":
+        from service.pipeline.models.hub import check_allowed
+
+        check_allowed(str(ref.name), settings.hub_patterns(service=True)[1], repo_type="dataset")
     else:
         # The service never falls back to "the dataset's own folder": no data roots, no paths.
         check_dataset_path(ref, list(settings.data_roots))

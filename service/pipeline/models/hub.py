@@ -61,6 +61,7 @@ __all__ = [
     "HubFiles",
     "RepoListing",
     "cached_listing",
+    "check_allowed",
     "download_files",
     "fetch_repo_files",
     "list_repo",
@@ -164,6 +165,18 @@ _UNAVAILABLE: dict[str, type[BackboneRankError]] = {"model": WeightsUnavailable,
 _SETTING = {"model": "BACKBONE_RANK_HUB_ALLOWED_REPOS", "dataset": "BACKBONE_RANK_HUB_ALLOWED_DATASETS"}
 
 
+def check_allowed(
+    repo_id: str, patterns: Sequence[str], *, repo_type: Literal["model", "dataset"] = "model", what: str = ""
+) -> None:
+    """Refuse a repo outside the allowlist ``patterns`` (also what a service checks on submission)."""
+    if not repo_allowed(repo_id, patterns):
+        raise DownloadNotAllowed(
+            f"{what or repo_id}: this process downloads {repo_type}s only from repos matching "
+            f"{', '.join(patterns) or 'nothing'}; {repo_id!r} is not one (the operator sets {_SETTING[repo_type]})",
+            repo=repo_id,
+        )
+
+
 def list_repo(
     repo_id: str,
     access: HubAccess,
@@ -182,12 +195,7 @@ def list_repo(
     """
     what = what or repo_id
     patterns = access.allowed_repos if repo_type == "model" else access.allowed_datasets
-    if not repo_allowed(repo_id, patterns):
-        raise DownloadNotAllowed(
-            f"{what}: this process downloads {repo_type}s only from repos matching "
-            f"{', '.join(patterns) or 'nothing'}; {repo_id!r} is not one (the operator sets {_SETTING[repo_type]})",
-            repo=repo_id,
-        )
+    check_allowed(repo_id, patterns, repo_type=repo_type, what=what)
     if not access.enabled:
         raise _UNAVAILABLE[repo_type](
             f"{what}: {repo_id} is not in the HF cache ({access.hub_cache()}) and downloads are off (offline: "
