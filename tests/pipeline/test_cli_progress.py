@@ -6,7 +6,7 @@ import dataclasses
 
 from service.cli import _benchmark_progress
 from service.pipeline.benchmark.benchmark import BenchmarkProgress
-from service.pipeline.finetune.finetune import FinetuneProgress
+from service.pipeline.finetune.progress import FinetuneProgress
 
 
 def test_benchmark_progress_takes_load_train_and_eval_events() -> None:

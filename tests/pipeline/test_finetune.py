@@ -26,13 +26,11 @@ from safetensors.torch import load_file
 
 from service.errors import InvalidDataset, InvalidFinetuneConfig, UnknownBackbone
 from service.pipeline.data.datasets import load_dataset
-from service.pipeline.finetune.finetune import (
-    STRATEGY_DEFAULTS,
-    FinetuneProgress,
-    _load_splits,
-    finetune,
-    partial_trainable_parameters,
-)
+from service.pipeline.finetune.arguments import STRATEGY_DEFAULTS
+from service.pipeline.finetune.finetune import finetune
+from service.pipeline.finetune.models import partial_trainable_parameters
+from service.pipeline.finetune.progress import FinetuneProgress
+from service.pipeline.finetune.splits import _load_splits
 from service.pipeline.finetune.training import TrainingCancelled, evaluate, load_split_tensors
 from service.pipeline.models.backbones import load_backbone
 
