@@ -241,7 +241,10 @@ def _write_parquet_sample(
     seed: int,
     what: str,
 ) -> tuple[list[str], dict[str, int]]:
-    import pyarrow.parquet as pq
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as e:  # the [hf] extra
+        raise InvalidDataset(f"{what}: reading parquet needs pyarrow: pip install 'backbone-rank[hf]'") from e
 
     shards = [pq.ParquetFile(path) for path in files]
     schema = shards[0].schema_arrow
