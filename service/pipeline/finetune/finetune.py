@@ -148,7 +148,9 @@ from service.pipeline.finetune.training import (
     train_classifier,
 )
 from service.pipeline.models._timm import timm_api
-from service.pipeline.models.backbones import BackboneSpec, LoadedBackbone, file_sha256, load_backbone
+from service.pipeline.models.backbones import LoadedBackbone, load_backbone
+from service.pipeline.models.resolve import file_sha256
+from service.pipeline.models.spec import BackboneSpec
 
 __all__ = [
     "SCHEMA_VERSION",

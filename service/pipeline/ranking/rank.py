@@ -68,7 +68,8 @@ from service.errors import EstimatorNeedsSourceHead, TooFewSamplesPerClass, Unkn
 from service.pipeline.data.datasets import Dataset, DatasetRef, load_dataset
 from service.pipeline.features.cache import FeatureCache
 from service.pipeline.features.extract import FeatureSet, ProgressCallback, ProgressEvent, extract_features
-from service.pipeline.models.backbones import BackboneSpec, LoadedBackbone, load_backbone
+from service.pipeline.models.backbones import LoadedBackbone, load_backbone
+from service.pipeline.models.spec import BackboneSpec
 from service.pipeline.ranking.calibration import (
     Calibration,
     Fusion,
