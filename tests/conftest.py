@@ -7,13 +7,13 @@ from collections.abc import Iterator
 
 import pytest
 
-_BACKBONES = "service.pipeline.models.backbones"
+_PROVIDERS = "service.pipeline.models.providers"
 _PACKAGED = "packaged"
 _ZOO = "zoo"
 
 
 def _providers() -> list[str]:
-    module = sys.modules.get(_BACKBONES)  # never imported here: estimator tests stay free of torch
+    module = sys.modules.get(_PROVIDERS)  # not imported here: a test that never used one has none to clean up
     return module.list_weights_providers() if module is not None else []
 
 
@@ -26,7 +26,7 @@ def _no_leaked_packaged_provider() -> Iterator[None]:
     yield
     for name in (_PACKAGED, _ZOO):
         if name not in before and name in _providers():
-            sys.modules[_BACKBONES].unregister_weights_provider(name)
+            sys.modules[_PROVIDERS].unregister_weights_provider(name)
     zoo = sys.modules.get("service.builtin.zoo")
     if zoo is not None:
         zoo.set_zoo_dir(None)

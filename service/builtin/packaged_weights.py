@@ -17,7 +17,7 @@ On first request a model is converted once (service/ARCHITECTURE.md, "Built-in d
    scikit-image's ``coffee`` picture an espresso (ImageNet class 967): a wrong mapping is refused, not cached.
 
 Later requests only check that the file is there. :func:`packaged_weights_provider` plugs this into
-``service.pipeline.models.backbones`` as the weights provider named ``"packaged"`` (:func:`register_packaged_weights`),
+``service.pipeline.models.providers`` as the weights provider named ``"packaged"`` (:func:`register_packaged_weights`),
 so ``load_backbone("tf_efficientnet_lite0.in1k")`` gets the real weights and the real 1000-class head
 through the normal safetensors path.
 
@@ -413,7 +413,7 @@ def convert_packaged_weights(model_id: str, *, force: bool = False) -> Path:
 
 
 def packaged_weights_provider(model_id: str) -> Path | None:
-    """Weights provider (``service.pipeline.models.backbones``): the converted safetensors file for a packaged model.
+    """Weights provider (``service.pipeline.models.providers``): the converted safetensors file for a packaged model.
 
     ``model_id`` is the canonical id ``load_backbone`` passes (``"tf_efficientnet_lite0.in1k"``; a bare
     ``tf_efficientnet_lite0`` is canonicalised to it before providers are asked). Returns None for any other
@@ -430,7 +430,7 @@ def packaged_weights_provider(model_id: str) -> Path | None:
 
 def register_packaged_weights() -> None:
     """Register :func:`packaged_weights_provider` as the weights provider ``"packaged"``; calling again is a no-op."""
-    from service.pipeline.models.backbones import register_weights_provider
+    from service.pipeline.models.providers import register_weights_provider
 
     register_weights_provider(
         PROVIDER_NAME,

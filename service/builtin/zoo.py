@@ -357,7 +357,7 @@ def register_zoo(zoo_dir: str | os.PathLike[str] | None = None) -> None:
     """Plug the zoo into the engine (idempotent): weights provider ``"zoo"`` (:func:`zoo_provider`), its cards'
     source accuracies (:func:`zoo_source_info`) and the builder of missing models (:func:`build_missing`);
     ``zoo_dir`` also sets the directory it serves (:func:`set_zoo_dir`)."""
-    from service.pipeline.models.backbones import register_weights_provider
+    from service.pipeline.models.providers import register_weights_provider
     from service.pipeline.plugins import register_backbone_preparer, register_source_info
 
     if zoo_dir is not None:

@@ -28,13 +28,9 @@ from PIL import Image  # noqa: E402
 
 from service.builtin import packaged_weights as pw  # noqa: E402
 from service.errors import WeightsUnavailable  # noqa: E402
-from service.pipeline.models.backbones import (  # noqa: E402
-    LoadedBackbone,
-    file_sha256,
-    list_weights_providers,
-    load_backbone,
-    unregister_weights_provider,
-)
+from service.pipeline.models.backbones import LoadedBackbone, load_backbone  # noqa: E402
+from service.pipeline.models.providers import list_weights_providers, unregister_weights_provider  # noqa: E402
+from service.pipeline.models.resolve import file_sha256  # noqa: E402
 
 LITE0 = "tf_efficientnet_lite0.in1k"
 ALL_IDS = ("tf_efficientnet_lite0.in1k", "tf_efficientnet_lite1.in1k", "tf_efficientnet_lite2.in1k")

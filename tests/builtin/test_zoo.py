@@ -28,7 +28,8 @@ from service.builtin.zoo import ZOO_ENTRIES, ZooEntry, ZooProgress, build_zoo, b
 from service.errors import UnknownBackbone, WeightsUnavailable, ZooBuildFailed  # noqa: E402
 from service.pipeline.data.datasets import load_dataset  # noqa: E402
 from service.pipeline.finetune.training import evaluate, load_split_tensors  # noqa: E402
-from service.pipeline.models.backbones import list_weights_providers, load_backbone  # noqa: E402
+from service.pipeline.models.backbones import load_backbone  # noqa: E402
+from service.pipeline.models.providers import list_weights_providers  # noqa: E402
 
 SCALE = 0.2  # textures: 24 train / 4 val / 4 test images per class
 TINY = ZooEntry(

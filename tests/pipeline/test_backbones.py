@@ -24,18 +24,15 @@ import timm.models
 import torch
 
 from service.errors import UnknownBackbone, UnsafeCheckpointFormat, WeightsUnavailable
-from service.pipeline.models.backbones import (
-    BackboneSpec,
-    LoadedBackbone,
-    file_sha256,
+from service.pipeline.models.backbones import LoadedBackbone, load_backbone
+from service.pipeline.models.providers import (
     list_weights_providers,
-    load_backbone,
-    parse_backbone_spec,
     register_weights_provider,
-    resolve_weights,
     unregister_weights_provider,
     weights_provider,
 )
+from service.pipeline.models.resolve import file_sha256, resolve_weights
+from service.pipeline.models.spec import BackboneSpec, parse_backbone_spec
 
 TIMM_TAG = "r160_in1k"  # the one pretrained tag timm registers for its test_* models
 

@@ -251,17 +251,17 @@ def write_manifest_dataset(root: Path, classes: Sequence[str], per_class: int = 
 
 def ranking_result(root: Path, classes: Sequence[str] = ("cat", "dog", "bird")) -> dict[str, Any]:
     """A real ranking of two random-init timm test models on a manifest dataset written under ``root``."""
-    from service.pipeline.models import backbones
+    from service.pipeline.models import providers
     from service.pipeline.ranking.rank import rank_backbones
 
     manifest = write_manifest_dataset(root, classes)
-    registered = "packaged" in backbones.list_weights_providers()
+    registered = "packaged" in providers.list_weights_providers()
     try:
         return rank_backbones(str(manifest), ["random:test_resnet", "random:test_vit"], device="cpu", batch_size=32)
     finally:
         # rank_backbones registers the "packaged" provider; a fixture outliving one test must not leak it.
-        if not registered and "packaged" in backbones.list_weights_providers():
-            backbones.unregister_weights_provider("packaged")
+        if not registered and "packaged" in providers.list_weights_providers():
+            providers.unregister_weights_provider("packaged")
 
 
 def finetune_result(classes: Sequence[str] = ("alpha", "beta", "gamma", "delta")) -> dict[str, Any]:

@@ -43,7 +43,7 @@ IDS = [
 
 @pytest.mark.parametrize("backbone", IDS)
 def test_syntax_check_agrees_with_parse_backbone_spec(backbone: str) -> None:
-    from service.pipeline.models.backbones import parse_backbone_spec
+    from service.pipeline.models.spec import parse_backbone_spec
 
     def outcome(fn) -> type | None:  # type: ignore[no-untyped-def]
         try:
@@ -59,7 +59,7 @@ def test_syntax_check_agrees_with_parse_backbone_spec(backbone: str) -> None:
 def test_registry_snapshot_matches_timm(tmp_path: Path) -> None:
     import timm
 
-    from service.pipeline.models.backbones import parse_backbone_spec
+    from service.pipeline.models.spec import parse_backbone_spec
 
     write_timm_registry(tmp_path)
     registry = load_timm_registry(tmp_path)

@@ -124,7 +124,8 @@ from service.pipeline.finetune.runs import _Run, _Trainer
 from service.pipeline.finetune.saving import _card, _save
 from service.pipeline.finetune.splits import _check_decoded, _load_splits
 from service.pipeline.finetune.training import TensorSplit, load_split_tensors
-from service.pipeline.models.backbones import BackboneSpec, load_backbone
+from service.pipeline.models.backbones import load_backbone
+from service.pipeline.models.spec import BackboneSpec
 
 __all__ = ["finetune"]
 

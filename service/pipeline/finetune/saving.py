@@ -29,7 +29,7 @@ from service.errors import InvalidFinetuneConfig
 from service.pipeline.finetune.result import _nan_to_none
 from service.pipeline.finetune.runs import _Run
 from service.pipeline.finetune.splits import _Splits
-from service.pipeline.models.backbones import file_sha256
+from service.pipeline.models.resolve import file_sha256
 
 _logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Backbone ids without torch: syntax, the service's allowlist, and a snapshot of timm's registry.
 
-:func:`service.pipeline.models.backbones.parse_backbone_spec` is the authority on ids, but it asks timm's
+:func:`service.pipeline.models.spec.parse_backbone_spec` is the authority on ids, but it asks timm's
 registry and so imports torch. The web process must not (service/ARCHITECTURE.md, "Packages"), yet it
 should refuse a bad id before queueing a job. So it checks here:
 
@@ -42,12 +42,14 @@ __all__ = [
     "load_timm_registry",
     "service_allows",
     "timm_registry_path",
+    "unknown_architecture",
+    "unknown_tag",
     "write_timm_registry",
 ]
 
 _logger = logging.getLogger(__name__)
 
-# The syntax authority for service.pipeline.models.backbones too, which adds timm's registry on top.
+# The syntax authority for service.pipeline.models.spec too, which adds timm's registry on top.
 # A source prefix needs 2+ chars so that a Windows drive ("C:") is never taken for one (as in timm).
 SOURCE_PREFIX_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-_]+")
 _ZOO_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]*")
@@ -117,6 +119,30 @@ def _check_timm_name(name: str, registry: TimmRegistry | None) -> None:
         )
     if registry is not None:
         registry.check(name)
+
+
+def unknown_architecture(name: str, arch: str, known: Sequence[str], where: str) -> UnknownBackbone:
+    """The error for an ``arch`` that is not in ``known``, with its close matches; ``where`` says where the list is.
+    One wording for the registry snapshot here and timm's live registry (``parse_backbone_spec``)."""
+    close = difflib.get_close_matches(arch, known, n=5, cutoff=0.6)
+    suggestion = f"; did you mean {', '.join(close)}?" if close else ""
+    return UnknownBackbone(
+        f"unknown timm architecture {arch!r}{suggestion} ({where})",
+        backbone=name,
+        suggestions=close,
+    )
+
+
+def unknown_tag(name: str, arch: str, tag: str, tags: Sequence[str], where: str | None = None) -> UnknownBackbone:
+    """The error for a ``tag`` that ``arch`` does not have among its pretrained ``tags`` (as for
+    :func:`unknown_architecture`)."""
+    close = difflib.get_close_matches(tag, tags, n=5, cutoff=0.5) or list(tags[:5])
+    return UnknownBackbone(
+        f"{arch!r} has no pretrained tag {tag!r}; known tags: {', '.join(close) or 'none'}"
+        f"{' ...' if len(tags) > len(close) else ''}{f' ({where})' if where else ''}",
+        backbone=name,
+        suggestions=[f"{arch}.{t}" for t in close],
+    )
 
 
 def check_safetensors_suffix(path: str | os.PathLike[str], what: str = "weights file") -> None:
@@ -190,22 +216,10 @@ class TimmRegistry:
         name = self.deprecated.get(name) or name
         arch, _, tag = name.partition(".")
         if arch not in self.archs:
-            close = difflib.get_close_matches(arch, sorted(self.archs), n=5, cutoff=0.6)
-            suggestion = f"; did you mean {', '.join(close)}?" if close else ""
-            raise UnknownBackbone(
-                f"unknown timm architecture {arch!r}{suggestion} (GET /v1/backbones lists the ready ones)",
-                backbone=name,
-                suggestions=close,
-            )
+            raise unknown_architecture(name, arch, sorted(self.archs), "GET /v1/backbones lists the ready ones")
         tags = self.tags.get(arch, [])
         if tag and tag not in tags:
-            close = difflib.get_close_matches(tag, tags, n=5, cutoff=0.5) or tags[:5]
-            raise UnknownBackbone(
-                f"{arch!r} has no pretrained tag {tag!r}; known tags: {', '.join(close) or 'none'}"
-                f"{' ...' if len(tags) > len(close) else ''}",
-                backbone=name,
-                suggestions=[f"{arch}.{t}" for t in close],
-            )
+            raise unknown_tag(name, arch, tag, tags)
 
     def canonical(self, name: str) -> str:
         """``arch.tag`` with the default tag filled in (what the feature cache and results use)."""

@@ -72,7 +72,8 @@ from service.pipeline.data.hub_dataset import HubDatasets
 from service.pipeline.data.refs import DatasetRef
 from service.pipeline.features.cache import FeatureCache
 from service.pipeline.features.extract import FeatureSet, ProgressCallback, ProgressEvent, extract_features
-from service.pipeline.models.backbones import BackboneSpec, LoadedBackbone, load_backbone
+from service.pipeline.models.backbones import LoadedBackbone, load_backbone
+from service.pipeline.models.spec import BackboneSpec
 
 __all__ = [
     "SCHEMA_VERSION",
