@@ -245,6 +245,8 @@ class BackboneDescription(_Model):
     arch: str
     weights_source: str | None = None
     weights_sha256: str | None = None
+    revision: str | None = Field(None, description="The hub commit of weights from the HF cache or a download.")
+    params_m: Number = Field(None, description="Parameters of the loaded model, millions.")
     num_features: int
     num_source_classes: int = 0
     data_config: dict[str, Any] = Field(default_factory=dict)

@@ -90,12 +90,15 @@ def rank(
         calibration=runtime.calibration,
         n_bootstrap=request.n_bootstrap,
         hub_datasets=runtime.hub_datasets(),
+        hub=runtime.hub,
+        skip_unavailable=bool(request.skip_unavailable),
     )
     effective = request.model_copy(
         update={
             "device": device,
             "batch_size": batch_size,
             "estimators": [column["name"] for column in result["estimators"]],
+            "skip_unavailable": bool(request.skip_unavailable),
         }
     )
     document = {

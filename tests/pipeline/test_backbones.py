@@ -183,14 +183,16 @@ def test_parse_makes_paths_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     ("text", "error", "fragment"),
     [
         ("", UnknownBackbone, "empty"),
-        ("hf-hub:timm/resnet50.a1_in1k", UnknownBackbone, "never fetched"),
-        ("https://example.com/w.safetensors", UnknownBackbone, "never fetched"),
+        ("hf-hub:resnet50.a1_in1k", UnknownBackbone, "hf-hub:ORG/NAME[@REVISION]"),
+        ("hf-hub:timm/resnet50.a1_in1k@", UnknownBackbone, "hf-hub:ORG/NAME[@REVISION]"),
+        ("https://example.com/w.safetensors", UnknownBackbone, "unsupported backbone source 'https'"),
+        ("resnet50.a1_in1k@", UnknownBackbone, "nothing after '@'"),
         ("timm/resnet50.a1_in1k", UnknownBackbone, "did you mean 'resnet50.a1_in1k'"),
         ("resnet50.nonexistent", UnknownBackbone, "a1_in1k"),
         ("zoo:", UnknownBackbone, "zoo:<name>"),
         ("zoo:../etc", UnknownBackbone, "zoo:<name>"),
         ("random:test_vit@/w.safetensors", UnknownBackbone, "no weights file"),
-        ("@/w.safetensors", UnknownBackbone, "needs its architecture"),
+        ("@/w.safetensors", UnknownBackbone, "'@' follows the architecture"),
         ("test_resnet@/w/x.pth", UnsafeCheckpointFormat, "pickles and are never loaded"),
         ("test_resnet@/w/x.bin", UnsafeCheckpointFormat, "convert"),
     ],
@@ -248,6 +250,8 @@ def test_explicit_file_loads_exactly_that_model(arch: str, tmp_path: Path) -> No
         "weights_sha256": loaded.weights_sha256,
         "num_features": loaded.num_features,
         "num_source_classes": 1000,
+        "revision": None,
+        "params_m": sum(p.numel() for p in original.parameters()) / 1e6,
         "data_config": json.loads(json.dumps(loaded.data_config)),
     }
 
@@ -346,7 +350,8 @@ def test_empty_hf_cache_fails_fast_naming_places(tmp_path: Path) -> None:
     assert str(tmp_path / "w" / f"test_resnet.{TIMM_TAG}.safetensors") in message
     assert f"HF cache {tmp_path / 'hub'}" in message and f"timm/test_resnet.{TIMM_TAG}" in message
     assert "weights providers" in message and "random:<arch>" in message
-    assert len(info.value.context["searched"]) == 4  # <id>.safetensors, <arch>.safetensors, cache, providers
+    assert len(info.value.context["searched"]) == 5  # <id>.safetensors, <arch>.safetensors, cache, providers, hub
+    assert "downloads are off" in message and "not --offline" in message
     assert info.value.to_dict()["code"] == "weights_unavailable"
 
 

@@ -81,6 +81,8 @@ class FeatureSet:
 class ProgressEvent:
     """Progress of an extraction, for bars in the CLI and events in the service."""
 
+    #: Before the extraction, :func:`~service.pipeline.ranking.rank.rank_backbones` sends "download" (bytes of a
+    #: backbone's weights fetched from the hub: ``done``/``total`` in bytes).
     #: "extract" (a batch done), "cached" (served from the cache), "done" (one backbone finished); after the
     #: extraction, :func:`~service.pipeline.ranking.rank.rank_feature_sets` adds "score" (one backbone's estimators
     #: computed; ``backbone`` is its id) and "p_best" (one half-sample replicate; ``backbone`` is ``"*"``).

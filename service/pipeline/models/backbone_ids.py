@@ -5,7 +5,8 @@ registry and so imports torch. The web process must not (service/ARCHITECTURE.md
 should refuse a bad id before queueing a job. So it checks here:
 
 1. :func:`check_backbone_id` -- the same syntax rules as ``parse_backbone_spec`` (source prefixes,
-   ``@file`` only ``.safetensors``, no paths or hub ids in a timm name);
+   ``hf-hub:ORG/NAME[@REVISION]``, ``arch.tag@REVISION``, ``@file`` only ``.safetensors``, no paths in a timm
+   name);
 2. :func:`service_allows` -- the service's policy: ``allowed_backbones`` patterns, and ``local-dir:`` /
    ``@file`` ids only under the configured weights dirs (a client must not make the server read an
    arbitrary file as weights);
@@ -38,6 +39,7 @@ __all__ = [
     "backbone_id_path",
     "check_backbone_id",
     "check_safetensors_suffix",
+    "split_weights_suffix",
     "installed_timm_version",
     "load_timm_registry",
     "service_allows",
@@ -54,6 +56,9 @@ _logger = logging.getLogger(__name__)
 SOURCE_PREFIX_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-_]+")
 _ZOO_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]*")
 SAFETENSORS_SUFFIX = ".safetensors"
+#: A hub repo id (``ORG/NAME``) and a revision (a branch, tag or commit) as ``hf-hub:`` ids and ``@REVISION`` take them.
+HUB_REPO_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+REVISION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 #: Suffixes of torch/pickle checkpoints: named in errors, and what a local-dir is refused for.
 PICKLE_SUFFIXES = (".pt", ".pth", ".pth.tar", ".tar", ".bin", ".ckpt", ".pkl", ".pickle")
 _REGISTRY_FORMAT = 1
@@ -90,23 +95,52 @@ def check_backbone_id(text: Any, *, registry: TimmRegistry | None = None) -> str
             if not rest:
                 raise UnknownBackbone("local-dir: needs a folder path, e.g. local-dir:/models/my-model", backbone=raw)
             return raw
+        if source == "hf-hub":
+            repo, at, revision = rest.partition("@")
+            if not HUB_REPO_RE.fullmatch(repo) or (at and not REVISION_RE.fullmatch(revision)):
+                raise UnknownBackbone(
+                    f"{raw!r}: a hub id is hf-hub:ORG/NAME[@REVISION] (a timm model repo with config.json and "
+                    "model.safetensors, e.g. hf-hub:timm/resnet50.a1_in1k)",
+                    backbone=raw,
+                )
+            return raw
         raise UnknownBackbone(
             f"unsupported backbone source {prefix!r} in {raw!r}: use a timm name ('resnet50.a1_in1k'), "
-            "<arch>@/path/weights.safetensors, local-dir:/path, zoo:<name> or random:<arch>; "
-            "hub ids and URLs are never fetched (mirror the repo to a folder and use local-dir:)",
+            "hf-hub:ORG/NAME, <arch>@/path/weights.safetensors, local-dir:/path, zoo:<name> or random:<arch>",
             backbone=raw,
         )
-    name, at, file = raw.partition("@")
-    if at:
-        if not name:
-            raise UnknownBackbone(
-                f"{raw!r}: a weights file needs its architecture, e.g. resnet50.a1_in1k@{file}", backbone=raw
-            )
-        if not file:
-            raise UnknownBackbone(f"{raw!r}: nothing after '@'; give a .safetensors file", backbone=raw)
+    name, file, pinned = split_weights_suffix(raw)
+    if (file is not None or pinned is not None) and not name:
+        raise UnknownBackbone(
+            f"{raw!r}: '@' follows the architecture, e.g. resnet50.a1_in1k@{file or pinned}", backbone=raw
+        )
+    if raw.endswith("@"):
+        raise UnknownBackbone(
+            f"{raw!r}: nothing after '@'; give a .safetensors file or a hub revision (branch, tag, commit)",
+            backbone=raw,
+        )
+    if file is not None:
         check_safetensors_suffix(file)
     _check_timm_name(name, registry)
     return raw
+
+
+def split_weights_suffix(raw: str) -> tuple[str, str | None, str | None]:
+    """``arch.tag@SUFFIX`` -> ``(arch.tag, file, revision)``: a suffix that looks like a file (a path separator, a
+    leading ``.``/``~``, a checkpoint ending) is a weights file, any other a hub revision (branch, tag, commit)."""
+    name, at, suffix = raw.partition("@")
+    if not at or not suffix:
+        return name, None, None
+    lowered = suffix.lower()
+    is_file = (
+        "/" in suffix
+        or os.sep in suffix
+        or suffix.startswith((".", "~"))
+        or lowered.endswith(SAFETENSORS_SUFFIX)
+        or lowered.endswith(PICKLE_SUFFIXES)
+        or not REVISION_RE.fullmatch(suffix)
+    )
+    return (name, suffix, None) if is_file else (name, None, suffix)
 
 
 def _check_timm_name(name: str, registry: TimmRegistry | None) -> None:
@@ -166,8 +200,7 @@ def backbone_id_path(backbone_id: str) -> str | None:
     prefix, sep, rest = backbone_id.partition(":")
     if sep and SOURCE_PREFIX_RE.fullmatch(prefix):
         return rest if prefix.lower() == "local-dir" else None
-    _, at, file = backbone_id.partition("@")
-    return file if at else None
+    return split_weights_suffix(backbone_id)[1]
 
 
 def service_allows(backbone_id: str, *, patterns: Sequence[str] = (), weights_dirs: Sequence[Path] = ()) -> bool:

@@ -38,6 +38,7 @@ from timm.models._hub import load_model_config_from_path
 
 from service.errors import UnknownBackbone, UnsafeCheckpointFormat, WeightsUnavailable
 from service.pipeline.models._timm import timm_api
+from service.pipeline.models.hub import DownloadProgress, HubAccess
 from service.pipeline.models.resolve import ResolvedWeights, file_sha256, find_weights, stat_key
 from service.pipeline.models.spec import BackboneSpec, coerce_spec
 
@@ -68,6 +69,8 @@ class LoadedBackbone:
         Dimension of the pooled pre-logit features.
     num_source_classes : int
         Classes of the source classifier; 0 when the model has none.
+    revision : str or None
+        The hub commit of weights from the HF cache or a download.
     """
 
     spec: BackboneSpec
@@ -77,6 +80,12 @@ class LoadedBackbone:
     weights_sha256: str | None
     num_features: int
     num_source_classes: int
+    revision: str | None = None
+
+    @property
+    def params_m(self) -> float:
+        """Parameters, in millions (the source classifier included), as timm's tables count them."""
+        return sum(p.numel() for p in self.model.parameters()) / 1e6
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One backbone pass: ``(pre_logits (B, num_features), source logits (B, C_s) or None)``.
@@ -103,6 +112,8 @@ class LoadedBackbone:
             "weights_sha256": self.weights_sha256,
             "num_features": self.num_features,
             "num_source_classes": self.num_source_classes,
+            "revision": self.revision,
+            "params_m": self.params_m,
             "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in self.data_config.items()},
         }
 
@@ -113,10 +124,13 @@ def load_backbone(
     weights_dirs: Sequence[Path] = (),
     hf_cache_dir: Path | None = None,
     allowlist: Callable[[str], bool] | None = None,
+    hub: HubAccess | None = None,
+    progress: DownloadProgress | None = None,
 ) -> LoadedBackbone:
-    """Resolve (see :func:`~service.pipeline.models.resolve.resolve_weights`) and load one backbone.
+    """Resolve (see :mod:`service.pipeline.models.resolve`) and load one backbone.
 
-    ``allowlist(spec.id)`` is asked before anything touches the filesystem; False refuses the id.
+    ``allowlist(spec.id)`` is asked before anything touches the filesystem; False refuses the id. With ``hub``,
+    weights found in no local place are downloaded as it allows (``progress(bytes, total)`` meanwhile).
 
     Raises
     ------
@@ -126,6 +140,8 @@ def load_backbone(
         No weights found (every place searched is named), or the file does not fit the architecture.
     UnsafeCheckpointFormat
         Pickle weights, or a file that is not valid safetensors.
+    HubError
+        A download that was refused, could not reach the hub or failed (:mod:`service.pipeline.models.hub`).
     """
     spec = coerce_spec(spec)
     if allowlist is not None and not allowlist(spec.id):
@@ -134,7 +150,7 @@ def load_backbone(
             "from the backbone catalog",
             backbone=spec.id,
         )
-    resolved = find_weights(spec, weights_dirs, hf_cache_dir)
+    resolved = find_weights(spec, weights_dirs, hf_cache_dir, hub, progress)
     if resolved.weights is None:
         model = _create_random(spec)
         sha256 = None
@@ -170,6 +186,7 @@ def load_backbone(
         weights_sha256=sha256,
         num_features=num_features,
         num_source_classes=num_classes,
+        revision=resolved.revision,
     )
 
 

@@ -1,6 +1,6 @@
-"""Where a backbone's weights are: offline, safetensors only, every place searched named when none is found.
+"""Where a backbone's weights are: safetensors only, every place searched named when none is found.
 
-Weights resolve in this order, never over the network and never through pickle:
+Weights resolve in this order, never through pickle:
 
 1. the explicit ``@file`` (must be ``.safetensors``; nothing else is tried);
 2. ``local-dir:`` (``config.json`` + ``model.safetensors``; a folder with only pickles is refused);
@@ -9,16 +9,22 @@ Weights resolve in this order, never over the network and never through pickle:
 4. the HuggingFace hub cache, read with ``try_to_load_from_cache`` (a pure filesystem lookup):
    ``model.safetensors`` of the pretrained cfg's ``hf_hub_id``; ``pytorch_model.bin`` is never used;
 5. registered weights providers (:mod:`service.pipeline.models.providers`), in registration order
-   (pip-packaged weights, the zoo).
+   (pip-packaged weights, the zoo);
+6. a download from the hub into its cache, when the request's :class:`~service.pipeline.models.hub.HubAccess`
+   allows it (:mod:`service.pipeline.models.hub`: allowlist, safetensors only, verified).
 
-Steps 3-5 are searches: :data:`_SEARCHES` lists them per kind of id, in order, each with one signature, so a
+An id pinned to a revision (``arch.tag@REVISION``) is looked up only in the HF cache at that revision, then
+downloaded: a weights dir or provider does not say which revision it holds. ``hf-hub:ORG/NAME`` ids are a
+repo's ``config.json`` + ``model.safetensors`` (the cache, then a download), loaded like a local-dir.
+
+Steps 3-6 are searches: :data:`_SEARCHES` lists them per kind of id, in order, each with one signature, so a
 new place to look is one more function in that list. A pretrained id that resolves nowhere is a
 :class:`~service.errors.WeightsUnavailable` naming every place searched; it never silently falls back to
 random init.
 
 Also :func:`file_sha256`, the hash of the resolved file that keys the feature cache. Separate from loading
-(:mod:`service.pipeline.models.backbones`) because resolution reads only the filesystem and timm's pretrained
-cfgs, never builds a model.
+(:mod:`service.pipeline.models.backbones`) because resolution reads only the filesystem, timm's pretrained
+cfgs and the hub, never builds a model.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from huggingface_hub import try_to_load_from_cache
 
 from service.errors import UnsafeCheckpointFormat, WeightsUnavailable
 from service.pipeline.models.backbone_ids import PICKLE_SUFFIXES, SAFETENSORS_SUFFIX, check_safetensors_suffix
+from service.pipeline.models.hub import COMMIT_RE, DownloadProgress, HubAccess, fetch_repo_files
 from service.pipeline.models.providers import registered_providers
 from service.pipeline.models.spec import BackboneSpec, coerce_spec
 
@@ -89,9 +96,10 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 class ResolvedWeights:
     """Where the weights of one spec are."""
 
-    source: str  # e.g. "file:/w.safetensors", "hf-cache:timm/resnet50.a1_in1k", "random-init"
+    source: str  # e.g. "file:/w.safetensors", "hf-cache:timm/resnet50.a1_in1k", "hub:timm/...", "random-init"
     weights: Path | None  # the safetensors file to load; None for random init
     model_dir: Path | None = None  # a local-dir layout folder: arch + cfg come from its config.json
+    revision: str | None = None  # the hub commit, for weights from the HF cache or a download
 
 
 @dataclass(frozen=True)
@@ -100,6 +108,13 @@ class _Places:
 
     weights_dirs: Sequence[Path]
     hf_cache_dir: Path | None
+    hub: HubAccess | None = None
+    progress: DownloadProgress | None = None
+
+    def cache(self) -> str:
+        if self.hf_cache_dir is not None:
+            return str(self.hf_cache_dir)
+        return str(self.hub.hub_cache()) if self.hub is not None else hf_constants.HF_HUB_CACHE
 
 
 #: ``search(spec, places, searched)``: the weights, or None after appending to ``searched`` what it looked at.
@@ -125,8 +140,15 @@ def resolve_weights(
     return resolved.source, resolved.weights
 
 
-def find_weights(spec: BackboneSpec, weights_dirs: Sequence[Path], hf_cache_dir: Path | None) -> ResolvedWeights:
-    """:func:`resolve_weights` for a validated spec, keeping the local-dir folder that loading reads the arch from."""
+def find_weights(
+    spec: BackboneSpec,
+    weights_dirs: Sequence[Path],
+    hf_cache_dir: Path | None,
+    hub: HubAccess | None = None,
+    progress: DownloadProgress | None = None,
+) -> ResolvedWeights:
+    """:func:`resolve_weights` for a validated spec, keeping the local-dir folder that loading reads the arch from;
+    with ``hub``, what no local place has is downloaded as it allows (``progress(bytes, total)``)."""
     kind = spec.kind
     if kind == "random":
         return ResolvedWeights("random-init", None)
@@ -146,8 +168,8 @@ def find_weights(spec: BackboneSpec, weights_dirs: Sequence[Path], hf_cache_dir:
         return ResolvedWeights(f"local-dir:{folder}", _local_dir_weights(folder, spec.id), folder)
 
     searched: list[str] = []
-    places = _Places(weights_dirs, hf_cache_dir)
-    for search in _SEARCHES[kind]:
+    places = _Places(weights_dirs, hf_cache_dir, hub, progress)
+    for search in _SEARCHES["timm@revision" if kind == "timm" and spec.revision else kind]:
         found = search(spec, places, searched)
         if found is not None:
             return found
@@ -155,14 +177,15 @@ def find_weights(spec: BackboneSpec, weights_dirs: Sequence[Path], hf_cache_dir:
     if kind == "zoo":
         hint = "build the zoo (backbone-rank zoo build), or check the name against the zoo's list"
     else:
-        cfg = timm.models.get_pretrained_cfg(spec.timm_name)
-        repo = (cfg.hf_hub_id or "").partition("@")[0] if cfg is not None else ""
+        repo = _hub_repo(spec)[0]
         download = (
-            f"fill the HF cache on a machine with network (hf download {repo} model.safetensors), " if repo else ""
+            f"run with the hub reachable and downloads on (not --offline / HF_HUB_OFFLINE=1), or fill the HF cache "
+            f"on a machine with network (hf download {repo}), "
+            if repo
+            else ""
         )
-        hint = (
-            f"put {spec.id}.safetensors into a weights dir (BACKBONE_RANK_WEIGHTS_DIRS), {download}"
-            f"give a file with {spec.arch}@/path/weights.safetensors"
+        hint = f"{download}put {spec.id}.safetensors into a weights dir (BACKBONE_RANK_WEIGHTS_DIRS)" + (
+            f", give a file with {spec.arch}@/path/weights.safetensors" if spec.arch else ""
         )
     raise WeightsUnavailable(
         f"no weights for {spec.id!r}; searched: " + "; ".join(searched) + f". To fix: {hint}, or {_RANDOM_HINT}.",
@@ -249,27 +272,62 @@ def _hf_safetensors_filename(filename: str | None) -> str | None:
     return None
 
 
-def _search_hf_cache(spec: BackboneSpec, places: _Places, searched: list[str]) -> ResolvedWeights | None:
-    cache = str(places.hf_cache_dir) if places.hf_cache_dir is not None else hf_constants.HF_HUB_CACHE
-    cfg = timm.models.get_pretrained_cfg(spec.timm_name)
+def _hub_repo(spec: BackboneSpec) -> tuple[str, str | None, str | None]:
+    """``(repo, weights file, revision)`` on the hub for a timm or hf-hub id; ``("", None, None)`` when timm names
+    no hub repo, and a None file when the repo ships no safetensors."""
+    if spec.kind == "hub":
+        return spec.hub_repo, "model.safetensors", spec.revision
+    cfg = timm.models.get_pretrained_cfg(spec.timm_name) if spec.timm_name else None
     if cfg is None or not cfg.hf_hub_id:
+        return "", None, None
+    repo, _, cfg_revision = cfg.hf_hub_id.partition("@")
+    return repo, _hf_safetensors_filename(cfg.hf_hub_filename), spec.revision or cfg_revision or None
+
+
+def _commit_of(path: Path, filename: str) -> str | None:
+    """The commit of a file in the HF cache's ``snapshots/<commit>/`` folder."""
+    commit = path.parents[len(Path(filename).parts) - 1].name
+    return commit if COMMIT_RE.fullmatch(commit) else None
+
+
+def _search_hf_cache(spec: BackboneSpec, places: _Places, searched: list[str]) -> ResolvedWeights | None:
+    cache = places.cache()
+    repo, filename, revision = _hub_repo(spec)
+    if not repo:
         searched.append(f"HF cache {cache}: skipped, timm has no hub repo for {spec.id}")
         return None
-    repo, _, revision = cfg.hf_hub_id.partition("@")
-    filename = _hf_safetensors_filename(cfg.hf_hub_filename)
     if filename is None:
-        searched.append(f"HF cache {cache}: skipped, {repo} ships {cfg.hf_hub_filename}, which is not safetensors")
+        searched.append(f"HF cache {cache}: skipped, {repo} ships no safetensors weights")
         return None
-    try:
-        # A pure filesystem lookup (refs/<rev> -> snapshots/<commit>/<file>): never touches the network.
-        hit = try_to_load_from_cache(repo, filename, cache_dir=cache, revision=revision or None)
-    except ValueError as e:  # malformed repo id / revision in a cfg: report, don't crash resolution
-        searched.append(f"HF cache {cache}: {repo}/{filename} not looked up ({e})")
+    names = [filename, "config.json"] if spec.kind == "hub" else [filename]
+    hits: list[Path] = []
+    for name in names:
+        try:
+            # A pure filesystem lookup (refs/<rev> -> snapshots/<commit>/<file>): never touches the network.
+            hit = try_to_load_from_cache(repo, name, cache_dir=cache, revision=revision)
+        except ValueError as e:  # malformed repo id / revision in a cfg: report, don't crash resolution
+            searched.append(f"HF cache {cache}: {repo}/{name} not looked up ({e})")
+            return None
+        if not isinstance(hit, str):  # None, or the "cached as non-existent" sentinel
+            searched.append(f"HF cache {cache}: {repo}/{name}{f'@{revision}' if revision else ''} not cached")
+            return None
+        hits.append(Path(hit))
+    model_dir = hits[0].parent if spec.kind == "hub" else None
+    return ResolvedWeights(f"hf-cache:{repo}", hits[0], model_dir, _commit_of(hits[0], filename))
+
+
+def _search_hub(spec: BackboneSpec, places: _Places, searched: list[str]) -> ResolvedWeights | None:
+    repo, filename, revision = _hub_repo(spec)
+    if not repo or filename is None:
+        return None  # _search_hf_cache said why
+    if places.hub is None or not places.hub.enabled:
+        searched.append(f"hub {repo}: not asked (downloads are off here)")
         return None
-    if isinstance(hit, str):  # otherwise None, or the "cached as non-existent" sentinel
-        return ResolvedWeights(f"hf-cache:{repo}", Path(hit))
-    searched.append(f"HF cache {cache}: {repo}/{filename} not cached")
-    return None
+    names = [filename, "config.json"] if spec.kind == "hub" else [filename]
+    got = fetch_repo_files(repo, names, places.hub, revision=revision, what=spec.id, progress=places.progress)
+    weights = got.paths[filename]
+    model_dir = weights.parent if spec.kind == "hub" else None
+    return ResolvedWeights(f"hub:{repo}", weights, model_dir, got.commit)
 
 
 def _search_providers(spec: BackboneSpec, places: _Places, searched: list[str]) -> ResolvedWeights | None:
@@ -317,8 +375,10 @@ def _search_providers(spec: BackboneSpec, places: _Places, searched: list[str]) 
     return None
 
 
-#: Steps 3-5 of the module docstring, per kind of id ("random", "file" and "local-dir" ids are not searched).
+#: Steps 3-6 of the module docstring, per kind of id ("random", "file" and "local-dir" ids are not searched).
 _SEARCHES: dict[str, tuple[_Search, ...]] = {
-    "timm": (_search_weights_dirs, _search_hf_cache, _search_providers),
+    "timm": (_search_weights_dirs, _search_hf_cache, _search_providers, _search_hub),
+    "timm@revision": (_search_hf_cache, _search_hub),
+    "hub": (_search_hf_cache, _search_hub),
     "zoo": (_search_providers,),
 }

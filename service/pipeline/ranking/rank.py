@@ -23,6 +23,9 @@ Result schema (``schema_version`` 1, the document built here)::
            "finetune": {"value", "low", "high", "inputs"} | null,
            "linear_probe": {"value", "low", "high", "inputs"} | null} | null,
          "source_accuracy": float | null,       # the prior: accuracy on its own source task, when known
+         "params_m": float,                     # parameters of the loaded model, millions
+         "gmacs", "imagenet_top1": float | null,  # timm's published numbers (service/model_catalogue.py)
+         "revision": str | null,                # the hub commit of weights from the HF cache or a download
          "feature_dim", "num_source_classes", "weights_source", "weights_sha256", "data_config",
          "n_images", "n_failed_images", "from_cache",
          "seconds": {"load", "extract", "score", "per_estimator": {estimator: seconds}}}
@@ -34,6 +37,7 @@ Result schema (``schema_version`` 1, the document built here)::
                    "images_per_class": [calibrated sample sizes]}} | null,     # leave-one-target-out numbers
                  "p_best": {"n_bootstrap", "seed", "resampling", "seconds"} | null, "note": str},
       "failed_images": int,                # images that could not be decoded (skipped)
+      "unavailable": [{"id", "code", "detail"}],   # left out (skip_unavailable): weights not to be had
       "seconds": {"total": float}
     }
 
@@ -64,7 +68,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from estimators import SamplesRequiredError, Statistics, get_estimator, list_estimators, score
-from service.errors import EstimatorNeedsSourceHead, TooFewSamplesPerClass, UnknownEstimator
+from service.errors import (
+    EstimatorNeedsSourceHead,
+    HubError,
+    TooFewSamplesPerClass,
+    UnknownEstimator,
+    WeightsUnavailable,
+)
+from service.model_catalogue import catalogue_info
 from service.pipeline.calibration.model import Calibration, Fusion, fused_scores, resolve_calibration
 from service.pipeline.calibration.p_best import p_best, source_accuracy_of
 from service.pipeline.data.datasets import Dataset, load_dataset
@@ -73,6 +84,7 @@ from service.pipeline.data.refs import DatasetRef
 from service.pipeline.features.cache import FeatureCache
 from service.pipeline.features.extract import FeatureSet, ProgressCallback, ProgressEvent, extract_features
 from service.pipeline.models.backbones import LoadedBackbone, load_backbone
+from service.pipeline.models.hub import HubAccess
 from service.pipeline.models.spec import BackboneSpec
 
 __all__ = [
@@ -144,6 +156,8 @@ def rank_backbones(
     calibration: Calibration | str | Path | None = "default",
     n_bootstrap: int = 0,
     hub_datasets: HubDatasets | None = None,
+    hub: HubAccess | None = None,
+    skip_unavailable: bool = False,
 ) -> dict[str, Any]:
     """Rank ``backbones`` on ``dataset``; see the module docstring for the result schema.
 
@@ -173,10 +187,32 @@ def rank_backbones(
         )
     loaded: list[LoadedBackbone] = []
     load_seconds: list[float] = []
+    unavailable: list[dict[str, str]] = []
     for spec in backbones:
         began = time.perf_counter()
-        loaded.append(load_backbone(spec, weights_dirs=weights_dirs, hf_cache_dir=hf_cache_dir, allowlist=allowlist))
+        name = spec.id if isinstance(spec, BackboneSpec) else str(spec)
+        try:
+            backbone = load_backbone(
+                spec,
+                weights_dirs=weights_dirs,
+                hf_cache_dir=hf_cache_dir,
+                allowlist=allowlist,
+                hub=hub,
+                progress=_download_progress(name, progress),
+            )
+        except _UNAVAILABLE as err:
+            if not skip_unavailable:
+                raise
+            _logger.warning("left out %s: [%s] %s", name, err.code, err.detail)
+            unavailable.append({"id": name, "code": err.code, "detail": err.detail})
+            continue
+        loaded.append(backbone)
         load_seconds.append(time.perf_counter() - began)
+    if not loaded:
+        raise WeightsUnavailable(
+            "no candidate's weights could be had: " + "; ".join(f"{u['id']}: {u['detail']}" for u in unavailable),
+            unavailable=unavailable,
+        )
     if requested:
         headless = [b.spec.id for b in loaded if b.num_source_classes == 0 or layer is not None]
         needs_head = [n for n in requested if "source_probs" in get_estimator(n).needs]
@@ -209,8 +245,19 @@ def rank_backbones(
         source_accuracy={b.spec.id: source_accuracy_of(b.spec.id) for b in loaded},
         progress=progress,
     )
+    result["unavailable"] = unavailable
     result["seconds"] = {"total": time.perf_counter() - started}
     return result
+
+
+#: Why a candidate can be left out with ``skip_unavailable``: its weights cannot be had here and now.
+_UNAVAILABLE = (WeightsUnavailable, HubError)
+
+
+def _download_progress(backbone: str, progress: ProgressCallback | None) -> Callable[[int, int], None] | None:
+    if progress is None:
+        return None
+    return lambda done, total: progress(ProgressEvent("download", backbone, done, total))
 
 
 def rank_feature_sets(
@@ -272,6 +319,8 @@ def rank_feature_sets(
                 "num_source_classes": described.get("num_source_classes", 0),
                 "weights_source": described.get("weights_source"),
                 "weights_sha256": described.get("weights_sha256"),
+                "revision": described.get("revision"),
+                **_published_facts(described["id"], described.get("params_m")),
                 "data_config": described.get("data_config"),
                 "n_images": int(feature_set.labels.shape[0]),
                 "n_failed_images": len(feature_set.failed),
@@ -369,6 +418,17 @@ def _same(a: float, b: float, rtol: float) -> bool:
     if np.isinf(a) or np.isinf(b):
         return False
     return bool(abs(a - b) <= rtol * max(abs(a), abs(b)))
+
+
+def _published_facts(backbone_id: str, params_m: float | None) -> dict[str, float | None]:
+    """The row's size (counted on the loaded model) and, for a published timm model, its GMACs and ImageNet top-1
+    from the model catalogue (service/model_catalogue.py): what a user trades accuracy against."""
+    entry = catalogue_info(backbone_id)
+    return {
+        "params_m": params_m,
+        "gmacs": entry.gmacs if entry is not None else None,
+        "imagenet_top1": entry.imagenet_top1 if entry is not None else None,
+    }
 
 
 def _assign_ranks(rows: list[dict[str, Any]], infos: Sequence[Any]) -> None:
