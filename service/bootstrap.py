@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from service.catalog import zoo_dir
+from service.catalog import packaged_weights_dir, zoo_dir
 from service.config import Settings
 from service.pipeline.models.backbone_ids import service_allows
 from service.pipeline.models.hub import HubAccess
@@ -21,26 +21,24 @@ from service.pipeline.runtime import Runtime
 __all__ = ["cli_runtime", "hub_access", "register_builtins", "service_runtime", "start"]
 
 
-def register_builtins(zoo_dir: Path | None = None, packaged_weights_dir: Path | None = None) -> None:
+def register_builtins(zoo_dir: Path, packaged_weights_dir: Path) -> None:
     """Plug the built-ins into the engine's registries (idempotent): the generated datasets (``builtin:NAME``),
-    the packaged ImageNet weights, the zoo (weights, source accuracies, builds) and the built-in benchmark
-    suites. Directories default to the settings' (the zoo's and packaged weights' own defaults)."""
+    the packaged ImageNet weights (converted into ``packaged_weights_dir``), the zoo in ``zoo_dir`` (weights,
+    source accuracies, builds) and the built-in benchmark suites. Calling again with other folders rebinds them."""
     from service.builtin.datasets import register_builtin_datasets
-    from service.builtin.packaged_weights import register_packaged_weights, set_packaged_weights_dir
+    from service.builtin.packaged_weights import register_packaged_weights
     from service.builtin.suites import register_builtin_suites
     from service.builtin.zoo import register_zoo
 
     register_builtin_datasets()
-    if packaged_weights_dir is not None:
-        set_packaged_weights_dir(packaged_weights_dir)
-    register_packaged_weights()
+    register_packaged_weights(packaged_weights_dir)
     register_zoo(zoo_dir)
     register_builtin_suites()
 
 
 def start(settings: Settings) -> None:
     """Fill this process's registries from the settings (:func:`register_builtins`); set torch's threads."""
-    register_builtins(zoo_dir(settings), settings.cache_dir / "weights")
+    register_builtins(zoo_dir(settings), packaged_weights_dir(settings))
     if settings.num_threads:
         import torch
 

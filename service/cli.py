@@ -1155,15 +1155,16 @@ def _run_demo(
     try:
         if backbones is None:
             from service.builtin.zoo import ZOO_ENTRIES, build_zoo, list_zoo
+            from service.catalog import zoo_dir
 
-            missing = [entry["name"] for entry in list_zoo() if not entry.get("current")]
+            missing = [entry["name"] for entry in list_zoo(zoo_dir(settings)) if not entry.get("current")]
             if missing:
                 console.print(
                     f"[bold]1/4[/] Building the built-in zoo ({len(missing)} small models pretrained on the built-in "
                     "source tasks; once, about 10 minutes on a 2-core CPU) ..."
                 )
                 with _zoo_progress(enabled=sys.stderr.isatty()) as on_progress:
-                    build_zoo(names=missing, progress=on_progress)
+                    build_zoo(zoo_dir(settings), names=missing, progress=on_progress)
             else:
                 console.print("[bold]1/4[/] The built-in zoo is built (backbone-rank zoo list).")
             backbones = [*(f"zoo:{name}" for name in ZOO_ENTRIES), *DEMO_BACKBONES]
@@ -1283,12 +1284,20 @@ def _zoo_dir_option() -> Any:
     return typer.Option("--zoo-dir", help="Zoo directory (default: settings zoo_dir, else <cache dir>/zoo).")
 
 
+def _zoo_directory(option: Path | None) -> Path:
+    """``--zoo-dir``, else the settings' zoo directory."""
+    from service.catalog import zoo_dir
+    from service.config import get_settings
+
+    return option if option is not None else zoo_dir(get_settings())
+
+
 @zoo_app.command("list")
 def zoo_list_command(zoo_dir: Annotated[Path | None, _zoo_dir_option()] = None) -> None:
     """List the zoo's models: architecture, source task, input size, whether built, source accuracy."""
-    from service.builtin.zoo import default_zoo_dir, list_zoo
+    from service.builtin.zoo import list_zoo
 
-    directory = zoo_dir if zoo_dir is not None else default_zoo_dir()
+    directory = _zoo_directory(zoo_dir)
     table = Table(title="Built-in zoo", caption=f"built under {escape(str(directory))}; rank with -b zoo:NAME")
     for column, justify in (
         ("name", "left"),
@@ -1327,10 +1336,11 @@ def zoo_build_command(
     from service.errors import BackboneRankError
 
     settings = get_settings()
+    directory = _zoo_directory(zoo_dir)
     try:
         with _zoo_progress(enabled=sys.stderr.isatty()) as on_progress:
             cards = build_zoo(
-                zoo_dir, only or None, builtin_dir=settings.cache_dir / "builtin", scale=scale,
+                directory, only or None, builtin_dir=settings.cache_dir / "builtin", scale=scale,
                 progress=on_progress, force=force,
             )  # fmt: skip
     except BackboneRankError as err:

@@ -19,24 +19,30 @@ def _providers() -> list[str]:
 
 @pytest.fixture(autouse=True)
 def _no_leaked_packaged_provider() -> Iterator[None]:
-    """``rank_backbones`` registers the ``packaged`` and ``zoo`` weights providers as a side effect; a test that
-    ranks must not leave them registered for the next one (tests of weight resolution count the places searched),
-    nor leave the zoo pointed at its temporary directory."""
+    """A test that registers the built-ins (the ``builtins`` fixture, a worker run in the test process) registers
+    the ``packaged`` and ``zoo`` weights providers, bound to its (often temporary) directories; it must not leave
+    them registered for the next one (tests of weight resolution count the places searched), nor the zoo's
+    source accuracies and builder."""
     before = {name for name in (_PACKAGED, _ZOO) if name in _providers()}
     yield
-    for name in (_PACKAGED, _ZOO):
-        if name not in before and name in _providers():
-            sys.modules[_PROVIDERS].unregister_weights_provider(name)
-    zoo = sys.modules.get("service.builtin.zoo")
-    if zoo is not None:
-        zoo.set_zoo_dir(None)
+    if _PACKAGED not in before and _PACKAGED in _providers():
+        sys.modules[_PROVIDERS].unregister_weights_provider(_PACKAGED)
+    if _ZOO not in before and _ZOO in _providers():
+        zoo = sys.modules.get("service.builtin.zoo")  # absent when a test registered a "zoo" provider of its own
+        if zoo is not None:
+            zoo.unregister_zoo()
+        else:
+            sys.modules[_PROVIDERS].unregister_weights_provider(_ZOO)
 
 
 @pytest.fixture
 def builtins() -> None:
-    """The built-ins plugged into the engine, as ``service.bootstrap.start`` does at a process's start-up: the
-    generated datasets, the packaged weights and the zoo (providers unregistered again after the test, above),
-    and the built-in benchmark suites."""
+    """The built-ins plugged into the engine, as ``service.bootstrap.start`` does at a process's start-up with the
+    settings' directories: the generated datasets, the packaged weights and the zoo (unregistered again after the
+    test, above), and the built-in benchmark suites."""
     from service.bootstrap import register_builtins
+    from service.catalog import packaged_weights_dir, zoo_dir
+    from service.config import get_settings
 
-    register_builtins()
+    settings = get_settings()
+    register_builtins(zoo_dir(settings), packaged_weights_dir(settings))

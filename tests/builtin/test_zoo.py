@@ -223,14 +223,25 @@ def test_zoo_ids_load_with_their_source_head(built: dict[str, Any], dirs: dict[s
 
 
 def test_provider_answers_only_for_built_zoo_names(built: dict[str, Any], dirs: dict[str, Path]) -> None:
-    zoo.set_zoo_dir(dirs["zoo"])
-    assert zoo.zoo_provider("zoo:tiny-textures") == dirs["zoo"] / "tiny-textures"
-    assert zoo.zoo_provider("tiny-textures") is None  # a timm id: not the zoo's
-    assert zoo.zoo_provider("resnet10t.c3_in1k") is None
-    assert zoo.zoo_provider("zoo:latin-resnet10t") is None  # not built
-    assert zoo.zoo_provider("zoo:../zoo/tiny-textures") is None
-    zoo.set_zoo_dir(None)
-    assert zoo.default_zoo_dir() != dirs["zoo"]
+    assert zoo.zoo_provider(dirs["zoo"], "zoo:tiny-textures") == dirs["zoo"] / "tiny-textures"
+    assert zoo.zoo_provider(dirs["zoo"], "tiny-textures") is None  # a timm id: not the zoo's
+    assert zoo.zoo_provider(dirs["zoo"], "resnet10t.c3_in1k") is None
+    assert zoo.zoo_provider(dirs["zoo"], "zoo:latin-resnet10t") is None  # not built
+    assert zoo.zoo_provider(dirs["zoo"], "zoo:../zoo/tiny-textures") is None
+
+
+def test_registering_another_dir_replaces_the_zoo(built: dict[str, Any], dirs: dict[str, Path], tmp_path: Path) -> None:
+    from service.pipeline.plugins import source_info
+
+    zoo.register_zoo(dirs["zoo"])
+    assert source_info("zoo:tiny-textures") == ("textures", built["tiny"]["source_accuracy"])
+    zoo.register_zoo(tmp_path / "empty-zoo")
+    assert list_weights_providers().count("zoo") == 1
+    assert source_info("zoo:tiny-textures") == (None, None)
+    with pytest.raises(WeightsUnavailable, match="zoo build"):
+        load_backbone("zoo:tiny-textures")
+    zoo.unregister_zoo()
+    assert "zoo" not in list_weights_providers()
 
 
 def test_list_zoo_shows_default_entries_and_other_built_models(built: dict[str, Any], dirs: dict[str, Path]) -> None:
@@ -245,7 +256,7 @@ def test_list_zoo_shows_default_entries_and_other_built_models(built: dict[str, 
 def test_rank_resolves_zoo_ids(built: dict[str, Any], dirs: dict[str, Path], builtins: None) -> None:
     from service.pipeline.ranking.rank import rank_backbones
 
-    zoo.set_zoo_dir(dirs["zoo"])
+    zoo.register_zoo(dirs["zoo"])  # the builtins fixture registered the settings' zoo: rebind it
     result = rank_backbones(
         str(dirs["builtin"] / ".zoo-scale-0.2" / "textures" / "test"),
         ["zoo:tiny-textures", f"zoo:{CONTROL}"],

@@ -36,17 +36,6 @@ def write_image_folder(root: Path, counts: Mapping[str, int], size: int = 32, se
     return root
 
 
-@pytest.fixture(autouse=True)
-def _restore_weight_providers() -> Iterator[None]:
-    """A worker run in the test process points the process-wide zoo and packaged-weights directories at its
-    (tmp) settings: point them back at the defaults (tests/conftest.py unregisters the providers)."""
-    yield
-    if "service.builtin.zoo" in sys.modules:
-        sys.modules["service.builtin.zoo"].set_zoo_dir(None)
-    if "service.builtin.packaged_weights" in sys.modules:
-        sys.modules["service.builtin.packaged_weights"].set_packaged_weights_dir(None)
-
-
 @pytest.fixture
 def data_root(tmp_path: Path) -> Path:
     root = tmp_path / "data"

@@ -50,7 +50,9 @@ _PROVIDERS: dict[str, RegisteredProvider] = {}  # insertion order = registration
 _PROVIDERS_LOCK = threading.Lock()
 
 
-def register_weights_provider(name: str, provider: WeightsProvider, description: str = "") -> None:
+def register_weights_provider(
+    name: str, provider: WeightsProvider, description: str = "", *, replace: bool = False
+) -> None:
     """Register ``provider(model_id) -> Path | None``, consulted after weights dirs and the HF cache.
 
     ``model_id`` is the canonical spec id (``"tf_efficientnet_lite0.in1k"``, ``"zoo:glyph-r10"``). The
@@ -58,7 +60,9 @@ def register_weights_provider(name: str, provider: WeightsProvider, description:
     (``config.json`` + ``model.safetensors``), or None. ``zoo:`` ids are asked only of the provider named
     ``"zoo"``, and must get a folder (or the weights file inside one): the arch and preprocessing come
     from its ``config.json``. Registering the same callable twice under one name is a no-op; another
-    callable under a taken name is a ``ValueError`` (unregister first).
+    callable under a taken name is a ``ValueError`` (unregister first), unless ``replace``: then it takes the
+    place of the one registered, keeping its place in the lookup order (a built-in registered again with
+    another directory).
     """
     if not isinstance(name, str) or not _PROVIDER_NAME_RE.fullmatch(name):
         raise ValueError(f"invalid provider name {name!r}: letters, digits, '.', '_' or '-'")
@@ -66,7 +70,7 @@ def register_weights_provider(name: str, provider: WeightsProvider, description:
         raise TypeError("provider must be callable: provider(model_id) -> Path | None")
     with _PROVIDERS_LOCK:
         existing = _PROVIDERS.get(name)
-        if existing is not None:
+        if existing is not None and not replace:
             if existing.fn is provider:
                 return
             raise ValueError(f"a weights provider named {name!r} is already registered; unregister it first")
