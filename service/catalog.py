@@ -12,7 +12,14 @@ from typing import Any
 from service.config import Settings
 from service.pipeline.models.backbone_ids import installed_timm_version, load_timm_registry, service_allows
 
-__all__ = ["backbone_catalog", "estimator_catalog", "builtin_dataset_catalog", "model_listing", "MODEL_SORTS"]
+__all__ = [
+    "MODEL_SORTS",
+    "backbone_catalog",
+    "builtin_dataset_catalog",
+    "estimator_catalog",
+    "hf_cache_has",
+    "model_listing",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -23,6 +30,15 @@ def _hf_hub_cache(settings: Settings) -> Path:
     from huggingface_hub import constants  # plain constants, no torch
 
     return Path(constants.HF_HUB_CACHE)
+
+
+def hf_cache_has(settings: Settings, repo: str) -> bool:
+    """Whether the HF cache holds a ``model.safetensors`` of the model repo ``repo`` (``ORG/NAME``)."""
+    folder = _hf_hub_cache(settings) / f"models--{repo.replace('/', '--')}"
+    try:
+        return any(folder.glob("snapshots/*/model.safetensors"))
+    except OSError:
+        return False
 
 
 def _hf_cache_entries(settings: Settings) -> list[dict[str, Any]]:

@@ -67,10 +67,33 @@ def check_backbones(ids: list[str], settings: Settings) -> list[str]:
             )
         if backbone.startswith("zoo:"):
             _check_zoo(backbone, settings)
+        _check_download_allowed(backbone, settings)
         if backbone in checked:
             raise InvalidRequest(f"backbone {backbone!r} is listed twice; list each candidate once")
         checked.append(backbone)
     return checked
+
+
+def _check_download_allowed(backbone: str, settings: Settings) -> None:
+    """Refuse on submission an id the worker would have to download from a repo outside the service's allowlist
+    (an ``hf-hub:`` repo, or ``timm/<arch.tag>``), unless its weights are in the HF cache already."""
+    from service.catalog import hf_cache_has
+    from service.pipeline.models.backbone_ids import SOURCE_PREFIX_RE, split_weights_suffix
+    from service.pipeline.models.hub import check_allowed, repo_allowed
+
+    prefix, sep, rest = backbone.partition(":")
+    if sep and SOURCE_PREFIX_RE.fullmatch(prefix):
+        if prefix.lower() != "hf-hub":
+            return
+        repo = rest.partition("@")[0]
+    else:
+        name, file, _ = split_weights_suffix(backbone)
+        if file is not None or "." not in name:
+            return  # a local file; or an arch whose default tag (hence repo) only the worker's timm knows
+        repo = f"timm/{name}"
+    patterns = settings.hub_patterns(service=True)[0]
+    if not repo_allowed(repo, patterns) and not hf_cache_has(settings, repo):
+        check_allowed(repo, patterns, what=backbone)
 
 
 def _check_zoo(backbone: str, settings: Settings) -> None:

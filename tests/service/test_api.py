@@ -418,3 +418,54 @@ def test_zoo_backbones_checked_against_the_built_zoo(tmp_path: Path, data_root: 
     assert catalog["zoo:my-model"]["available_offline"] is True
     assert catalog["zoo:my-model"]["source_accuracy"] == 0.9
     assert catalog[default_entry]["available_offline"] is False
+
+
+def test_hub_downloads_stay_within_the_service_allowlists(tmp_path: Path, data_root: Path, dataset: Path) -> None:
+    settings = Settings(cache_dir=tmp_path / "c", data_roots=[data_root], hf_cache_dir=tmp_path / "hf")
+    with TestClient(create_app(settings)) as c:
+        # models: timm/* by default, checked on submission (nothing is queued)
+        refused = c.post("/v1/rankings", json=ranking(dataset, ["hf-hub:someone/model", "random:resnet10t"]))
+        assert refused.status_code == 403 and refused.json()["code"] == "download_not_allowed", refused.json()
+        assert "BACKBONE_RANK_HUB_ALLOWED_REPOS" in refused.json()["detail"] and job_count(c) == 0
+        for accepted in (["hf-hub:timm/resnet10t.c3_in1k@main"], ["resnet10t.c3_in1k@v2"], ["resnet10t"]):
+            assert c.post("/v1/rankings", json=ranking(dataset, accepted)).status_code == 202
+        # datasets: none by default
+        hub_dataset = {
+            "dataset": {"kind": "hub", "name": "org/pets", "split": "train"},
+            "backbones": ["random:resnet10t"],
+        }
+        refused = c.post("/v1/rankings", json=hub_dataset)
+        assert refused.status_code == 403 and refused.json()["code"] == "download_not_allowed"
+        assert "BACKBONE_RANK_HUB_ALLOWED_DATASETS" in refused.json()["detail"]
+    opened = settings.model_copy(update={"hub_allowed_repos": ["someone/*"], "hub_allowed_datasets": ["org/*"]})
+    with TestClient(create_app(opened)) as c:
+        assert c.post("/v1/rankings", json=ranking(dataset, ["hf-hub:someone/model"])).status_code == 202
+        refused = c.post("/v1/rankings", json=ranking(dataset, ["resnet10t.c3_in1k"]))
+        assert refused.status_code == 403  # timm/* is no longer in the list
+        assert c.post("/v1/rankings", json=hub_dataset).status_code == 202
+
+
+def test_named_candidate_sets_become_their_ids_on_submission(client: TestClient, dataset: Path) -> None:
+    from service.model_catalogue import POPULAR_IDS
+
+    response = client.post("/v1/rankings", json=ranking(dataset, ["@popular", "random:resnet10t"]))
+    assert response.status_code == 202, response.json()
+    stored = client.get(response.json()["url"]).json()["request"]
+    assert stored["backbones"] == [*POPULAR_IDS, "random:resnet10t"] and stored["skip_unavailable"] is True
+    bad = client.post("/v1/rankings", json=ranking(dataset, ["@top:0"]))
+    assert bad.status_code == 422 and bad.json()["code"] == "invalid_candidate_set"
+    unknown = client.post("/v1/rankings", json=ranking(dataset, ["@fast"]))
+    assert unknown.status_code == 422 and unknown.json()["code"] == "unknown_candidate_set"
+    assert "@mobile" in unknown.json()["valid"]
+
+
+def test_model_catalogue_listing(client: TestClient) -> None:
+    listing = client.get("/v1/models", params={"set": "@top:5?max_params=30", "limit": 3}).json()
+    assert listing["total"] == 5 and len(listing["models"]) == 3
+    tops = [m["imagenet_top1"] for m in listing["models"]]
+    assert tops == sorted(tops, reverse=True) and all(m["params_m"] <= 30 for m in listing["models"])
+    assert {"id", "params_m", "gmacs", "imagenet_top1", "available_offline"} <= set(listing["models"][0])
+    small = client.get("/v1/models", params={"filter": "max_params=5&family=mobilenet", "sort": "params"}).json()
+    assert small["models"] and all(m["family"] == "mobilenet" and m["params_m"] <= 5 for m in small["models"])
+    bad = client.get("/v1/models", params={"filter": "max_size=5"})
+    assert bad.status_code == 422 and bad.json()["code"] == "invalid_candidate_set"

@@ -184,9 +184,13 @@ def find_weights(
             if repo
             else ""
         )
-        hint = f"{download}put {spec.id}.safetensors into a weights dir (BACKBONE_RANK_WEIGHTS_DIRS)" + (
-            f", give a file with {spec.arch}@/path/weights.safetensors" if spec.arch else ""
+        local = (
+            f"put {spec.timm_name}.safetensors into a weights dir (BACKBONE_RANK_WEIGHTS_DIRS), give a file with "
+            f"{spec.arch}@/path/weights.safetensors"
+            if kind == "timm"
+            else "mirror the repo to a folder and use local-dir:/path"
         )
+        hint = f"{download}{local}"
     raise WeightsUnavailable(
         f"no weights for {spec.id!r}; searched: " + "; ".join(searched) + f". To fix: {hint}, or {_RANDOM_HINT}.",
         backbone=spec.id,

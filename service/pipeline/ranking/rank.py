@@ -72,7 +72,9 @@ from service.errors import (
     EstimatorNeedsSourceHead,
     HubError,
     TooFewSamplesPerClass,
+    UnknownBackbone,
     UnknownEstimator,
+    UnsafeCheckpointFormat,
     WeightsUnavailable,
 )
 from service.model_catalogue import catalogue_info
@@ -85,7 +87,7 @@ from service.pipeline.features.cache import FeatureCache
 from service.pipeline.features.extract import FeatureSet, ProgressCallback, ProgressEvent, extract_features
 from service.pipeline.models.backbones import LoadedBackbone, load_backbone
 from service.pipeline.models.hub import HubAccess
-from service.pipeline.models.spec import BackboneSpec
+from service.pipeline.models.spec import BackboneSpec, coerce_spec
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -188,9 +190,11 @@ def rank_backbones(
     loaded: list[LoadedBackbone] = []
     load_seconds: list[float] = []
     unavailable: list[dict[str, str]] = []
-    for spec in backbones:
+    # Malformed or unknown ids are the caller's mistake and always an error; only weights that cannot be had
+    # (missing, pickles only, not on the hub, a refused or failed download) may leave a candidate out.
+    for spec in [coerce_spec(backbone) for backbone in backbones]:
         began = time.perf_counter()
-        name = spec.id if isinstance(spec, BackboneSpec) else str(spec)
+        name = spec.id
         try:
             backbone = load_backbone(
                 spec,
@@ -250,8 +254,9 @@ def rank_backbones(
     return result
 
 
-#: Why a candidate can be left out with ``skip_unavailable``: its weights cannot be had here and now.
-_UNAVAILABLE = (WeightsUnavailable, HubError)
+#: Why a candidate can be left out with ``skip_unavailable``: its weights cannot be had here and now (an
+#: UnknownBackbone after parsing is a repo the hub does not have).
+_UNAVAILABLE = (WeightsUnavailable, UnsafeCheckpointFormat, UnknownBackbone, HubError)
 
 
 def _download_progress(backbone: str, progress: ProgressCallback | None) -> Callable[[int, int], None] | None:
