@@ -499,6 +499,10 @@ def _json_default(value: Any) -> Any:
 _SCORE_COLUMNS_MAX = 5
 
 
+def _number(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
 def _print_rank_matrix(result: dict[str, Any]) -> None:
     infos = result["estimators"]
     table = Table(
@@ -544,6 +548,9 @@ def _print_ranking(result: dict[str, Any]) -> None:
         *extra,
         ("mean rank", "right"),
         ("D", "right"),
+        ("params M", "right"),
+        ("GMACs", "right"),
+        ("IN-1k top-1", "right"),
         ("weights", "left"),
         ("extract s", "right"),
         ("cached", "center"),
@@ -565,13 +572,19 @@ def _print_ranking(result: dict[str, Any]) -> None:
             *cells,
             f"{row['mean_rank']:.2f}",
             str(row["feature_dim"]),
-            str(row["weights_source"]),
+            _number(row.get("params_m"), ".1f"),
+            _number(row.get("gmacs"), ".2f"),
+            _number(row.get("imagenet_top1"), ".1f"),
+            str(row["weights_source"]) + (f"@{row['revision'][:8]}" if row.get("revision") else ""),
             f"{row['seconds']['extract']:.1f}",
             "yes" if row["from_cache"] else "",
         )
     console.print(table)
     if fusion.get("note"):  # what the order rests on, and which sample size the predictions are for
         console.print(escape(fusion["note"]), style="dim", soft_wrap=True)
+    for item in result.get("unavailable") or []:
+        code = escape("[" + item["code"] + "]")
+        err_console.print(f"[yellow]left out[/] {escape(item['id'])}: {code} {escape(item['detail'])}", soft_wrap=True)
     if len(result["backbones"]) > _SCORE_COLUMNS_MAX:
         _print_rank_matrix(result)
         return

@@ -24,6 +24,7 @@ from service.pipeline.benchmark.suites import FinetuneSpec, Suite, SuiteBackbone
 ROOT = Path(__file__).resolve().parents[2]
 CLASSES = ("bars", "blob", "cross")
 ESTIMATORS = ("logme", "h_score", "class_means", "leep")
+PRIORS = ("source_accuracy", "model_size", "imagenet_top1")
 
 
 def _draw(kind: str, rng: np.random.Generator, size: int = 32) -> Image.Image:
@@ -91,11 +92,15 @@ def test_published_suite_scores_every_pair_and_writes_json_and_csv(target_dir, w
     assert [r["id"] for r in target["backbones"]] == [b.id for b in suite.backbones]
     for row in target["backbones"]:
         assert row["input_size"] == 32 and row["accuracy"]["per_seed"] == [row["accuracy"]["mean"]]
-        assert set(row["scores"]) == {*ESTIMATORS, "source_accuracy", "feature_dim"}
+        assert set(row["scores"]) == {*ESTIMATORS, *PRIORS, "feature_dim"}
         assert row["scores"]["source_accuracy"] is None and row["seconds"]["rank"] > 0
         assert row["seconds"]["finetune"] is None and row["finetune"] is None
-    assert set(target["metrics"]) == {*ESTIMATORS, "source_accuracy", "feature_dim", "random"}
+        # the size prior is counted on the loaded model; no test model has a published ImageNet accuracy
+        assert 0.1 < row["scores"]["model_size"] < 5 and row["scores"]["imagenet_top1"] is None
+    assert set(target["metrics"]) == {*ESTIMATORS, *PRIORS, "feature_dim", "random"}
     assert target["metrics"]["source_accuracy"] is None  # no backbone knows its source accuracy
+    assert target["metrics"]["imagenet_top1"] is None and target["metrics"]["model_size"]["weighted_tau"]
+    assert result["summary"]["model_size"]["is_baseline"] is True
     logme = target["metrics"]["logme"]["weighted_tau"]
     assert -1.0 <= logme["value"] <= 1.0
     assert result["summary"]["logme"]["weighted_tau"]["n_targets"] == 1
@@ -110,6 +115,7 @@ def test_published_suite_scores_every_pair_and_writes_json_and_csv(target_dir, w
         rows = list(csv.DictReader(handle))
     assert [r["backbone"] for r in rows] == [b.id for b in suite.backbones]
     assert float(rows[1]["accuracy_mean"]) == 0.55 and rows[0]["source_accuracy"] == ""
+    assert float(rows[0]["model_size"]) == target["backbones"][0]["scores"]["model_size"]
     assert not list(tmp_path.glob(".benchmark-*.partial.jsonl"))  # a finished run leaves no checkpoint
 
 

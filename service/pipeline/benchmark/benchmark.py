@@ -9,7 +9,9 @@ method, measures how well the scores predict the accuracies (:mod:`service.pipel
 Kendall τ as the literature uses, Kendall τ, Pearson r, top-1 regret, bootstrap intervals).
 
 Next to the estimators stand the baselines a skeptic asks for: the backbone's accuracy on its own
-source task, its feature dimension (wide features favour several scores) and a random ranking.
+source task, its size (parameters) and ImageNet-1k top-1 (the priors that "How NOT to benchmark your SITE
+metric", ICLR 2026, and "Back to the Basics", 2024, found hard to beat), its feature dimension (wide features
+favour several scores) and a random ranking.
 
 The result follows the benchmark schema (:class:`service.contract.BenchmarkResult`, ``schema_version`` 2,
 ``"kind": "benchmark"``; version 1 lacked the ``request``), rendered by :mod:`service.reports`; it is written as
@@ -73,6 +75,18 @@ BASELINES: tuple[dict[str, Any], ...] = (
         "name": "source_accuracy",
         "higher_is_better": True,
         "description": "accuracy of the backbone on its own source task (zoo card / published ImageNet top-1)",
+    },
+    {
+        "name": "model_size",
+        "higher_is_better": True,
+        "description": "parameters of the backbone (bigger ranks higher): the prior 'How NOT to benchmark your "
+        "SITE metric' (ICLR 2026) found beating LogME",
+    },
+    {
+        "name": "imagenet_top1",
+        "higher_is_better": True,
+        "description": "the backbone's ImageNet-1k top-1 (timm's published table, or the suite's published one); "
+        "none for backbones not trained on ImageNet",
     },
     {"name": "feature_dim", "higher_is_better": True, "description": "dimension of the pooled features"},
     {
@@ -485,6 +499,8 @@ def _rank_target(
         by_id[row["id"]] = {
             "scores": row["scores"],
             "feature_dim": row["feature_dim"],
+            "params_m": row.get("params_m"),
+            "imagenet_top1": row.get("imagenet_top1"),
             "seconds": seconds["extract"] + seconds["score"],
             "extract_seconds": seconds["extract"],
             "estimator_seconds": seconds.get("per_estimator", {}),
@@ -511,6 +527,12 @@ def _pair(
     source, source_accuracy = _source_of(suite_backbone, backbone)
     scores = dict(ranked["scores"])
     scores["source_accuracy"] = source_accuracy
+    scores["model_size"] = ranked.get("params_m")  # absent from a ranking checkpointed by an older version
+    scores["imagenet_top1"] = (
+        100.0 * source_accuracy
+        if source == "imagenet-1k" and source_accuracy is not None
+        else ranked.get("imagenet_top1")
+    )
     scores["feature_dim"] = float(ranked["feature_dim"])
     row: dict[str, Any] = {
         "id": suite_backbone.id,

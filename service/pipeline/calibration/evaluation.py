@@ -24,6 +24,7 @@ from service.pipeline.calibration.samples import Sample, _inputs_of, _mean, _per
 from service.pipeline.calibration.selection import (
     _NOT_FUSABLE,
     _PRIOR,
+    _PRIORS,
     FUSABLE_ESTIMATORS,
     _fusion_candidates,
     _fusion_tau,
@@ -207,7 +208,7 @@ def _loto_fusion(
     best = ranked[0] if ranked else None
     best_mean = single_means[best] if best else None
     # the bar within the fusion's cost class: cheap enough to be recomputed for p_best
-    cheap = set(_fusion_candidates(samples, directions, max_member_seconds, fusable)) - {_PRIOR}
+    cheap = set(_fusion_candidates(samples, directions, max_member_seconds, fusable)) - _PRIORS
     best_cheap = next((n for n in ranked if n in cheap), None)
     return {
         "metric": "weighted Kendall tau (scipy.stats.weightedtau) of the score vs the fine-tuned accuracy, "

@@ -78,6 +78,7 @@ from service.errors import InvalidCalibration
 from service.pipeline.benchmark.metrics import as_higher_is_better
 
 __all__ = [
+    "PRIOR_FIELDS",
     "AccuracyModel",
     "Calibration",
     "DEFAULT_CALIBRATION_PATH",
@@ -103,6 +104,13 @@ GROUND_TRUTHS = ("finetune", "linear_probe")
 #: fine-tuned accuracy rises, so across settings the score-to-accuracy map needs the sample size.
 IMAGES_PER_CLASS = "images_per_class"
 NOMINAL_COVERAGE = 0.9
+#: Fusion members that are facts of a backbone, not scores on the dataset -> the ranked row's field holding them:
+#: free to compute, the same on every resample, and (service/pipeline/benchmark) baselines in every benchmark.
+PRIOR_FIELDS: Mapping[str, str] = {
+    "source_accuracy": "source_accuracy",
+    "model_size": "params_m",
+    "imagenet_top1": "imagenet_top1",
+}
 _EPS = 0.02
 _RIDGE = 1e-2
 _NORMALISATIONS = ("zscore", "rank")

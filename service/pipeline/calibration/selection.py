@@ -45,6 +45,7 @@ from service.pipeline.calibration.model import (
     _RIDGE,
     IMAGES_PER_CLASS,
     NOMINAL_COVERAGE,
+    PRIOR_FIELDS,
     AccuracyModel,
     Fusion,
     _input_value,
@@ -69,6 +70,8 @@ FUSABLE_ESTIMATORS = frozenset(
     {"class_means", "knn", "leep", "nce", "etran_energy", "pactran_dirichlet", "linear_probe"}
 )
 _PRIOR = "source_accuracy"
+#: Every prior may join a fusion whatever ``fusable`` says (nothing to recompute on resamples).
+_PRIORS = frozenset(PRIOR_FIELDS)
 _MAX_MEMBERS = 3
 #: A member joins the fusion only if it raises the training targets' mean τw by this much: with a handful
 #: of targets smaller gains are mostly noise, and every member costs p_best time.
@@ -216,12 +219,12 @@ def _fusion_candidates(
     names = sorted({n for s in samples for n in s.scores} - _NOT_FUSABLE)
     out = []
     for name in names:
-        if name not in directions or (name != _PRIOR and name not in fusable):
+        if name not in directions or (name not in _PRIORS and name not in fusable):
             continue
         if any(sum(s.scores.get(name) is not None for s in rows) < 2 for rows in groups.values()):
             continue
         costs = [s.seconds[name] for s in samples if name in s.seconds]
-        if name != _PRIOR and costs and float(np.mean(costs)) > max_member_seconds:
+        if name not in _PRIORS and costs and float(np.mean(costs)) > max_member_seconds:
             continue
         out.append(name)
     return out

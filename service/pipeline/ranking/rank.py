@@ -78,7 +78,7 @@ from service.errors import (
     WeightsUnavailable,
 )
 from service.model_catalogue import catalogue_info
-from service.pipeline.calibration.model import Calibration, Fusion, fused_scores, resolve_calibration
+from service.pipeline.calibration.model import PRIOR_FIELDS, Calibration, Fusion, fused_scores, resolve_calibration
 from service.pipeline.calibration.p_best import p_best, source_accuracy_of
 from service.pipeline.data.datasets import Dataset, load_dataset
 from service.pipeline.data.hub_dataset import HubDatasets
@@ -495,9 +495,9 @@ def _fuse(
             n_classes, row["scores"], images_per_class=int(row["n_images"]) / max(n_classes, 1)
         )
     spec = calibration.fusion
-    computed = {info.name for info in infos} | {"source_accuracy"}
+    computed = {info.name for info in infos} | set(PRIOR_FIELDS)
     used = [m for m in spec.members if m in computed and any(_member(row, m) is not None for row in rows)]
-    if not [m for m in used if m != "source_accuracy"]:  # a prior alone says nothing about this dataset
+    if not [m for m in used if m not in PRIOR_FIELDS]:  # priors alone say nothing about this dataset
         return {
             **fallback,
             "calibration": described,
@@ -574,7 +574,7 @@ def _setting_note(calibration: Calibration, rows: Sequence[Mapping[str, Any]], n
 
 
 def _member(row: Mapping[str, Any], name: str) -> float | None:
-    value = row["source_accuracy"] if name == "source_accuracy" else row["scores"].get(name)
+    value = row.get(PRIOR_FIELDS[name]) if name in PRIOR_FIELDS else row["scores"].get(name)
     return None if value is None or not np.isfinite(value) else float(value)
 
 
@@ -600,8 +600,8 @@ def _member_scorer(
             stats = Statistics(fs.features[subset], fs.labels[subset], source_probs=probs)
             values: dict[str, float | None] = {}
             for name in members:
-                if name == "source_accuracy":
-                    values[name] = row["source_accuracy"]
+                if name in PRIOR_FIELDS:
+                    values[name] = _member(row, name)
                     continue
                 if row["scores"].get(name) is None:  # not applicable to this backbone on the full data either
                     values[name] = None
