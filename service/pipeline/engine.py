@@ -148,6 +148,8 @@ def finetune(
         progress=progress,
         cancel=cancel,
         allowlist=runtime.allowlist,
+        hub=runtime.hub,
+        hub_datasets=runtime.hub_datasets(),
     )
     effective = request.model_copy(
         update={

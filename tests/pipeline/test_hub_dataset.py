@@ -148,3 +148,26 @@ def test_imagefolder_downloads_only_the_sampled_files(hub: FakeHub, tmp_path: Pa
     assert sample.classes == CLASSES and len(_rows(sample.manifest)) == 6
     downloads = [path for method, path in hub.requests if method == "GET" and "/resolve/" in path]
     assert len(downloads) == 6
+
+
+def test_the_engine_ranks_and_fine_tunes_a_hub_dataset_pinned_to_its_commit(hub: FakeHub, tmp_path: Path) -> None:
+    from service.contract import FinetuneRequest, RankingRequest
+    from service.pipeline import engine
+    from service.pipeline.runtime import Runtime
+
+    runtime = Runtime(
+        cache_dir=tmp_path / "cache", builtin_dir=tmp_path / "builtin", hub=_access(hub, tmp_path), device="cpu"
+    )
+    dataset = {"kind": "hub", "name": "org/pets"}
+    ranking = engine.rank(
+        RankingRequest(dataset=dataset, backbones=["random:test_resnet", "random:test_vit"], max_per_class=4), runtime
+    )
+    assert ranking.dataset.ref.revision == hub.repos[0].sha and ranking.dataset.ref.split == "train"
+    assert ranking.dataset.n_images == 12 and ranking.dataset.classes == CLASSES
+    request = FinetuneRequest(
+        dataset=dataset, backbone="random:test_resnet", strategy="linear", epochs=1, lr_grid=[0.1], input_size=32
+    )
+    tuned = engine.finetune(request, runtime)
+    # the repo's own test split is the test set; val is carved from train
+    assert tuned.dataset.splits["test"].source == "split" and tuned.dataset.splits["test"].n_images == 3
+    assert tuned.dataset.carved == ["val"] and tuned.dataset.ref.revision == hub.repos[0].sha

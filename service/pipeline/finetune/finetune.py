@@ -114,6 +114,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from service.pipeline.data.hub_dataset import HubDatasets
 from service.pipeline.data.refs import DatasetRef
 from service.pipeline.features.extract import select_device
 from service.pipeline.finetune.arguments import _as_ref, _check_arguments, _check_output_dir
@@ -125,6 +126,7 @@ from service.pipeline.finetune.saving import _card, _save
 from service.pipeline.finetune.splits import _check_decoded, _load_splits
 from service.pipeline.finetune.training import TensorSplit, load_split_tensors
 from service.pipeline.models.backbones import load_backbone
+from service.pipeline.models.hub import HubAccess
 from service.pipeline.models.spec import BackboneSpec
 
 __all__ = ["finetune"]
@@ -151,6 +153,8 @@ def finetune(
     input_size: int | Sequence[int] | None = None,
     backbone_lr_scale: float | None = None,
     allowlist: Callable[[str], bool] | None = None,
+    hub: HubAccess | None = None,
+    hub_datasets: HubDatasets | None = None,
 ) -> dict[str, Any]:
     """Fine-tune ``backbone`` on ``dataset`` and report its test accuracy (schema: module docstring).
 
@@ -173,8 +177,10 @@ def finetune(
         Cap every split at this many images per class (seeded sample) for a quick run.
     roots, builtin_dir
         As :func:`~service.pipeline.data.datasets.load_dataset`.
-    weights_dirs, hf_cache_dir, allowlist
-        As :func:`~service.pipeline.models.backbones.load_backbone`.
+    weights_dirs, hf_cache_dir, allowlist, hub
+        As :func:`~service.pipeline.models.backbones.load_backbone` (``hub``: download missing weights).
+    hub_datasets : HubDatasets, optional
+        How ``hf://datasets/...`` references are fetched (:func:`~service.pipeline.data.datasets.load_dataset`).
     output_dir : str or Path, optional
         Save the best seed's model there (loadable as ``local-dir:<output_dir>``).
     device : str
@@ -207,9 +213,11 @@ def finetune(
 
     ref = _as_ref(dataset)
     report.load(0)
-    splits = _load_splits(ref, roots=roots, max_per_class=max_per_class, builtin_dir=builtin_dir)
+    splits = _load_splits(
+        ref, roots=roots, max_per_class=max_per_class, builtin_dir=builtin_dir, hub_datasets=hub_datasets
+    )
     report.load(1)
-    loaded = load_backbone(backbone, weights_dirs=weights_dirs, hf_cache_dir=hf_cache_dir, allowlist=allowlist)
+    loaded = load_backbone(backbone, weights_dirs=weights_dirs, hf_cache_dir=hf_cache_dir, allowlist=allowlist, hub=hub)
     if backbone_lr_scale is None and loaded.spec.kind == "random" and plan.backbone_lr_scale > 0:
         # an untrained backbone has nothing to preserve: it learns at the head's rate
         plan = dataclasses.replace(plan, backbone_lr_scale=1.0)

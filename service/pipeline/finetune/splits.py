@@ -21,6 +21,7 @@ import torch
 from service.errors import InvalidDataset, TooFewSamplesPerClass
 from service.pipeline.data.datasets import Dataset, ImageItem, load_dataset
 from service.pipeline.data.decode import ImageDecodeError
+from service.pipeline.data.hub_dataset import HubDatasets
 from service.pipeline.data.listing import SPLIT_ALIASES
 from service.pipeline.data.refs import DatasetRef
 from service.pipeline.finetune.training import TensorSplit
@@ -48,6 +49,7 @@ def _load_splits(
     roots: Sequence[str | Path] | None,
     max_per_class: int | None,
     builtin_dir: str | Path | None,
+    hub_datasets: HubDatasets | None = None,
 ) -> _Splits:
     """Load train (and val/test when the dataset has them), carve what is missing, align the class maps."""
     if ref.split is not None and _canonical_split(ref.split) in ("val", "test"):
@@ -56,7 +58,13 @@ def _load_splits(
             split=ref.split,
         )
     load = functools.partial(
-        load_dataset, roots=roots, max_per_class=max_per_class, seed=0, min_per_class=1, builtin_dir=builtin_dir
+        load_dataset,
+        roots=roots,
+        max_per_class=max_per_class,
+        seed=0,
+        min_per_class=1,
+        builtin_dir=builtin_dir,
+        hub_datasets=hub_datasets,
     )
     train = load(ref)
     train_split = train.ref.split
@@ -64,7 +72,10 @@ def _load_splits(
     others: dict[str, Dataset] = {}
     for role in ("val", "test"):
         if role in present:
-            others[role] = _align_classes(load(dataclasses.replace(ref, split=present[role])), train.classes, role)
+            # train.ref: the reference as loaded (a hub dataset's commit pinned), so every split is of one version
+            others[role] = _align_classes(
+                load(dataclasses.replace(train.ref, split=present[role])), train.classes, role
+            )
     listed_fingerprint = train.fingerprint
     carved = [role for role in ("val", "test") if role not in others]
     if carved:
