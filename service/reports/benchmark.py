@@ -1,7 +1,8 @@
 """The benchmark report page: summary table and τw figure, one section per target, cost, and the honest reading.
 
-One module per report kind (:mod:`service.reports.ranking`, :mod:`service.reports.finetune`); the shared
-machinery is in :mod:`service.reports._page`, the dispatch on a result's kind in :mod:`service.reports.render`.
+The largest of the three view models (per-target tables and scatter panels, the summary and its reading), and it
+shares nothing with the ranking and fine-tune pages beyond :mod:`service.reports._page`: hence a module of its own,
+which :mod:`service.reports.render` dispatches to.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The fine-tune report page: test accuracy, validation accuracy per learning rate, per-class accuracy, confusion.
 
-One module per report kind (:mod:`service.reports.benchmark`, :mod:`service.reports.ranking`); the shared
-machinery is in :mod:`service.reports._page`, the dispatch on a result's kind in :mod:`service.reports.render`.
+Read from a fine-tune result (``backbone-rank finetune --json``, the service's fine-tune jobs); kept apart from
+the other pages, which share none of its helpers (class names, the learning-rate table).
 """
 
 from __future__ import annotations

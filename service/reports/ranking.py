@@ -1,7 +1,7 @@
 """The ranking report page: dataset summary, ranked table, score bars per estimator, and the calibrated prediction.
 
-One module per report kind (:mod:`service.reports.benchmark`, :mod:`service.reports.finetune`); the shared
-machinery is in :mod:`service.reports._page`, the dispatch on a result's kind in :mod:`service.reports.render`.
+Read from a ranking result (``backbone-rank rank --json``, the service's ranking jobs), so the page's whole view
+model sits in one file; the machinery every page shares is :mod:`service.reports._page`.
 """
 
 from __future__ import annotations
