@@ -47,7 +47,7 @@ def _check_local_paths(request: RankingRequest | FinetuneRequest, runtime: Runti
 
 def environment(device: str) -> dict[str, Any]:
     """Versions, device and machine of this process (the benchmark's environment plus the package version)."""
-    from service.pipeline.benchmark.benchmark import environment_info
+    from service.pipeline.benchmark.results import environment_info
 
     try:
         version: str | None = importlib.metadata.version("backbone-rank")

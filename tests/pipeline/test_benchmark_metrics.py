@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from service.pipeline.benchmark.benchmark import BASELINES, summarize
+from service.pipeline.benchmark.benchmark import BASELINES
 from service.pipeline.benchmark.metrics import (
     aggregate_over_targets,
     metric_values,
@@ -14,6 +14,7 @@ from service.pipeline.benchmark.metrics import (
     target_metrics,
     top1_regret,
 )
+from service.pipeline.benchmark.results import summarize
 from service.pipeline.benchmark.suites import (
     STANDARD_TARGET_FOLDERS,
     get_suite,

@@ -14,7 +14,8 @@ import pytest  # noqa: E402
 
 from service.config import Settings  # noqa: E402
 from service.errors import DatasetNotFound, WeightsUnavailable  # noqa: E402
-from service.pipeline.benchmark.benchmark import _git_commit, run_benchmark  # noqa: E402
+from service.pipeline.benchmark.benchmark import run_benchmark  # noqa: E402
+from service.pipeline.benchmark.results import _git_commit  # noqa: E402
 from service.pipeline.benchmark.suites import STANDARD_TARGET_FOLDERS, get_suite  # noqa: E402
 
 from .test_benchmark import _splits  # noqa: E402

@@ -20,7 +20,9 @@ import pytest
 from safetensors.numpy import load_file
 
 from service.pipeline.features import cache as cache_mod
-from service.pipeline.features.cache import CachedFeatures, FeatureCache, feature_cache_key
+from service.pipeline.features import cache_key as cache_key_mod
+from service.pipeline.features.cache import CachedFeatures, FeatureCache
+from service.pipeline.features.cache_key import feature_cache_key
 
 LOGGER = "service.pipeline.features.cache"
 
@@ -271,7 +273,7 @@ def test_key_distinguishes_layers_and_bool_from_int() -> None:
 
 def test_key_includes_schema_version(monkeypatch: pytest.MonkeyPatch) -> None:
     before = feature_cache_key(**BASE_KEY_ARGS)
-    monkeypatch.setattr(cache_mod, "CACHE_SCHEMA_VERSION", cache_mod.CACHE_SCHEMA_VERSION + 1)
+    monkeypatch.setattr(cache_key_mod, "CACHE_SCHEMA_VERSION", cache_key_mod.CACHE_SCHEMA_VERSION + 1)
     assert feature_cache_key(**BASE_KEY_ARGS) != before
 
 

@@ -116,7 +116,7 @@ def target_metrics(rows: Sequence[dict[str, Any]], name: str, higher_is_better: 
 
 
 def summarize(result: dict[str, Any]) -> dict[str, Any]:
-    """Fill ``metrics``, ``summary`` and ``cost`` the way ``service.pipeline.benchmark.benchmark.summarize`` does.
+    """Fill ``metrics``, ``summary`` and ``cost`` the way ``service.pipeline.benchmark.results.summarize`` does.
 
     Means over targets are exact; intervals are fixed-width stand-ins for the bootstrap (fast, deterministic).
     """

@@ -18,36 +18,24 @@ The result follows the benchmark schema (:class:`service.contract.BenchmarkResul
 ``benchmark-<suite>-<fingerprint>.json`` plus a ``.csv`` with one row per (target, backbone). Work is
 checkpointed after every fine-tuned pair in a ``.partial.jsonl`` file, so an interrupted hour-long run
 resumes where it stopped (same suite definition and environment only).
+
+This module is the run; the summary, the environment and the files are :mod:`service.pipeline.benchmark.results`,
+the checkpoint :mod:`service.pipeline.benchmark.checkpoint`.
 """
 
 from __future__ import annotations
 
-import csv
 import datetime as _dt
-import hashlib
-import json
-import logging
-import os
-import platform
-import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
-
-import service
 from estimators import get_estimator
-from service.atomic import atomic_path, write_text_atomic
 from service.errors import BackboneRankError, DatasetNotFound, InvalidDataset, WeightsUnavailable
-from service.pipeline.benchmark.metrics import (
-    aggregate_over_targets,
-    as_higher_is_better,
-    random_baseline_metrics,
-    target_metrics,
-)
+from service.pipeline.benchmark.checkpoint import _Checkpoint
+from service.pipeline.benchmark.results import environment_info, summarize, write_results
 from service.pipeline.benchmark.suites import Suite, SuiteBackbone, SuiteTarget, missing_data_hint
 from service.pipeline.data.datasets import load_dataset
 from service.pipeline.features.extract import extract_features, select_device
@@ -59,13 +47,9 @@ __all__ = [
     "BASELINES",
     "BenchmarkProgress",
     "SCHEMA_VERSION",
-    "environment_info",
     "run_benchmark",
-    "summarize",
-    "write_results",
 ]
 
-_logger = logging.getLogger(__name__)
 #: 2: the effective request is recorded (service.contract.results reads every version).
 SCHEMA_VERSION = 2
 
@@ -110,119 +94,6 @@ class BenchmarkProgress:
 
 
 BenchmarkCallback = Callable[[BenchmarkProgress], None]
-
-
-# ------------------------------------------------------------------------------------------ environment
-
-
-def environment_info(device: str = "cpu") -> dict[str, Any]:
-    """Versions, device and machine; ``fingerprint`` names result files so runs of different setups never mix."""
-    import scipy
-    import timm
-    import torch
-
-    threads = torch.get_num_threads()
-    info: dict[str, Any] = {
-        "device": device,
-        "torch": torch.__version__,
-        "timm": timm.__version__,
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "threads": threads,
-        "git_commit": _git_commit(),
-    }
-    if device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
-    digest = hashlib.sha256(
-        json.dumps(
-            {k: info[k] for k in ("device", "torch", "timm", "numpy", "python", "machine", "cpu_count")}, sort_keys=True
-        ).encode()
-    ).hexdigest()[:8]
-    kind = "gpu" if device.startswith("cuda") else "cpu"
-    info["fingerprint"] = f"{kind}-torch{torch.__version__.split('+')[0]}-timm{timm.__version__}-{digest}"
-    return info
-
-
-#: The project name in a backbone-rank checkout's pyproject.toml.
-_PROJECT_NAME = "backbone-rank"
-
-
-def _git_commit(source_root: Path | None = None) -> str | None:
-    """The commit of the backbone-rank checkout this code runs from, else None.
-
-    ``source_root`` is the directory holding the ``service`` package (default: this module's). A commit is
-    reported only when that directory is the top level of a git work tree whose ``pyproject.toml`` names the
-    project ``backbone-rank``: a package installed into a virtualenv or site-packages that happens to lie
-    inside another repository (a user's project) reports None, not that repository's commit.
-    """
-    import tomllib
-
-    root = source_root if source_root is not None else Path(service.__file__).resolve().parent.parent
-    try:
-        with open(root / "pyproject.toml", "rb") as fh:
-            project = tomllib.load(fh).get("project", {})
-    except (OSError, ValueError):
-        return None
-    if not isinstance(project, dict) or project.get("name") != _PROJECT_NAME:
-        return None
-    env = {k: v for k, v in os.environ.items() if k not in ("GIT_DIR", "GIT_WORK_TREE")}
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--show-toplevel", "--short=12", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=root,
-            env=env,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    lines = out.stdout.split("\n") if out.returncode == 0 else []
-    if len(lines) < 2 or not lines[1].strip():
-        return None
-    if os.path.realpath(lines[0]) != os.path.realpath(root):
-        return None  # root lies inside another repository's work tree, not at a checkout's top
-    return lines[1].strip()
-
-
-# -------------------------------------------------------------------------------------------- checkpoint
-
-
-class _Checkpoint:
-    """Append-only JSON lines of finished work; keyed by (stage, target, backbone)."""
-
-    def __init__(self, path: Path | None, resume: bool) -> None:
-        self.path = path
-        self.done: dict[tuple[str, str, str], Any] = {}
-        if path is None:
-            return
-        if resume and path.is_file():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    record = json.loads(line)
-                    self.done[(record["stage"], record["target"], record["backbone"])] = record["data"]
-                except (ValueError, KeyError, TypeError):
-                    continue  # a line cut short by a crash: redo that piece
-            _logger.info("resuming from %s: %d finished pieces", path, len(self.done))
-        elif path.exists():
-            path.unlink()
-
-    def get(self, stage: str, target: str, backbone: str) -> Any:
-        return self.done.get((stage, target, backbone))
-
-    def put(self, stage: str, target: str, backbone: str, data: Any) -> None:
-        self.done[(stage, target, backbone)] = data
-        if self.path is None:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps({"stage": stage, "target": target, "backbone": backbone, "data": data}) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
 
 
 # ---------------------------------------------------------------------------------------------- running
@@ -635,115 +506,3 @@ def _estimators_of(targets: Sequence[dict[str, Any]]) -> list[str]:
         for row in target["backbones"]:
             return [n for n in row["scores"] if n not in baseline_names]
     return []
-
-
-# ---------------------------------------------------------------------------------------------- metrics
-
-
-def summarize(result: dict[str, Any], *, n_bootstrap: int = 500) -> dict[str, Any]:
-    """Fill ``metrics`` of every target, ``summary`` and ``cost`` of a benchmark result (in place)."""
-    methods = [(e["name"], e["higher_is_better"], False) for e in result["estimators"]]
-    methods += [(b["name"], b["higher_is_better"], True) for b in result["baselines"]]
-    per_method: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in methods}
-    for index, target in enumerate(result["targets"]):
-        rows = target["backbones"]
-        metrics: dict[str, Any] = {}
-        for name, higher, _ in methods:
-            if name == "random":
-                if len(rows) < 2:  # one backbone: nothing to rank
-                    metrics[name] = None
-                    continue
-                metrics[name] = random_baseline_metrics([r["accuracy"]["per_seed"] for r in rows], seed=index)
-            else:
-                usable = [r for r in rows if r["scores"].get(name) is not None]
-                if len(usable) < 2:
-                    metrics[name] = None
-                    continue
-                metrics[name] = target_metrics(
-                    as_higher_is_better([r["scores"][name] for r in usable], higher),
-                    [r["accuracy"]["per_seed"] for r in usable],
-                    n_bootstrap=n_bootstrap,
-                    seed=index,
-                )
-            per_method[name].append(metrics[name])
-        target["metrics"] = metrics
-    result["summary"] = {
-        name: {"is_baseline": is_baseline, **aggregate_over_targets([m for m in per_method[name] if m])}
-        for name, _, is_baseline in methods
-    }
-    rank_seconds = [r["seconds"]["rank"] for t in result["targets"] for r in t["backbones"]]
-    tune_seconds = [r["seconds"]["finetune"] for t in result["targets"] for r in t["backbones"]]
-    per_backbone: dict[str, dict[str, float]] = {}
-    for target in result["targets"]:
-        for row in target["backbones"]:
-            entry = per_backbone.setdefault(row["id"], {"rank_seconds": 0.0, "finetune_seconds": 0.0})
-            entry["rank_seconds"] += row["seconds"]["rank"] or 0.0
-            entry["finetune_seconds"] += row["seconds"]["finetune"] or 0.0
-    ranking = float(sum(s for s in rank_seconds if s is not None))
-    tuning = float(sum(s for s in tune_seconds if s is not None)) if any(s is not None for s in tune_seconds) else None
-    rows = [r for t in result["targets"] for r in t["backbones"]]
-    extract = float(sum(r["seconds"].get("extract") or 0.0 for r in rows))
-    per_estimator: dict[str, float] = {}
-    for row in rows:
-        for name, seconds in (row["seconds"].get("per_estimator") or {}).items():
-            per_estimator[name] = per_estimator.get(name, 0.0) + seconds
-    result["cost"] = {
-        "ranking_seconds": ranking,
-        "extract_seconds": extract,
-        "estimator_seconds": per_estimator,
-        "finetune_seconds": tuning,
-        "ratio": tuning / ranking if tuning and ranking > 0 else None,
-        # what ranking with one estimator alone costs next to fine-tuning: features + that score
-        "ratio_per_estimator": {
-            name: tuning / (extract + seconds)
-            for name, seconds in per_estimator.items()
-            if tuning and extract + seconds
-        },
-        "per_backbone": [{"id": k, **v} for k, v in per_backbone.items()],
-    }
-    return result
-
-
-# ---------------------------------------------------------------------------------------------- writing
-
-
-def write_results(result: dict[str, Any], out_dir: Path) -> dict[str, Path]:
-    """Write ``benchmark-<suite>-<fingerprint>.json`` and ``.csv`` atomically; return their paths."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"benchmark-{result['suite']['name']}-{result['environment']['fingerprint']}"
-    json_path = out_dir / f"{stem}.json"
-    csv_path = out_dir / f"{stem}.csv"
-    write_text_atomic(json_path, json.dumps(result, indent=1, allow_nan=False, default=_json_default) + "\n")
-    methods = [e["name"] for e in result["estimators"]]
-    methods += [b["name"] for b in result["baselines"] if b["name"] != "random"]
-    header = ["target", "backbone", "accuracy_mean", "accuracy_std", "n_seeds", "linear_probe_accuracy", *methods]
-    lines = []
-    for target in result["targets"]:
-        for row in target["backbones"]:
-            acc = row["accuracy"]
-            lines.append(
-                [
-                    target["name"],
-                    row["id"],
-                    acc["mean"],
-                    acc["std"],
-                    len(acc["per_seed"]),
-                    row.get("linear_probe_accuracy"),
-                    *(row["scores"].get(m) for m in methods),
-                ]
-            )
-    with atomic_path(csv_path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        writer.writerows([["" if v is None else v for v in line] for line in lines])
-    return {"json": json_path, "csv": csv_path}
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, tuple | set):
-        return list(value)
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON-able: {type(value).__name__}")

@@ -3,7 +3,7 @@
 Offline only (the fitting, :mod:`service.pipeline.calibration.fit`, and its leave-one-target-out evaluation,
 :mod:`service.pipeline.calibration.evaluation`, read them); apart from both so that the evaluation and the
 selection it repeats per held-out target (:mod:`service.pipeline.calibration.selection`) share one reading of
-benchmark results (:mod:`service.pipeline.benchmark.benchmark` writes them).
+benchmark results (:mod:`service.pipeline.benchmark.results` writes them).
 """
 
 from __future__ import annotations

@@ -111,7 +111,7 @@ def transform_key(data_config: dict[str, Any]) -> str:
 
 
 def _cache_key(backbone: LoadedBackbone, dataset: Dataset, layer: int | None) -> str:
-    from service.pipeline.features.cache import feature_cache_key
+    from service.pipeline.features.cache_key import feature_cache_key
 
     return feature_cache_key(
         backbone_id=backbone.spec.id,

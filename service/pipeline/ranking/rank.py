@@ -49,6 +49,7 @@ every backbone; needs in-memory features), and ``predicted_accuracy`` from the c
 softmax accuracy with a LOTO residual interval (nominal 90 %). Without a calibration, or when none of
 its members was computed, the order is the mean of a backbone's per-estimator ranks (over the
 estimators that apply to it), ties broken by the first estimator's order, as before.
+That order, ``predicted_accuracy`` and ``p_best`` are applied by :mod:`service.pipeline.ranking.fusion`.
 
 Streaming (``rank_backbones(..., streaming=True)``): features are accumulated into
 :class:`estimators.StreamingStatistics` batch by batch, in memory independent of the number of
@@ -65,7 +66,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
 
 from estimators import SamplesRequiredError, Statistics, get_estimator, list_estimators, score
 from service.errors import (
@@ -78,8 +78,8 @@ from service.errors import (
     WeightsUnavailable,
 )
 from service.model_catalogue import catalogue_info
-from service.pipeline.calibration.model import PRIOR_FIELDS, Calibration, Fusion, fused_scores, resolve_calibration
-from service.pipeline.calibration.p_best import p_best, source_accuracy_of
+from service.pipeline.calibration.model import Calibration, resolve_calibration
+from service.pipeline.calibration.p_best import source_accuracy_of
 from service.pipeline.data.datasets import Dataset, load_dataset
 from service.pipeline.data.hub_dataset import HubDatasets
 from service.pipeline.data.refs import DatasetRef
@@ -88,6 +88,7 @@ from service.pipeline.features.extract import FeatureSet, ProgressCallback, Prog
 from service.pipeline.models.backbones import LoadedBackbone, load_backbone
 from service.pipeline.models.hub import HubAccess
 from service.pipeline.models.spec import BackboneSpec, coerce_spec
+from service.pipeline.ranking.fusion import _fuse
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -455,162 +456,3 @@ def _assign_ranks(rows: list[dict[str, Any]], infos: Sequence[Any]) -> None:
     rows.sort(key=lambda r: (r["mean_rank"], r["ranks"].get(first) or float("inf"), r["_position"]))
     for position, row in enumerate(rows, start=1):
         row["rank"] = position
-
-
-def _fuse(
-    rows: list[dict[str, Any]],
-    feature_sets: Sequence[FeatureSet],
-    infos: Sequence[Any],
-    calibration: Calibration | None,
-    n_classes: int,
-    n_bootstrap: int,
-    seed: int,
-    source_accuracy: Mapping[str, float | None],
-    progress: ProgressCallback | None = None,
-) -> dict[str, Any]:
-    """Calibrated fused order, predicted accuracy and p_best (in place on ``rows``); the ``fusion`` block."""
-    for row in rows:
-        row["source_accuracy"] = source_accuracy.get(row["id"])
-        row["fused_score"] = None
-        row["p_best"] = None
-        row["predicted_accuracy"] = None
-    fallback = {
-        "method": "mean_rank",
-        "members": [info.name for info in infos],
-        "weights": None,
-        "normalisation": "rank",
-        "calibration": None,
-        "p_best": None,
-    }
-    if calibration is None:
-        return {**fallback, "note": "no calibration: ordered by the mean of the per-estimator ranks"}
-    described = {
-        "path": calibration.path,
-        "created": calibration.created,
-        "source": dict(calibration.source),
-        "loto": calibration.headline(),
-    }
-    for row in rows:
-        row["predicted_accuracy"] = calibration.predict_accuracy(
-            n_classes, row["scores"], images_per_class=int(row["n_images"]) / max(n_classes, 1)
-        )
-    spec = calibration.fusion
-    computed = {info.name for info in infos} | set(PRIOR_FIELDS)
-    used = [m for m in spec.members if m in computed and any(_member(row, m) is not None for row in rows)]
-    if not [m for m in used if m not in PRIOR_FIELDS]:  # priors alone say nothing about this dataset
-        return {
-            **fallback,
-            "calibration": described,
-            "note": f"none of the fusion's estimators {list(spec.members)} was computed: ordered by mean rank",
-        }
-    members = Fusion(
-        tuple(used), tuple(w for m, w in zip(spec.members, spec.weights, strict=True) if m in used),
-        spec.normalisation, spec.higher_is_better,
-    )  # fmt: skip
-    fused = fused_scores([{m: _member(row, m) for m in used} for row in rows], members)
-    for row, value in zip(rows, fused, strict=True):
-        row["fused_score"] = float(value) if np.isfinite(value) else None
-    rows.sort(key=lambda r: (r["fused_score"] is None, -(r["fused_score"] or 0.0), r["mean_rank"], r["_position"]))
-    for position, row in enumerate(rows, start=1):
-        row["rank"] = position
-    note = "ordered by the calibrated fusion"
-    left_out = [m for m in spec.members if m not in used]
-    if left_out:
-        note += f"; members not computed here (left out): {', '.join(left_out)}"
-    note += _setting_note(calibration, rows, n_classes)
-    resampling = None
-    ordered = [feature_sets[row["_position"]] for row in rows]
-    if n_bootstrap > 0:
-        why_not = _why_no_resampling(ordered)
-        if why_not is None:
-            began = time.perf_counter()
-            on_replicate = (
-                None if progress is None else lambda done: progress(ProgressEvent("p_best", "*", done, n_bootstrap))
-            )
-            probabilities = p_best(
-                _member_scorer(ordered, rows, used),
-                ordered[0].labels,
-                members,
-                n_bootstrap=n_bootstrap,
-                seed=seed,
-                on_replicate=on_replicate,
-            )
-            for row, value in zip(rows, probabilities, strict=True):
-                row["p_best"] = float(value)
-            resampling = {
-                "n_bootstrap": n_bootstrap,
-                "seed": seed,
-                "resampling": "class-stratified half-samples",
-                "seconds": time.perf_counter() - began,
-            }
-        else:
-            note += f"; no p_best: {why_not}"
-    return {
-        "method": "calibrated",
-        "members": list(members.members),
-        "weights": list(members.weights),
-        "normalisation": members.normalisation,
-        "calibration": described,
-        "p_best": resampling,
-        "note": note,
-    }
-
-
-def _setting_note(calibration: Calibration, rows: Sequence[Mapping[str, Any]], n_classes: int) -> str:
-    """Predicted accuracies are for fine-tuning on as many images per class as were ranked: say how that
-    compares with the settings the calibration learned."""
-    calibrated = calibration.images_per_class()
-    if not calibrated or not rows:
-        return ""
-    ranked = max(int(row["n_images"]) for row in rows) / max(n_classes, 1)
-    note = (
-        f"; predicted accuracies are for fine-tuning on as many images per class as were ranked ({ranked:.0f}); "
-        f"the calibration learned {' and '.join(f'{v:g}' for v in calibrated)} per class"
-    )
-    # fewer than half the fewest or more than twice the most: the prediction extrapolates in sample size
-    if ranked < 0.5 * calibrated[0] or ranked > 2.0 * calibrated[-1]:
-        note += ", so here they extrapolate"
-    return note
-
-
-def _member(row: Mapping[str, Any], name: str) -> float | None:
-    value = row.get(PRIOR_FIELDS[name]) if name in PRIOR_FIELDS else row["scores"].get(name)
-    return None if value is None or not np.isfinite(value) else float(value)
-
-
-def _why_no_resampling(feature_sets: Sequence[FeatureSet]) -> str | None:
-    if any(fs.features is None for fs in feature_sets):
-        return "streamed features keep no samples to resample"
-    first = feature_sets[0].indices
-    if any(fs.indices.shape != first.shape or not np.array_equal(fs.indices, first) for fs in feature_sets):
-        return "the backbones decoded different images, so no common resample exists"
-    return None
-
-
-def _member_scorer(
-    feature_sets: Sequence[FeatureSet], rows: Sequence[Mapping[str, Any]], members: Sequence[str]
-) -> Callable[[NDArray[np.intp]], list[Mapping[str, float | None]]]:
-    """``rows -> [{member: score}]`` on an image subset, one dict per backbone (in ``rows`` order)."""
-
-    def scores(subset: NDArray[np.intp]) -> list[Mapping[str, float | None]]:
-        out: list[Mapping[str, float | None]] = []
-        for fs, row in zip(feature_sets, rows, strict=True):
-            assert fs.features is not None
-            probs = fs.source_probs[subset] if fs.source_probs is not None else None
-            stats = Statistics(fs.features[subset], fs.labels[subset], source_probs=probs)
-            values: dict[str, float | None] = {}
-            for name in members:
-                if name in PRIOR_FIELDS:
-                    values[name] = _member(row, name)
-                    continue
-                if row["scores"].get(name) is None:  # not applicable to this backbone on the full data either
-                    values[name] = None
-                    continue
-                try:
-                    values[name] = score(name, stats=stats)
-                except ValueError:  # e.g. a degenerate subsample for this estimator: the member sits out
-                    values[name] = None
-            out.append(values)
-        return out
-
-    return scores
