@@ -15,19 +15,22 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.builtin import datasets as builtin
 from service.builtin.datasets import (
     BUILTIN_DATASETS,
     GENERATOR_VERSION,
     SPLITS,
     builtin_dataset_manifest,
     covering_fonts,
+    default_counts,
     font_covers,
     glyph_fonts,
+    glyphs,
+    materialize,
     materialize_builtin_dataset,
     materialize_builtin_datasets,
     register_builtin_datasets,
 )
+from service.builtin.datasets.info import _TARGET_COUNTS
 from service.pipeline.data.builtin import list_builtin_datasets
 from service.pipeline.data.datasets import load_dataset
 from service.pipeline.data.refs import DatasetRef
@@ -84,8 +87,8 @@ def test_glyph_coverage_rejects_a_missing_character_and_keeps_a_covered_one(capl
     assert covering_fonts("中") == []
     assert covering_fonts("A") == glyph_fonts()
 
-    with caplog.at_level(logging.WARNING, logger="service.builtin.datasets"):
-        plan = builtin._plan_glyphs(["A", "中"], 32)
+    with caplog.at_level(logging.WARNING, logger="service.builtin.datasets.glyphs"):
+        plan = glyphs._plan_glyphs(["A", "中"], 32)
     assert [c.name for c in plan.classes] == ["latin-capital-a"]
     assert plan.meta["dropped_characters"] == [{"char": "中", "codepoint": "U+4E2D"}]
     assert any("U+4E2D" in record.getMessage() for record in caplog.records)
@@ -100,7 +103,7 @@ def test_a_second_call_does_no_work_and_other_parameters_rebuild(tmp_path: Path,
         raise AssertionError("an up-to-date dataset was rebuilt")
 
     with monkeypatch.context() as patch:
-        patch.setattr(builtin, "_build", no_build)
+        patch.setattr(materialize, "_build", no_build)
         assert materialize_builtin_dataset("textures-fine", tmp_path, counts=TINY) == root
     assert (manifest_path.stat().st_mtime_ns, png.stat().st_mtime_ns, root.stat().st_ino) == stamps
 
@@ -125,7 +128,7 @@ def test_bad_arguments_are_refused(tmp_path: Path) -> None:
 def test_load_dataset_materialises_through_the_builtin_hook(tmp_path: Path, monkeypatch) -> None:
     # The registered factory uses the default sizes; shrink them so the test stays fast.
     for split, n in TINY.items():
-        monkeypatch.setitem(builtin._TARGET_COUNTS, split, n)
+        monkeypatch.setitem(_TARGET_COUNTS, split, n)
     register_builtin_datasets()
     register_builtin_datasets()  # idempotent
     names = [entry["name"] for entry in list_builtin_datasets()]
@@ -218,5 +221,5 @@ def test_metadata_is_consistent() -> None:
         assert info.name == name and info.description and info.relation and info.n_classes >= 10
         assert info.related_source is None or info.related_source in sources
         assert info.to_dict()["name"] == name
-    assert builtin.default_counts("shapes") == {"train": 120, "val": 20, "test": 20}
-    assert builtin.default_counts("digits") == {"train": 40, "val": 20, "test": 40}
+    assert default_counts("shapes") == {"train": 120, "val": 20, "test": 20}
+    assert default_counts("digits") == {"train": 40, "val": 20, "test": 40}

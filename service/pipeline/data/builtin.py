@@ -1,7 +1,7 @@
 """The built-in dataset registry: ``builtin:NAME`` references, materialized on first use into a class folder.
 
 The engine holds only the registry; what is registered (generated datasets) lives in
-service/builtin/datasets.py and is plugged in by service/bootstrap.py, so the engine never imports the
+service/builtin/datasets/ and is plugged in by service/bootstrap.py, so the engine never imports the
 built-ins. Separate from the listers: a materialized built-in dataset is listed by the folder lister
 (service/pipeline/data/folder.py).
 """
