@@ -54,7 +54,8 @@ def _params_m(arch: str, num_classes: int, cache: dict[tuple[str, int], float]) 
 def add_priors(result: dict[str, Any]) -> dict[str, Any]:
     """A copy of ``result`` with the two prior baselines in every row and its metrics recomputed."""
     from service.model_catalogue import catalogue_info
-    from service.pipeline.benchmark.benchmark import BASELINES, summarize
+    from service.pipeline.benchmark.benchmark import BASELINES
+    from service.pipeline.benchmark.results import summarize
 
     out = copy.deepcopy(result)
     sizes: dict[tuple[str, int], float] = {}
