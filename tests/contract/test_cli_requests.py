@@ -16,6 +16,9 @@ import typer.main
 from typer.testing import CliRunner
 
 from service import cli
+from service.cli import benchmark as cli_benchmark
+from service.cli import finetune as cli_finetune
+from service.cli import rank as cli_rank
 from service.contract import (
     BenchmarkRequest,
     BenchmarkResult,
@@ -84,7 +87,9 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         seen["offline"] = offline
         return object()
 
-    monkeypatch.setattr(cli, "_local_runtime", local_runtime)
+    # where each command looks the name up when it runs (service/cli/_common.py defines it)
+    for command_module in (cli_rank, cli_finetune, cli_benchmark):
+        monkeypatch.setattr(command_module, "_local_runtime", local_runtime)
     return seen
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from service.cli import _benchmark_progress
+from service.cli.benchmark import _benchmark_progress
 from service.pipeline.benchmark.benchmark import BenchmarkProgress
 from service.pipeline.finetune.progress import FinetuneProgress
 
