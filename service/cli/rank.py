@@ -227,9 +227,7 @@ def _print_ranking(result: dict[str, Any]) -> None:
     console.print(table)
     if fusion.get("note"):  # what the order rests on, and which sample size the predictions are for
         console.print(escape(fusion["note"]), style="dim", soft_wrap=True)
-    for item in result.get("unavailable") or []:
-        code = escape("[" + item["code"] + "]")
-        err_console.print(f"[yellow]left out[/] {escape(item['id'])}: {code} {escape(item['detail'])}", soft_wrap=True)
+    _print_left_out(result.get("unavailable") or [])
     if len(result["backbones"]) > _SCORE_COLUMNS_MAX:
         _print_rank_matrix(result)
         return
@@ -245,3 +243,20 @@ def _print_ranking(result: dict[str, Any]) -> None:
         arrow = "↑" if info["higher_is_better"] else "↓"
         scores.add_row(f"{info['name']} {arrow}", *cells)
     console.print(scores)
+
+
+def _print_left_out(unavailable: list[dict[str, str]]) -> None:
+    """The candidates a ranking left out, one line per reason (the full details are in --json): ids, and how to
+    get them, as the first one's error says (its "To fix" part)."""
+    by_code: dict[str, list[dict[str, str]]] = {}
+    for item in unavailable:
+        by_code.setdefault(item["code"], []).append(item)
+    for code, items in by_code.items():
+        ids = ", ".join(item["id"] for item in items)
+        fix = items[0]["detail"].partition("To fix: ")[2] or items[0]["detail"]
+        example = f" (for {items[0]['id']})" if len(items) > 1 else ""
+        err_console.print(
+            f"[yellow]left out[/] {len(items)} {escape('[' + code + ']')}: {escape(ids)}. To get them{example}: "
+            f"{escape(fix)}",
+            soft_wrap=True,
+        )

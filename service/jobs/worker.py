@@ -121,6 +121,11 @@ class Worker:
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.executors = dict(executors if executors is not None else EXECUTORS)
         self.shutting_down = threading.Event()
+        # Set while no background thread is importing torch/timm: two threads importing timm at once can see each
+        # other's half-initialised modules (ImportError "partially initialized module 'timm.data'"), so a job
+        # waits for the registry thread's imports before it runs.
+        self._imports_settled = threading.Event()
+        self._imports_settled.set()
         self._parent = os.getppid() if exit_with_parent else None
 
     def check_parent(self) -> None:
@@ -137,6 +142,7 @@ class Worker:
         if publish_registry:
             # In the background: importing timm (and torch) takes seconds, during which the worker can already
             # claim a job, and a shutdown must not wait for it.
+            self._imports_settled.clear()
             threading.Thread(target=self._publish_timm_registry, name="timm-registry", daemon=True).start()
         ran = 0
         try:
@@ -158,10 +164,17 @@ class Worker:
     def _publish_timm_registry(self) -> None:
         """Let the web process check timm names without importing timm (see backbone_ids)."""
         try:
-            from service.pipeline.models.backbone_ids import write_timm_registry
+            import timm.data  # noqa: F401  # the import a job would otherwise race (see _imports_settled)
 
-            write_timm_registry(self.settings.cache_dir / "catalog")
+            from service.pipeline.models.backbone_ids import write_timm_registry
         except Exception:  # the API then leaves unknown names to the job; never a reason not to work
+            _logger.warning("could not import timm for the registry snapshot", exc_info=True)
+            return
+        finally:
+            self._imports_settled.set()
+        try:
+            write_timm_registry(self.settings.cache_dir / "catalog")
+        except Exception:
             _logger.warning("could not write the timm registry snapshot", exc_info=True)
 
     def run_once(self) -> bool:
@@ -187,6 +200,7 @@ class Worker:
         try:
             run, counters_of = self.executors[job.kind]
             ctx.check()
+            self._imports_settled.wait()
             result = run(job.request, ctx)
         except JobInterrupted as stop:
             self._interrupted(job, stop.reason)

@@ -141,3 +141,9 @@ def test_candidates_whose_weights_cannot_be_had_are_left_out_and_named(
     left_out = {item["id"]: item["code"] for item in result["unavailable"]}
     assert left_out == {f"test_vit.{TAG}": "unknown_backbone", f"test_efficientnet.{TAG}": "unsafe_checkpoint_format"}
     assert result["request"]["skip_unavailable"] is True
+    # the table run says it in one line per reason
+    table = _rank([arg for arg in args if arg != "--json"], hub.url, tmp_path)
+    assert table.returncode == 0, table.stderr
+    said = " ".join(table.stderr.split())
+    assert f"left out 1 [unsafe_checkpoint_format]: test_efficientnet.{TAG}. To get them:" in said
+    assert f"left out 1 [unknown_backbone]: test_vit.{TAG}." in said
