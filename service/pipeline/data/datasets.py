@@ -55,7 +55,7 @@ from service.pipeline.data.decode import ALLOWED_FORMATS, decode_image, warn_if_
 from service.pipeline.data.folder import list_folder
 from service.pipeline.data.hf_disk import list_hf, open_hf_table, read_hf_image
 from service.pipeline.data.hub_dataset import HubDatasets, HubSample, materialize_hub_dataset
-from service.pipeline.data.listing import Entry, HFSource, Limits, Lister, Listing
+from service.pipeline.data.listing import Entry, HFSource, Limits, Lister, Listing, class_sample
 from service.pipeline.data.manifest import list_manifest
 from service.pipeline.data.paths import open_regular_file, realpath_roots, resolve_user_path
 from service.pipeline.data.refs import HUB_PREFIX, MANIFEST_SUFFIXES, DatasetRef, parse_dataset_ref
@@ -301,25 +301,17 @@ def _subsample(
     max_per_class: int | None,
     seed: int,
 ) -> list[Entry]:
-    """Seeded per-class subsample, without replacement, from the sorted items.
-
-    Each class draws from its own generator seeded by ``(seed, sha256(class name))``, so the sample of
-    one class does not change when another class gains or loses images.
-    """
+    """Seeded per-class subsample (:func:`~service.pipeline.data.listing.class_sample`), without replacement, from
+    the items sorted by source."""
     if max_per_class is None:
         return list(entries)
     by_class: list[list[Entry]] = [[] for _ in classes]
     for entry in entries:
         by_class[entry.label].append(entry)
-    kept = []
+    kept: list[Entry] = []
     for label, members in enumerate(by_class):
         members.sort(key=lambda e: e.source)
-        if len(members) > max_per_class:
-            name_key = int.from_bytes(hashlib.sha256(classes[label].encode("utf-8", "surrogatepass")).digest()[:8])
-            rng = np.random.default_rng([seed, name_key])
-            chosen = np.sort(rng.choice(len(members), size=max_per_class, replace=False))
-            members = [members[i] for i in chosen]
-        kept.extend(members)
+        kept.extend(members[i] for i in class_sample(len(members), classes[label], max_per_class, seed))
     return kept
 
 

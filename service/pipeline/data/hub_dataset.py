@@ -32,10 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import numpy as np
-
 from service.atomic import replace_dir
 from service.errors import DatasetNotFound, InvalidDataset
+from service.pipeline.data.listing import class_sample
 from service.pipeline.models.hub import HubAccess, RepoListing, cached_listing, download_files, list_repo
 
 __all__ = ["DEFAULT_SPLIT", "HubDatasets", "HubSample", "materialize_hub_dataset"]
@@ -214,18 +213,16 @@ def _sample_key(image_column: str | None, label_column: str | None, max_per_clas
 
 
 def _per_class_choice(labels: Sequence[int], classes: Sequence[str], max_per_class: int | None, seed: int) -> list[int]:
-    """Indices kept, ascending: at most ``max_per_class`` of each class, drawn by a generator seeded by
-    ``(seed, sha256(class name))`` as the local loader does, so one class's sample ignores the others."""
+    """Indices kept, ascending: at most ``max_per_class`` of each class, drawn as the local loader draws them
+    (:func:`~service.pipeline.data.listing.class_sample`)."""
     by_class: list[list[int]] = [[] for _ in classes]
     for index, label in enumerate(labels):
-        by_class[label].append(index)
+        if label >= 0:
+            by_class[label].append(index)
     kept: list[int] = []
     for label, members in enumerate(by_class):
-        if max_per_class is not None and len(members) > max_per_class:
-            name_key = int.from_bytes(hashlib.sha256(classes[label].encode("utf-8", "surrogatepass")).digest()[:8])
-            rng = np.random.default_rng([seed, name_key])
-            members = [members[i] for i in np.sort(rng.choice(len(members), size=max_per_class, replace=False))]
-        kept.extend(members)
+        chosen = class_sample(len(members), classes[label], max_per_class, seed) if max_per_class else None
+        kept.extend(members if chosen is None else [members[i] for i in chosen])
     return sorted(kept)
 
 

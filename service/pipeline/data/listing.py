@@ -13,6 +13,7 @@ listing. Symlinks are never followed out of the roots, and only regular files ar
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -20,11 +21,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from service.errors import InvalidDataset
 from service.pipeline.data.decode import ImageDecodeError, probe_image
 from service.pipeline.data.paths import open_regular_file
 
 __all__ = [
+    "class_sample",
     "SPLIT_ALIASES",
     "Entry",
     "HFSource",
@@ -131,3 +135,15 @@ def _natural_key(name: str) -> tuple[list[str | int], str]:
 
 def natural_sorted(names: Any) -> list[str]:
     return sorted(names, key=_natural_key)
+
+
+def class_sample(n_members: int, class_name: str, max_per_class: int, seed: int) -> list[int]:
+    """Which of a class's ``n_members`` (in their listing order) a seeded sample of ``max_per_class`` keeps,
+    ascending. Each class draws from its own generator seeded by ``(seed, sha256(class name))``, so the sample of
+    one class does not change when another class gains or loses images (folders, manifests and hub datasets alike).
+    """
+    if n_members <= max_per_class:
+        return list(range(n_members))
+    name_key = int.from_bytes(hashlib.sha256(class_name.encode("utf-8", "surrogatepass")).digest()[:8])
+    rng = np.random.default_rng([seed, name_key])
+    return [int(i) for i in np.sort(rng.choice(n_members, size=max_per_class, replace=False))]
