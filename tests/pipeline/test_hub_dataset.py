@@ -127,6 +127,9 @@ def test_offline_reuses_what_was_downloaded(hub: FakeHub, tmp_path: Path) -> Non
     assert len(_rows(other.manifest)) == 3 and hub.requests == []
     with pytest.raises(DatasetNotFound, match="downloads are off"):
         materialize_hub_dataset("org/folder", offline, tmp_path / "cache")
+    # downloads on, but nothing answers at the endpoint: the cache still serves
+    gone = _access(hub, tmp_path, endpoint="http://127.0.0.1:9", timeout_s=1.0)
+    assert materialize_hub_dataset("org/pets", gone, tmp_path / "cache", max_per_class=2).manifest == online.manifest
 
 
 def test_split_and_column_mistakes_name_what_exists(hub: FakeHub, tmp_path: Path) -> None:

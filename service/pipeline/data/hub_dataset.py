@@ -33,7 +33,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from service.atomic import replace_dir
-from service.errors import DatasetNotFound, InvalidDataset
+from service.errors import DatasetNotFound, HubUnreachable, InvalidDataset
 from service.pipeline.data.listing import class_sample
 from service.pipeline.models.hub import HubAccess, RepoListing, cached_listing, download_files, list_repo
 
@@ -151,9 +151,17 @@ def materialize_hub_dataset(
 
 
 def _listing(repo_id: str, access: HubAccess, revision: str | None, what: str) -> RepoListing:
-    """The hub's listing when downloads are on; offline, what the HF cache holds of that revision."""
+    """The hub's listing when downloads are on; offline, or when the hub does not answer, what the HF cache holds
+    of that revision."""
     if access.enabled:
-        return list_repo(repo_id, access, repo_type="dataset", revision=revision, what=what)
+        try:
+            return list_repo(repo_id, access, repo_type="dataset", revision=revision, what=what)
+        except HubUnreachable:
+            cached = cached_listing(repo_id, access, repo_type="dataset", revision=revision)
+            if cached is None:
+                raise
+            _logger.warning("%s: the hub did not answer; using what the HF cache holds (%s)", what, cached.commit[:12])
+            return cached
     cached = cached_listing(repo_id, access, repo_type="dataset", revision=revision)
     if cached is None:
         list_repo(repo_id, access, repo_type="dataset", revision=revision, what=what)  # raises the offline error
