@@ -200,7 +200,7 @@ def _print_ranking(result: dict[str, Any]) -> None:
         ("extract s", "right"),
         ("cached", "center"),
     ):
-        table.add_column(column, justify=_justify(justify))
+        table.add_column(column, justify=_justify(justify), no_wrap=column == "backbone")
     for row in result["backbones"]:
         cells = []
         if calibrated:

@@ -208,7 +208,7 @@ def rank_backbones(
         except _UNAVAILABLE as err:
             if not skip_unavailable:
                 raise
-            _logger.warning("left out %s: [%s] %s", name, err.code, err.detail)
+            _logger.info("left out %s: [%s] %s", name, err.code, err.detail)
             unavailable.append({"id": name, "code": err.code, "detail": err.detail})
             continue
         loaded.append(backbone)
