@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -355,3 +356,35 @@ def test_the_module_imports_no_torch():
         "assert not heavy, heavy"
     )  # fmt: skip
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
+
+
+def test_the_models_command_lists_filters_and_explains_mistakes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    """The README's `backbone-rank models` commands, as written."""
+    from typer.testing import CliRunner
+
+    from service.cli import app
+    from service.config import get_settings
+
+    env = {"COLUMNS": "200", "HF_HUB_OFFLINE": "1"}
+    monkeypatch.setenv("BACKBONE_RANK_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("BACKBONE_RANK_HF_CACHE_DIR", str(tmp_path / "hf"))  # an empty HF cache
+    get_settings.cache_clear()
+    request.addfinalizer(get_settings.cache_clear)  # the next test reads its own environment
+    runner = CliRunner()
+    listed = runner.invoke(app, ["models", "--filter", "max_params=10&min_top1=78", "--sort", "speed", "--limit", "10",
+                                 "--json"], env=env)  # fmt: skip
+    assert listed.exit_code == 0, listed.output
+    models = json.loads(listed.stdout)["models"]
+    assert len(models) == 10 and all(m["params_m"] <= 10 and m["imagenet_top1"] >= 78 for m in models)
+    speeds = [m["gpu_img_per_s"] for m in models if m["gpu_img_per_s"] is not None]
+    assert speeds == sorted(speeds, reverse=True)
+    mobile = runner.invoke(app, ["models", "@mobile", "--json"], env=env)
+    assert [m["id"] for m in json.loads(mobile.stdout)["models"]] == expand_candidate_set("@mobile")
+    table = runner.invoke(app, ["models", "--search", "convnext_tiny", "--limit", "3"], env=env)
+    assert table.exit_code == 0 and "convnext_tiny" in table.stdout and "GMACs" in table.stdout
+    local = runner.invoke(app, ["models", "--search", "convnext", "--local", "--json"], env=env)
+    assert json.loads(local.stdout)["models"] == []  # an empty HF cache holds none
+    bad = runner.invoke(app, ["models", "@fast"], env=env)
+    assert bad.exit_code == 2 and "error [unknown_candidate_set]" in bad.stderr
