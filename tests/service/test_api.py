@@ -110,7 +110,6 @@ def test_builtin_datasets(client: TestClient) -> None:
 @pytest.mark.parametrize(
     ("backbone", "code"),
     [
-        ("hf-hub:attacker/model", "unknown_backbone"),
         ("https://example.com/m.pth", "unknown_backbone"),
         ("../m", "unknown_backbone"),
         ("timm/resnet50.a1_in1k", "unknown_backbone"),
