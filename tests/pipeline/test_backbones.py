@@ -193,6 +193,7 @@ def test_parse_makes_paths_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         ("zoo:../etc", UnknownBackbone, "zoo:<name>"),
         ("random:test_vit@/w.safetensors", UnknownBackbone, "no weights file"),
         ("@/w.safetensors", UnknownBackbone, "'@' follows the architecture"),
+        ("@popular", UnknownBackbone, "named candidate set"),
         ("test_resnet@/w/x.pth", UnsafeCheckpointFormat, "pickles and are never loaded"),
         ("test_resnet@/w/x.bin", UnsafeCheckpointFormat, "convert"),
     ],

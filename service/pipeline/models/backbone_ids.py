@@ -75,6 +75,12 @@ def check_backbone_id(text: Any, *, registry: TimmRegistry | None = None) -> str
     raw = text.strip()
     if not raw:
         raise UnknownBackbone("empty backbone id; give a timm name such as 'resnet50.a1_in1k', or zoo:<name>")
+    if re.match(r"@[A-Za-z]", raw):
+        raise UnknownBackbone(
+            f"{raw!r} is a named candidate set: sets stand for several backbones in a ranking's backbone list "
+            "(rank -b @mobile); here give one backbone id (`backbone-rank models @mobile` lists its ids)",
+            backbone=raw,
+        )
     prefix, sep, rest = raw.partition(":")
     if sep and SOURCE_PREFIX_RE.fullmatch(prefix):
         source = prefix.lower()
