@@ -1,8 +1,8 @@
 """Download on demand: model and dataset files from the Hugging Face hub into its standard cache, safely
 (torch-free).
 
-Weights resolution (:mod:`service.pipeline.models.backbones`) calls :func:`fetch_repo_files` for an id whose
-weights are in no local place, and hub datasets (``hf://datasets/...``) call :func:`list_repo` then
+Weights resolution (:mod:`service.pipeline.models.resolve`, its last step) calls :func:`fetch_repo_files` for an
+id whose weights are in no local place, and hub datasets (``hf://datasets/...``) call :func:`list_repo` then
 :func:`download_files`, when this process may download (:class:`HubAccess`, built once from the settings by
 ``service.bootstrap``). What it guarantees:
 
