@@ -8,10 +8,11 @@ from the network, so it can be archived, mailed or served as is. Rendering needs
 >>> html = render_report(result)          # doctest: +SKIP
 """
 
+from ._page import result_kind
 from .benchmark import honest_reading, render_benchmark_report
 from .finetune import render_finetune_report
 from .ranking import render_ranking_report
-from .render import render_report, result_kind
+from .render import render_report
 
 __all__ = [
     "honest_reading",

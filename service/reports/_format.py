@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
+
+from service.contract import DatasetSpec
 
 __all__ = [
     "NA",
@@ -87,18 +89,12 @@ def fmt_seconds(value: Any) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
-def dataset_ref_label(ref: Any) -> str:
+def dataset_ref_label(ref: DatasetSpec) -> str:
     """A dataset reference as the user typed it: ``builtin:glyphs-greek#train``, ``/data/cats#val``, ``hf:PATH``."""
-    if isinstance(ref, str):
-        return ref
-    if not isinstance(ref, Mapping):
-        return NA
-    kind = ref.get("kind")
-    base = ref.get("name") or ref.get("path") or NA
-    if kind in ("builtin", "hf"):
-        base = f"{kind}:{base}"
-    split = ref.get("split")
-    return f"{base}#{split}" if split else str(base)
+    base = ref.name or ref.path or NA
+    if ref.kind in ("builtin", "hf"):
+        base = f"{ref.kind}:{base}"
+    return f"{base}#{ref.split}" if ref.split else base
 
 
 def _shorten(backbone_id: str) -> str:

@@ -2,7 +2,9 @@
 
 The largest of the three view models (per-target tables and scatter panels, the summary and its reading), and it
 shares nothing with the ranking and fine-tune pages beyond :mod:`service.reports._page`: hence a module of its own,
-which :mod:`service.reports.render` dispatches to.
+which :mod:`service.reports.render` dispatches to. It reads the typed model (:class:`service.contract.BenchmarkResult`);
+the blocks the model keeps loose (``dict[str, Any]``: each target's backbone rows, the baselines, ``cost``,
+``skipped``, the suite's definition, the environment's extra keys) are read as mappings, defensively.
 """
 
 from __future__ import annotations
@@ -11,13 +13,13 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from service.errors import InvalidResult
+from service.contract import BenchmarkResult
+from service.contract.results import BenchmarkTarget, Environment, MethodSummary, MetricSummary
 
 from . import figures
 from ._format import (
     NA,
     as_float,
-    dataset_ref_label,
     fmt_ci,
     fmt_fixed,
     fmt_int,
@@ -29,7 +31,7 @@ from ._format import (
     short_names,
     slug,
 )
-from ._page import _direction, _malformed_is_invalid, _mapping, _mean_std_percent, _render, _sequence
+from ._page import _direction, _mean_std_percent, _render, _typed_as
 
 __all__ = ["honest_reading", "render_benchmark_report"]
 
@@ -45,32 +47,56 @@ _METRICS: dict[str, tuple[str, str]] = {
 }
 
 
-def _metric_cell(metric: str, stats: Mapping[str, Any], value_key: str) -> dict[str, str]:
+def _mapping(value: Any) -> Mapping[str, Any]:
+    """A loose block's entry as a mapping (anything else reads as empty)."""
+    return value if isinstance(value, Mapping) else {}
+
+
+def _sequence(value: Any) -> Sequence[Any]:
+    """A loose block's entry as a list (anything else reads as empty)."""
+    return value if isinstance(value, list | tuple) else []
+
+
+def _metric_cell(metric: str, value: Any, low: Any, high: Any) -> dict[str, str]:
     """``{"value", "ci"}`` strings for one metric; regret in percentage points, correlations with 3 decimals."""
     if metric == "top1_regret":
-        value = as_float(stats.get(value_key))
+        number = as_float(value)
         return {
-            "value": fmt_fixed(None if value is None else 100 * value, 1),
-            "ci": fmt_ci(stats.get("ci_low"), stats.get("ci_high"), scale=100, decimals=1),
+            "value": fmt_fixed(None if number is None else 100 * number, 1),
+            "ci": fmt_ci(low, high, scale=100, decimals=1),
         }
-    return {"value": fmt_fixed(stats.get(value_key)), "ci": fmt_ci(stats.get("ci_low"), stats.get("ci_high"))}
+    return {"value": fmt_fixed(value), "ci": fmt_ci(low, high)}
 
 
-def _benchmark_methods(result: Mapping[str, Any]) -> list[dict[str, Any]]:
+def _summary_metrics(stats: MethodSummary) -> dict[str, MetricSummary]:
+    """A method's summary by metric key (the keys of ``_METRICS``)."""
+    return {
+        "weighted_tau": stats.weighted_tau,
+        "kendall_tau": stats.kendall_tau,
+        "pearson": stats.pearson,
+        "top1_regret": stats.top1_regret,
+    }
+
+
+def _summary_cell(metric: str, stats: MethodSummary | None) -> dict[str, str]:
+    if stats is None:
+        return _metric_cell(metric, None, None, None)
+    summary = _summary_metrics(stats)[metric]
+    return _metric_cell(metric, summary.mean, summary.ci_low, summary.ci_high)
+
+
+def _benchmark_methods(benchmark: BenchmarkResult) -> list[dict[str, Any]]:
     """Estimators then baselines, plus any method only the summary knows; sorted by mean τw (n/a last)."""
-    summary = _mapping(result.get("summary"))
+    summary = benchmark.summary
     methods: dict[str, dict[str, Any]] = {}
-    for entry in _sequence(result.get("estimators")):
-        entry = _mapping(entry)
-        if entry.get("name") is not None:
-            methods[str(entry["name"])] = {
-                "name": str(entry["name"]),
-                "is_baseline": False,
-                "higher_is_better": entry.get("higher_is_better", True),
-                "about": entry.get("reference") or "",
-            }
-    for entry in _sequence(result.get("baselines")):
-        entry = _mapping(entry)
+    for estimator in benchmark.estimators:
+        methods[estimator.name] = {
+            "name": estimator.name,
+            "is_baseline": False,
+            "higher_is_better": estimator.higher_is_better,
+            "about": estimator.reference,
+        }
+    for entry in benchmark.baselines:  # loose: {"name", "higher_is_better", "description"}
         if entry.get("name") is not None:
             methods[str(entry["name"])] = {
                 "name": str(entry["name"]),
@@ -78,33 +104,26 @@ def _benchmark_methods(result: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "higher_is_better": entry.get("higher_is_better", True),
                 "about": entry.get("description") or "",
             }
-    for name, stats in summary.items():
-        stats = _mapping(stats)
+    for name, info in summary.items():
         if name not in methods:
-            methods[name] = {
-                "name": name,
-                "is_baseline": bool(stats.get("is_baseline")),
-                "higher_is_better": True,
-                "about": "",
-            }
-        elif "is_baseline" in stats:
-            methods[name]["is_baseline"] = bool(stats["is_baseline"])
+            methods[name] = {"name": name, "is_baseline": info.is_baseline, "higher_is_better": True, "about": ""}
+        else:
+            methods[name]["is_baseline"] = info.is_baseline
     order = list(methods)
     for method in methods.values():
         method["position"] = order.index(method["name"])
-        stats = _mapping(summary.get(method["name"]))
-        method["mean_tau"] = as_float(_mapping(stats.get("weighted_tau")).get("mean"))
+        stats = summary.get(method["name"])
+        method["mean_tau"] = stats.weighted_tau.mean if stats is not None else None
         method["direction"] = _direction(method["higher_is_better"])
-        method["cells"] = {metric: _metric_cell(metric, _mapping(stats.get(metric)), "mean") for metric in _METRICS}
-        n_targets = _mapping(stats.get("weighted_tau")).get("n_targets")
-        method["n_targets"] = str(n_targets) if isinstance(n_targets, int) else NA
+        method["cells"] = {metric: _summary_cell(metric, stats) for metric in _METRICS}
+        method["n_targets"] = str(stats.weighted_tau.n_targets) if stats is not None else NA
     return sorted(
         methods.values(),
         key=lambda m: (m["mean_tau"] is None, -(m["mean_tau"] or 0.0), order.index(m["name"])),
     )
 
 
-def _honest_reading(methods: Sequence[Mapping[str, Any]], summary: Mapping[str, Any]) -> list[str]:
+def _honest_reading(methods: Sequence[Mapping[str, Any]], summary: Mapping[str, MethodSummary]) -> list[str]:
     """Plain statements read off the summary numbers; no adjectives, no claims the numbers do not carry."""
     estimators = [m for m in methods if not m["is_baseline"]]
     baselines = [m for m in methods if m["is_baseline"] and m["mean_tau"] is not None]
@@ -127,13 +146,8 @@ def _honest_reading(methods: Sequence[Mapping[str, Any]], summary: Mapping[str, 
         if above:
             listed = ", ".join(f"{m['name']} ({m['mean_tau']:.3f})" for m in above)
             sentences.append(f"{len(above)} of {len(estimators)} estimator(s) have a higher mean τw: {listed}.")
-            clear = [
-                m["name"]
-                for m in above
-                if (low := as_float(_mapping(_mapping(summary.get(m["name"])).get("weighted_tau")).get("ci_low")))
-                is not None
-                and low > top["mean_tau"]
-            ]
+            lows = {name: stats.weighted_tau.ci_low for name, stats in summary.items()}
+            clear = [m["name"] for m in above if (low := lows.get(m["name"])) is not None and low > top["mean_tau"]]
             if clear:
                 sentences.append(
                     f"Of these, the 95 % CI lower bound lies above the best baseline's mean for: {', '.join(clear)}."
@@ -150,9 +164,7 @@ def _honest_reading(methods: Sequence[Mapping[str, Any]], summary: Mapping[str, 
         sentences.append(f"Mean τw below zero (ranks worse than chance on average): {listed}.")
     else:
         sentences.append("No estimator has a mean τw below zero.")
-    regrets = [
-        (m["name"], as_float(_mapping(_mapping(summary.get(m["name"])).get("top1_regret")).get("mean"))) for m in scored
-    ]
+    regrets = [(m["name"], summary[m["name"]].top1_regret.mean) for m in scored]  # scored: in the summary
     present = [(name, value) for name, value in regrets if value is not None]
     if present:
         name, value = min(present, key=lambda item: item[1])
@@ -164,30 +176,32 @@ def _honest_reading(methods: Sequence[Mapping[str, Any]], summary: Mapping[str, 
     return sentences
 
 
-def honest_reading(result: Mapping[str, Any]) -> list[str]:
+def honest_reading(result: BenchmarkResult | Mapping[str, Any]) -> list[str]:
     """The "honest reading" of a benchmark result: factual sentences from its summary (no figures drawn).
 
     Which estimators have a higher mean τw than the best baseline (and whether their interval clears it),
-    which are below zero, the lowest top-1 regret, and which have no mean at all.
+    which are below zero, the lowest top-1 regret, and which have no mean at all. ``result`` is the typed
+    model or its JSON document (validated first, as :func:`render_benchmark_report` does).
     """
-    if not isinstance(result, Mapping):
-        raise InvalidResult(f"a benchmark result must be a JSON object, got {type(result).__name__}")
-    return _honest_reading(_benchmark_methods(result), _mapping(result.get("summary")))
+    benchmark = _typed_as(result, BenchmarkResult, "benchmark")
+    return _honest_reading(_benchmark_methods(benchmark), benchmark.summary)
 
 
-def _target_view(target: Mapping[str, Any], methods: Sequence[Mapping[str, Any]], index: int) -> dict[str, Any]:
-    backbones = [_mapping(b) for b in _sequence(target.get("backbones"))]
-    backbones.sort(
-        key=lambda b: (
-            as_float(_mapping(b.get("accuracy")).get("mean")) is None,
-            -(as_float(_mapping(b.get("accuracy")).get("mean")) or 0.0),
-        )
+def _accuracy(row: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A backbone row's ``{"mean", "std", "per_seed"}`` accuracy (null when it was not measured)."""
+    return _mapping(row.get("accuracy"))
+
+
+def _target_view(target: BenchmarkTarget, methods: Sequence[Mapping[str, Any]], index: int) -> dict[str, Any]:
+    backbones = sorted(
+        target.backbones,  # loose rows: {"id", "scores", "accuracy", "linear_probe_accuracy", ...}
+        key=lambda b: (as_float(_accuracy(b).get("mean")) is None, -(as_float(_accuracy(b).get("mean")) or 0.0)),
     )
     ids = [str(b.get("id", NA)) for b in backbones]
     labels = short_names(ids)
     estimators = [m for m in methods if not m["is_baseline"]]
     estimator_order = sorted(estimators, key=lambda m: m["position"])  # the result's order, same on every target
-    actual = [as_float(_mapping(b.get("accuracy")).get("mean")) for b in backbones]
+    actual = [as_float(_accuracy(b).get("mean")) for b in backbones]
     actual_ranks = ranks_of(actual)
     method_ranks = {
         m["name"]: ranks_of(
@@ -199,11 +213,12 @@ def _target_view(target: Mapping[str, Any], methods: Sequence[Mapping[str, Any]]
     rows = []
     for position, backbone in enumerate(backbones):
         scores = _mapping(backbone.get("scores"))
+        accuracy = _accuracy(backbone)
         rows.append(
             {
                 "actual_rank": fmt_rank(actual_ranks[position]),
                 "id": ids[position],
-                "accuracy": _mean_std_percent(_mapping(backbone.get("accuracy"))),
+                "accuracy": _mean_std_percent(accuracy.get("mean"), accuracy.get("std")),
                 "methods": [
                     {
                         "score": fmt_number(scores.get(m["name"])),
@@ -217,19 +232,16 @@ def _target_view(target: Mapping[str, Any], methods: Sequence[Mapping[str, Any]]
                 "feature_dim": fmt_int(backbone.get("feature_dim")),
             }
         )
-    metrics = _mapping(target.get("metrics"))
     per_method = []
     panels = []
     for method in methods:
-        stats = _mapping(metrics.get(method["name"]))
-        tau = as_float(_mapping(stats.get("weighted_tau")).get("value"))
-        per_method.append(
-            {
-                "name": method["name"],
-                "is_baseline": method["is_baseline"],
-                "cells": {metric: _metric_cell(metric, _mapping(stats.get(metric)), "value") for metric in _METRICS},
-            }
-        )
+        stats = target.metrics.get(method["name"]) or {}  # null: not computable on this target
+        cells = {}
+        for metric in _METRICS:
+            entry = stats.get(metric) or {}
+            cells[metric] = _metric_cell(metric, entry.get("value"), entry.get("ci_low"), entry.get("ci_high"))
+        tau = as_float((stats.get("weighted_tau") or {}).get("value"))
+        per_method.append({"name": method["name"], "is_baseline": method["is_baseline"], "cells": cells})
         panels.append(
             figures.ScatterPanel(
                 title=f"{method['name']} {method['direction']}   τw = {NA if tau is None else f'{tau:.2f}'}",
@@ -239,7 +251,7 @@ def _target_view(target: Mapping[str, Any], methods: Sequence[Mapping[str, Any]]
                 is_baseline=method["is_baseline"],
             )
         )
-    name = str(target.get("name", f"target {index + 1}"))
+    name = target.name
     notes = []
     if len(backbones) < 2:
         notes.append("Fewer than two backbones: rank correlations are undefined (n/a).")
@@ -252,11 +264,11 @@ def _target_view(target: Mapping[str, Any], methods: Sequence[Mapping[str, Any]]
         "name": name,
         "anchor": f"target-{index + 1}-{slug(name)}",
         "facts": [
-            ("dataset", dataset_ref_label(target.get("dataset"))),
-            ("relation to the sources", str(target.get("relation") or NA)),
-            ("classes", fmt_int(target.get("n_classes"))),
-            ("images ranked on", fmt_int(target.get("n_rank_images"))),
-            ("test images", fmt_int(target.get("n_test_images"))),
+            ("dataset", target.dataset),
+            ("relation to the sources", target.relation or NA),
+            ("classes", fmt_int(target.n_classes)),
+            ("images ranked on", fmt_int(target.n_rank_images)),
+            ("test images", fmt_int(target.n_test_images)),
             ("backbones", str(len(backbones))),
         ],
         "estimators": estimator_order,
@@ -267,7 +279,7 @@ def _target_view(target: Mapping[str, Any], methods: Sequence[Mapping[str, Any]]
     }
 
 
-def _environment_facts(environment: Mapping[str, Any], created: Any) -> list[tuple[str, str]]:
+def _environment_facts(environment: Environment, created: str) -> list[tuple[str, str]]:
     keys = (
         "fingerprint",
         "device",
@@ -280,9 +292,11 @@ def _environment_facts(environment: Mapping[str, Any], created: Any) -> list[tup
         "threads",
         "git_commit",
     )
-    facts = [(key, NA if environment.get(key) is None else str(environment[key])) for key in keys]
-    facts += [(str(k), str(v)) for k, v in environment.items() if k not in keys]
-    facts.append(("created", str(created) if created else NA))
+    # Loose: the model keeps keys it does not name, so the rest is listed from its JSON document.
+    document = environment.model_dump(mode="json")
+    facts = [(key, NA if document.get(key) is None else str(document[key])) for key in keys]
+    facts += [(str(k), str(v)) for k, v in document.items() if k not in keys]
+    facts.append(("created", created or NA))
     return facts
 
 
@@ -313,37 +327,41 @@ def _cost_view(cost: Mapping[str, Any]) -> dict[str, Any] | None:
     }
 
 
-@_malformed_is_invalid("benchmark")
-def render_benchmark_report(result: Mapping[str, Any]) -> str:
+def _method_interval(method: Mapping[str, Any], stats: MethodSummary | None) -> figures.MethodInterval:
+    """One bar of the τw figure: the method's mean over targets and its 95 % interval."""
+    tau = stats.weighted_tau if stats is not None else None
+    return figures.MethodInterval(
+        name=method["name"] + (" (baseline)" if method["is_baseline"] else ""),
+        mean=method["mean_tau"],
+        low=tau.ci_low if tau is not None else None,
+        high=tau.ci_high if tau is not None else None,
+        is_baseline=method["is_baseline"],
+    )
+
+
+def render_benchmark_report(result: BenchmarkResult | Mapping[str, Any]) -> str:
     """The benchmark page: summary table and τw figure, one section per target, cost, honest reading.
 
     Parameters
     ----------
-    result : dict
-        A benchmark result (``"kind": "benchmark"``, schema in ``/work/notes/benchmark_schema.md`` and
-        ``service.pipeline.benchmark.benchmark``). Nulls, non-finite numbers and missing optional keys show as "n/a".
+    result : BenchmarkResult or dict
+        A benchmark result: its typed model, or its JSON document (any schema version), which is validated into the
+        model first (:func:`service.reports._page.typed_result`); anything else, or a document that does not
+        validate, is an :class:`~service.errors.InvalidResult`. Nulls and non-finite numbers show as "n/a".
 
     Returns
     -------
     str
         One self-contained HTML document.
     """
-    suite = _mapping(result.get("suite"))
-    summary = _mapping(result.get("summary"))
-    methods = _benchmark_methods(result)
-    targets = [_target_view(_mapping(t), methods, i) for i, t in enumerate(_sequence(result.get("targets")))]
+    benchmark = _typed_as(result, BenchmarkResult, "benchmark")
+    suite = benchmark.suite
+    summary = benchmark.summary
+    methods = _benchmark_methods(benchmark)
+    targets = [_target_view(t, methods, i) for i, t in enumerate(benchmark.targets)]
     tau_figure = (
         figures.tau_interval_figure(
-            [
-                figures.MethodInterval(
-                    name=m["name"] + (" (baseline)" if m["is_baseline"] else ""),
-                    mean=m["mean_tau"],
-                    low=as_float(_mapping(_mapping(summary.get(m["name"])).get("weighted_tau")).get("ci_low")),
-                    high=as_float(_mapping(_mapping(summary.get(m["name"])).get("weighted_tau")).get("ci_high")),
-                    is_baseline=m["is_baseline"],
-                )
-                for m in methods
-            ],
+            [_method_interval(m, summary.get(m["name"])) for m in methods],
             title="τw per method with 95% CI across targets",
         )
         if methods
@@ -353,14 +371,8 @@ def render_benchmark_report(result: Mapping[str, Any]) -> str:
     baselines = [m for m in methods if m["is_baseline"]]
     best_estimator = next((m for m in estimators if m["mean_tau"] is not None), None)
     best_baseline = next((m for m in baselines if m["mean_tau"] is not None), None)
-    cost = _cost_view(_mapping(result.get("cost")))
-    n_backbones = len(
-        {
-            str(_mapping(b).get("id"))
-            for t in _sequence(result.get("targets"))
-            for b in _sequence(_mapping(t).get("backbones"))
-        }
-    )
+    cost = _cost_view(benchmark.cost or {})
+    n_backbones = len({str(b.get("id")) for t in benchmark.targets for b in t.backbones})
     ground_truth = {"finetune": "fine-tuned accuracy (measured here)", "published": "published accuracies"}
     cards = [
         ("targets", str(len(targets))),
@@ -371,26 +383,21 @@ def render_benchmark_report(result: Mapping[str, Any]) -> str:
     ]
     if cost and cost["ratio"] != NA:
         cards.append(("fine-tuning / ranking time", cost["ratio"]))
-    definition = suite.get("definition")
-    skipped = _mapping(result.get("skipped"))
-    skipped_lines = [
-        f"{_mapping(entry).get('target', '')} {_mapping(entry).get('backbone', '')}: "
-        f"{_mapping(entry).get('reason', NA)}".strip()
-        if isinstance(entry, Mapping)
-        else str(entry)
+    skipped_lines = [  # loose: {"target"?, "backbone"?, "reason"} per skipped target or backbone
+        f"{entry.get('target', '')} {entry.get('backbone', '')}: {entry.get('reason', NA)}".strip()
         for key in ("targets", "backbones")
-        for entry in _sequence(skipped.get(key))
+        for entry in benchmark.skipped.get(key, [])
     ]
     return _render(
         "benchmark.html.j2",
-        title=f"Benchmark: {suite.get('name') or 'unnamed suite'}",
-        suite_name=str(suite.get("name") or NA),
-        description=str(suite.get("description") or ""),
-        ground_truth=ground_truth.get(str(suite.get("ground_truth")), str(suite.get("ground_truth") or NA)),
-        created=str(result.get("created") or NA),
-        fingerprint=str(_mapping(result.get("environment")).get("fingerprint") or NA),
-        environment=_environment_facts(_mapping(result.get("environment")), result.get("created")),
-        definition=json.dumps(definition, indent=2, sort_keys=True, default=str) if definition else "",
+        title=f"Benchmark: {suite.name or 'unnamed suite'}",
+        suite_name=suite.name or NA,
+        description=suite.description,
+        ground_truth=ground_truth.get(suite.ground_truth, suite.ground_truth or NA),
+        created=benchmark.created or NA,
+        fingerprint=benchmark.environment.fingerprint or NA,
+        environment=_environment_facts(benchmark.environment, benchmark.created),
+        definition=json.dumps(suite.definition, indent=2, sort_keys=True, default=str) if suite.definition else "",
         cards=cards,
         metrics=_METRICS,
         methods=methods,
@@ -398,6 +405,6 @@ def render_benchmark_report(result: Mapping[str, Any]) -> str:
         reading=_honest_reading(methods, summary),
         targets=targets,
         cost=cost,
-        total_seconds=fmt_seconds(_mapping(result.get("seconds")).get("total")),
+        total_seconds=fmt_seconds(benchmark.seconds.total if benchmark.seconds is not None else None),
         skipped=skipped_lines,
     )

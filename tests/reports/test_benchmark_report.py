@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from scipy.stats import rankdata
 
+from service.contract import load_result
 from service.errors import InvalidResult
 from service.reports import honest_reading, render_benchmark_report, render_report
 
@@ -214,19 +215,29 @@ def test_lower_is_better_estimators_rank_small_scores_first():
     assert sorted(values) == [values[ranks.index(r)] for r in sorted(ranks)]  # rank 1 = smallest score
 
 
-def test_a_mostly_empty_benchmark_still_renders():
-    # the renderer itself tolerates partial documents; render_report first validates against the result schema
-    html = render_benchmark_report(
-        {
-            "kind": "benchmark",
-            "summary": {"x": {"weighted_tau": {"mean": None}}},
-            "targets": [{"name": "t", "backbones": [{"id": "b", "scores": {"x": float("nan")}, "accuracy": None}]}],
-        }
-    )
-    doc = parse(html)
-    assert doc.find("h1").text == "Benchmark: unnamed suite"
-    _, rows, _ = table_rows(doc.find("table", class_="ranking"))
-    assert rows == [["n/a", "b", "n/a", "n/a", "n/a", "n/a", "n/a"]]
+def test_a_partial_benchmark_is_refused_by_the_page_as_by_render_report():
+    # the page reads the typed model, so a document missing what the model requires is refused before any view
+    partial = {
+        "kind": "benchmark",
+        "summary": {"x": {"weighted_tau": {"mean": None}}},
+        "targets": [{"name": "t", "backbones": [{"id": "b", "scores": {"x": float("nan")}, "accuracy": None}]}],
+    }
+    with pytest.raises(InvalidResult) as page:
+        render_benchmark_report(partial)
+    with pytest.raises(InvalidResult) as dispatched:
+        render_report(partial)
+    assert str(page.value) == str(dispatched.value)
+    assert str(page.value).startswith("malformed benchmark result (16 problem(s)): suite: Field required")
+
+
+def test_loose_backbone_rows_with_nulls_and_nan_render_as_na():
+    # Target rows are the model's loose part (dict[str, Any]): what is null, NaN or missing there shows as n/a.
+    result = benchmark_result(targets=TARGETS[:1], backbones=BACKBONES[:2], estimators=("logme",))
+    rows = result["targets"][0]["backbones"]
+    rows[1].update(scores={"logme": float("nan")}, accuracy=None, linear_probe_accuracy=None, source_accuracy=None)
+    del rows[1]["feature_dim"]
+    _, table, _ = table_rows(parse(render_benchmark_report(result)).find("table", class_="ranking"))
+    assert table[-1] == ["n/a", BACKBONES[1][0], "n/a", "n/a", "n/a", "n/a", "n/a"]
 
 
 def test_user_text_is_escaped():
@@ -250,12 +261,21 @@ def test_user_text_is_escaped():
     "result",
     [{"kind": "benchmark", "targets": "not a list", "summary": []}, {"kind": "benchmark", "targets": [3, None]}],
 )
-def test_structurally_odd_benchmarks_do_not_crash(result):
-    assert "<h1>" in render_benchmark_report(result)
-    with pytest.raises(InvalidResult, match=r"^malformed benchmark result \(\d+ problem\(s\)\): "):
-        render_report(result)
+def test_structurally_odd_benchmarks_are_an_invalid_result(result):
+    for render in (render_benchmark_report, render_report, honest_reading):
+        with pytest.raises(InvalidResult, match=r"^malformed benchmark result \(\d+ problem\(s\)\): "):
+            render(result)
 
 
-def test_wrong_types_are_an_invalid_result():
+def test_wrong_types_are_an_invalid_result(ranking):
     with pytest.raises(InvalidResult, match="must be a JSON object"):
         render_benchmark_report(["kind", "benchmark"])  # type: ignore[arg-type]
+    with pytest.raises(InvalidResult, match="^not a benchmark result: got a ranking result$"):
+        render_benchmark_report(ranking)
+
+
+def test_the_page_of_the_typed_model_is_the_page_of_its_document(benchmark, benchmark_html):
+    typed = load_result(copy.deepcopy(benchmark))
+    assert render_benchmark_report(typed) == render_report(typed) == benchmark_html
+    assert render_benchmark_report(benchmark) == benchmark_html
+    assert honest_reading(typed) == honest_reading(benchmark)

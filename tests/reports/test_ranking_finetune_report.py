@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from service.contract import load_result
 from service.errors import InvalidResult
 from service.reports import render_finetune_report, render_ranking_report, render_report, result_kind
 
@@ -103,16 +104,31 @@ def test_finetune_report_tables_and_confusion_matrix():
     assert 400 <= png.size[0] <= 1500 and png.size[1] >= 400
 
 
-def test_finetune_report_escapes_class_names_and_survives_nulls():
+def test_finetune_report_escapes_class_names_and_survives_non_finite_numbers():
     result = finetune_result(classes=("a", EVIL_CLASS))
-    result["test_accuracy"] = {"mean": None, "std": None, "per_seed": []}
+    result["test_accuracy"] = {"mean": float("nan"), "std": float("nan"), "per_seed": []}
     result["val_accuracy_by_lr"] = {}
-    result["seconds"] = None
+    result["seconds"]["total"] = float("inf")
     html = render_finetune_report(result)
     doc = parse(html)
     assert doc.find_all("script") == [] and "<script>" not in html
-    assert doc.find("div", id="test-accuracy").text == "n/a"
+    assert doc.find("div", id="test-accuracy").text == "n/a" and facts(doc.find("dl", class_="facts"))["time"] == "n/a"
     assert [row[0] for row in table_rows(doc.find("table", id="per-class-table"))[1]] == ["a", EVIL_CLASS]
+
+
+def test_pages_read_the_typed_model_and_refuse_what_does_not_validate(ranking, ranking_html):
+    # Each page takes its typed model or a document, which it validates as render_report does.
+    assert render_ranking_report(load_result(copy.deepcopy(ranking))) == render_ranking_report(ranking) == ranking_html
+    typed = load_result(finetune_result())
+    assert render_finetune_report(typed) == render_report(typed) == render_finetune_report(finetune_result())
+    result = finetune_result()
+    result["test_accuracy"] = {"mean": None, "std": None, "per_seed": []}
+    with pytest.raises(InvalidResult, match=r"^malformed finetune result \(2 problem\(s\)\): test_accuracy\.mean: "):
+        render_finetune_report(result)
+    with pytest.raises(InvalidResult, match="^not a ranking result: got a finetune result$"):
+        render_ranking_report(typed)  # type: ignore[arg-type]
+    with pytest.raises(InvalidResult, match="^a fine-tune result must be a JSON object, got list$"):
+        render_finetune_report([1, 2])  # type: ignore[arg-type]
 
 
 def test_dispatch_on_result_kind(ranking, ranking_html, benchmark_html):
