@@ -22,11 +22,15 @@ import time
 import urllib.parse
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["FakeHub", "Repo", "running_hub"]
+if TYPE_CHECKING:
+    from service.pipeline.models.hub import HubAccess
+
+__all__ = ["FakeHub", "Repo", "access_to", "running_hub"]
 
 
 @dataclass
@@ -230,3 +234,10 @@ def running_hub(hub: FakeHub | None = None) -> Iterator[FakeHub]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+def access_to(hub: FakeHub, cache: Path, **overrides: Any) -> HubAccess:
+    """Downloads on, from ``hub``, into the HF cache ``cache``, with a short timeout (``overrides`` replace fields)."""
+    from service.pipeline.models.hub import HubAccess
+
+    return replace(HubAccess(enabled=True, endpoint=hub.url, cache_dir=cache, timeout_s=3.0), **overrides)

@@ -21,7 +21,7 @@ from PIL import Image  # noqa: E402
 from service.errors import DatasetNotFound, DownloadNotAllowed, InvalidDataset  # noqa: E402
 from service.pipeline.data.hub_dataset import materialize_hub_dataset  # noqa: E402
 from service.pipeline.models.hub import HubAccess  # noqa: E402
-from tests.fake_hub import FakeHub, Repo, running_hub  # noqa: E402
+from tests.fake_hub import FakeHub, Repo, access_to, running_hub  # noqa: E402
 
 CLASSES = ["cat", "dog", "fish"]
 
@@ -87,9 +87,7 @@ def hub() -> Iterator[FakeHub]:
 
 
 def _access(hub: FakeHub, tmp_path: Path, **overrides: object) -> HubAccess:
-    from dataclasses import replace
-
-    return replace(HubAccess(enabled=True, endpoint=hub.url, cache_dir=tmp_path / "hf", timeout_s=3.0), **overrides)
+    return access_to(hub, tmp_path / "hf", **overrides)
 
 
 def _rows(manifest: Path) -> list[dict[str, str]]:

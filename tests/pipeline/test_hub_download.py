@@ -24,7 +24,7 @@ from service.errors import (  # noqa: E402
     WeightsUnavailable,
 )
 from service.pipeline.models.hub import HubAccess, fetch_repo_files  # noqa: E402
-from tests.fake_hub import FakeHub, Repo, running_hub  # noqa: E402
+from tests.fake_hub import FakeHub, Repo, access_to, running_hub  # noqa: E402
 
 WEIGHTS = bytes(range(256)) * 64
 FILES = {"model.safetensors": WEIGHTS, "config.json": b'{"architecture": "test_resnet"}'}
@@ -50,9 +50,7 @@ def hub() -> Iterator[FakeHub]:
 
 
 def _access(hub: FakeHub, tmp_path: Path, **overrides: object) -> HubAccess:
-    fields: dict[str, object] = {"enabled": True, "endpoint": hub.url, "cache_dir": tmp_path / "hf", "timeout_s": 3.0}
-    fields.update(overrides)
-    return HubAccess(**fields)  # type: ignore[arg-type]  # the test's overrides are HubAccess fields
+    return access_to(hub, tmp_path / "hf", **overrides)
 
 
 def _files_under(folder: Path) -> list[str]:
