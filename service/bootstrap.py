@@ -75,7 +75,6 @@ def _runtime(
         roots=roots,
         feature_cache_max_bytes=settings.feature_cache_max_bytes,
         weights_dirs=tuple(settings.weights_dirs),
-        hf_cache_dir=settings.hf_cache_dir,
         allowlist=allowlist,
         calibration=settings.calibration,
         min_per_class=settings.min_samples_per_class,

@@ -4,6 +4,7 @@ the CLI's ``models``, ``estimators`` and ``datasets`` commands print the same)."
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 
 from service.config import Settings
 from service.pipeline.models.backbone_ids import installed_timm_version, load_timm_registry, service_allows
+from service.pipeline.models.hub import hf_hub_cache
 
 __all__ = [
     "MODEL_SORTS",
@@ -24,33 +26,29 @@ __all__ = [
 _logger = logging.getLogger(__name__)
 
 
-def _hf_hub_cache(settings: Settings) -> Path:
-    if settings.hf_cache_dir is not None:
-        return Path(settings.hf_cache_dir)
-    from huggingface_hub import constants  # plain constants, no torch
-
-    return Path(constants.HF_HUB_CACHE)
-
-
-def hf_cache_has(settings: Settings, repo: str) -> bool:
-    """Whether the HF cache holds a ``model.safetensors`` of the model repo ``repo`` (``ORG/NAME``)."""
-    folder = _hf_hub_cache(settings) / f"models--{repo.replace('/', '--')}"
+def _has_weights(repo_dir: Path) -> bool:
+    """Whether a model repo's folder in the HF cache holds a ``model.safetensors`` (what loading can use offline)."""
     try:
-        return any(folder.glob("snapshots/*/model.safetensors"))
+        return any(repo_dir.glob("snapshots/*/model.safetensors"))
     except OSError:
         return False
 
 
+def hf_cache_has(settings: Settings, repo: str) -> bool:
+    """Whether the HF cache holds a ``model.safetensors`` of the model repo ``repo`` (``ORG/NAME``)."""
+    return _has_weights(hf_hub_cache(settings.hf_cache_dir) / f"models--{repo.replace('/', '--')}")
+
+
 def _hf_cache_entries(settings: Settings) -> list[dict[str, Any]]:
     """timm models whose ``model.safetensors`` is in the HF cache (what ``load_backbone`` can use offline)."""
-    cache = _hf_hub_cache(settings)
+    cache = hf_hub_cache(settings.hf_cache_dir)
     entries = []
     try:
         repos = sorted(cache.glob("models--timm--*"))
     except OSError:
         return []
     for repo in repos:
-        if any(repo.glob("snapshots/*/model.safetensors")):
+        if _has_weights(repo):
             name = repo.name.removeprefix("models--timm--")
             entries.append({"id": name, "source": "hf-cache", "available_offline": True})
     return entries
@@ -236,7 +234,7 @@ def model_listing(
     if sort is not None or not selection:
         entries.sort(key=_sort_key(sort or "top1"))
     local = {e["id"] for e in _hf_cache_entries(settings) + _weights_dir_entries(settings)}
-    rows = [{**_entry_fields(e), "available_offline": e.id in local} for e in entries]
+    rows = [{**dataclasses.asdict(e), "available_offline": e.id in local} for e in entries]
     if local_only:
         rows = [row for row in rows if row["available_offline"]]
     total = len(rows)
@@ -246,9 +244,3 @@ def model_listing(
         "source": "timm's published ImageNet results and benchmarks (huggingface/pytorch-image-models, Apache-2.0; "
         "service/builtin/model_catalogue.SOURCE.md)",
     }
-
-
-def _entry_fields(entry: Any) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return asdict(entry)

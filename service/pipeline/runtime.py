@@ -31,10 +31,11 @@ class Runtime:
         The feature cache (``<cache_dir>/features``, LRU-bounded).
     builtin_dir : Path
         Where built-in datasets are materialised.
-    weights_dirs, hf_cache_dir
-        Where weights are searched (besides the providers registered at start-up).
+    weights_dirs
+        Where weights are searched (besides the providers registered at start-up and the HF cache).
     hub : HubAccess
-        Whether weights missing from every local place are downloaded from the hub, from where, which repos.
+        The HF cache (``hub.cache_dir``: :attr:`hf_cache_dir`), and whether weights missing from every local place
+        are downloaded from the hub, from where, which repos.
     allowlist : callable or None
         A service's backbone allowlist; None allows every id.
     calibration : Path or "default" or None
@@ -52,7 +53,6 @@ class Runtime:
     roots: Sequence[Path] | None = None
     feature_cache_max_bytes: int = 20 * 2**30
     weights_dirs: Sequence[Path] = ()
-    hf_cache_dir: Path | None = None
     hub: HubAccess = field(default_factory=HubAccess)
     allowlist: Callable[[str], bool] | None = None
     calibration: Path | str | None = "default"
@@ -60,6 +60,11 @@ class Runtime:
     device: str = "auto"
     batch_size: int = 64
     accepts_local_paths: bool = True
+
+    @property
+    def hf_cache_dir(self) -> Path | None:
+        """The HF hub cache weights are looked up in and downloaded to (None: huggingface_hub's default)."""
+        return self.hub.cache_dir
 
     def feature_cache(self) -> FeatureCache:
         return FeatureCache(self.cache_dir / "features", self.feature_cache_max_bytes)

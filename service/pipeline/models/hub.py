@@ -64,6 +64,7 @@ __all__ = [
     "check_allowed",
     "download_files",
     "fetch_repo_files",
+    "hf_hub_cache",
     "list_repo",
     "repo_allowed",
 ]
@@ -111,14 +112,19 @@ class HubAccess:
     min_free_bytes: int = 2**30
 
     def hub_cache(self) -> Path:
-        if self.cache_dir is not None:
-            return Path(self.cache_dir)
-        from huggingface_hub import constants
-
-        return Path(constants.HF_HUB_CACHE)
+        return hf_hub_cache(self.cache_dir)
 
     def where(self) -> str:
         return self.endpoint or "https://huggingface.co"
+
+
+def hf_hub_cache(cache_dir: Path | str | None) -> Path:
+    """The HF hub cache: ``cache_dir`` (the setting), else huggingface_hub's (``HF_HOME``/``HF_HUB_CACHE``)."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    from huggingface_hub import constants  # plain constants, no torch
+
+    return Path(constants.HF_HUB_CACHE)
 
 
 def repo_allowed(repo_id: str, patterns: Sequence[str]) -> bool:

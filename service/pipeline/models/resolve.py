@@ -39,12 +39,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import timm.models
-from huggingface_hub import constants as hf_constants
 from huggingface_hub import try_to_load_from_cache
 
 from service.errors import UnsafeCheckpointFormat, WeightsUnavailable
 from service.pipeline.models.backbone_ids import PICKLE_SUFFIXES, SAFETENSORS_SUFFIX, check_safetensors_suffix
-from service.pipeline.models.hub import COMMIT_RE, DownloadProgress, HubAccess, fetch_repo_files
+from service.pipeline.models.hub import COMMIT_RE, DownloadProgress, HubAccess, fetch_repo_files, hf_hub_cache
 from service.pipeline.models.providers import registered_providers
 from service.pipeline.models.spec import BackboneSpec, coerce_spec
 
@@ -112,9 +111,7 @@ class _Places:
     progress: DownloadProgress | None = None
 
     def cache(self) -> str:
-        if self.hf_cache_dir is not None:
-            return str(self.hf_cache_dir)
-        return str(self.hub.hub_cache()) if self.hub is not None else hf_constants.HF_HUB_CACHE
+        return str(hf_hub_cache(self.hf_cache_dir or (self.hub.cache_dir if self.hub is not None else None)))
 
 
 #: ``search(spec, places, searched)``: the weights, or None after appending to ``searched`` what it looked at.
