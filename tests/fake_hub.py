@@ -4,7 +4,6 @@ describe a repo and download its files, over repos the test writes in memory.
 Served (``repo_type`` is ``models`` or ``datasets``; a model repo's paths have no prefix):
 
     GET  /api/{models|datasets}/{org}/{name}[/revision/{rev}]    repo info: sha, siblings (size, lfs sha256)
-    GET  /api/{models|datasets}/{org}/{name}/tree/{rev}[/{path}]  file listing (``?recursive=true``)
     HEAD/GET [/datasets]/{org}/{name}/resolve/{rev}/{file}        the file, with X-Repo-Commit and ETag headers
 
 A revision is ``main``, a branch the test added, or a commit sha. ``faults`` make one file misbehave:
@@ -120,7 +119,7 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             hub.requests.append((self.command, path))
             parts = [p for p in path.split("/") if p]
             if parts[:1] == ["api"] and len(parts) >= 4 and parts[1] in ("models", "datasets"):
-                self._api(parts[1], parts[2:], urllib.parse.parse_qs(parsed.query))
+                self._api(parts[1], parts[2:])
                 return
             repo_type = "models"
             if parts[:1] == ["datasets"]:
@@ -130,13 +129,13 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 return
             self._missing(path, "EntryNotFound")
 
-        def _api(self, repo_type: str, rest: list[str], query: Mapping[str, list[str]]) -> None:
+        def _api(self, repo_type: str, rest: list[str]) -> None:
             repo_id, tail = "/".join(rest[:2]), rest[2:]
             if not hub.known(repo_type, repo_id):
                 self._missing(f"repository {repo_id}", "RepoNotFound")
                 return
             revision = "main"
-            if tail[:1] in (["revision"], ["tree"]) and len(tail) >= 2:
+            if tail[:1] == ["revision"] and len(tail) >= 2:
                 revision = urllib.parse.unquote(tail[1])
             repo = hub.find(repo_type, repo_id, revision)
             if repo is None:
@@ -145,38 +144,7 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             if repo.gated:
                 self._json(401, {"error": "gated"}, {"X-Error-Code": "GatedRepo", "X-Error-Message": "gated"})
                 return
-            if tail[:1] == ["tree"]:
-                prefix = "/".join(tail[2:])
-                recursive = query.get("recursive", ["false"])[0].lower() == "true"
-                self._json(200, self._tree(repo, prefix, recursive))
-                return
             self._json(200, {"id": repo.repo_id, "sha": repo.sha, "private": False, "siblings": _siblings(repo)})
-
-        def _tree(self, repo: Repo, prefix: str, recursive: bool) -> list[dict[str, Any]]:
-            entries: dict[str, dict[str, Any]] = {}
-            base = f"{prefix}/" if prefix else ""
-            for name, data in sorted(repo.files.items()):
-                if not name.startswith(base):
-                    continue
-                rest = name[len(base) :]
-                if "/" in rest and not recursive:
-                    folder = base + rest.split("/")[0]
-                    entries.setdefault(folder, {"type": "directory", "path": folder, "oid": "0" * 40, "size": 0})
-                    continue
-                if recursive:
-                    parts = name.split("/")
-                    for depth in range(len(base.split("/")) if base else 1, len(parts)):
-                        folder = "/".join(parts[:depth])
-                        entries.setdefault(folder, {"type": "directory", "path": folder, "oid": "0" * 40, "size": 0})
-                digest = hashlib.sha256(data).hexdigest()
-                entries[name] = {
-                    "type": "file",
-                    "path": name,
-                    "size": len(data),
-                    "oid": hashlib.sha1(data).hexdigest(),
-                    "lfs": {"oid": digest, "size": len(data), "pointerSize": 130},
-                }
-            return list(entries.values())
 
         def _file(self, repo_type: str, repo_id: str, revision: str, name: str, body: bool) -> None:
             repo = hub.find(repo_type, repo_id, urllib.parse.unquote(revision))

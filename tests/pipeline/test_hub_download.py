@@ -45,6 +45,7 @@ def hub() -> Iterator[FakeHub]:
     fake.add(Repo("timm/tiny.tag", dict(FILES), branches=("main", "v1")))
     fake.add(Repo("timm/pickled.tag", {"pytorch_model.bin": b"\x80\x04pickle", "config.json": b"{}"}))
     fake.add(Repo("other/tiny", dict(FILES)))
+    fake.add(Repo("timm/gated.tag", dict(FILES), gated=True))
     with running_hub(fake) as running:
         yield running
 
@@ -118,6 +119,8 @@ def test_unknown_repo_and_revision_are_named(hub: FakeHub, tmp_path: Path) -> No
         fetch_repo_files("timm/nope", ["model.safetensors"], _access(hub, tmp_path))
     with pytest.raises(UnknownBackbone, match="no revision 'v9'"):
         fetch_repo_files("timm/tiny.tag", ["model.safetensors"], _access(hub, tmp_path), revision="v9")
+    with pytest.raises(WeightsUnavailable, match="gated: accept its terms on the hub and set HF_TOKEN"):
+        fetch_repo_files("timm/gated.tag", ["model.safetensors"], _access(hub, tmp_path))
 
 
 @pytest.mark.parametrize("fault", ["truncate", "corrupt"])
