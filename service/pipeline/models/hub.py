@@ -54,6 +54,7 @@ from service.errors import (
     UnsafeCheckpointFormat,
     WeightsUnavailable,
 )
+from service.pipeline.models.backbone_ids import PICKLE_SUFFIXES
 
 __all__ = [
     "COMMIT_RE",
@@ -73,7 +74,6 @@ _logger = logging.getLogger(__name__)
 
 #: A full git commit id: a revision that never moves, so the cache alone can answer for it.
 COMMIT_RE = re.compile(r"[0-9a-f]{40}")
-_PICKLE_NAMES = re.compile(r".*\.(bin|pt|pth|ckpt|pkl|pickle|tar)$")
 _READ_CHUNK = 1 << 20
 
 #: ``progress(done_bytes, total_bytes)`` as the download of a repo's files advances.
@@ -336,7 +336,7 @@ def _file_table(info: Any) -> tuple[dict[str, int], dict[str, str]]:
 def _check_safetensors_only(repo_id: str, weights: str, sizes: dict[str, int], what: str) -> None:
     if weights in sizes:
         return
-    pickles = sorted(name for name in sizes if _PICKLE_NAMES.fullmatch(name))
+    pickles = sorted(name for name in sizes if name.lower().endswith(PICKLE_SUFFIXES))
     if pickles:
         raise UnsafeCheckpointFormat(
             f"{what}: the hub repo {repo_id} ships its weights only as pickle checkpoints ({', '.join(pickles[:3])}), "
