@@ -19,7 +19,7 @@ True
 from ._api import score
 from ._backend import use_backend
 from ._base import TransferabilityEstimator
-from ._registry import EstimatorInfo, get_estimator, list_estimators
+from ._registry import FAMILIES, EstimatorInfo, get_estimator, list_estimators
 from ._stats import SamplesRequiredError, Statistics
 from ._streaming import StreamingStatistics
 from .class_means import ClassMeans, class_means
@@ -65,6 +65,7 @@ __all__ = [
     "class_means",
     "etran_energy",
     "gbc",
+    "FAMILIES",
     "get_estimator",
     "h_score",
     "knn",

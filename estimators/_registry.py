@@ -7,7 +7,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["EstimatorInfo", "register", "get_estimator", "list_estimators"]
+__all__ = ["FAMILIES", "EstimatorInfo", "register", "get_estimator", "list_estimators"]
+
+#: What an estimator reads of the features, the axis along which a committee of estimators is made diverse
+#: (a committee drawn from one family shares that family's blind spot):
+#:
+#: - ``"moment"``: Gaussian / covariance statistics of the features per class or overall (LogME, H-score,
+#:   TransRate, GBC, LDA, SFDA, ETran, PACTran-Gauss, N-LEEP's mixture);
+#: - ``"sample"``: fitted on, or compared between, individual samples (kNN, the linear probe, PARC);
+#: - ``"class-mean"``: class means and their geometry (the class-mean softmax, NCTI's neural collapse);
+#: - ``"source-head"``: the source classifier's predictions (LEEP, NCE, PACTran-Dirichlet).
+FAMILIES: tuple[str, ...] = ("moment", "sample", "class-mean", "source-head")
 
 
 @dataclass(frozen=True)
@@ -24,6 +34,8 @@ class EstimatorInfo:
         Direction of the score; the ranking step flips lower-is-better scores.
     reference : str
         The paper (and official code) whose definition the value follows.
+    family : str
+        One of :data:`FAMILIES`.
     pool_free : bool
         True when the score depends on one backbone's features only, never on the other
         candidates (so adding a backbone never changes another's score).
@@ -37,6 +49,7 @@ class EstimatorInfo:
     needs: tuple[str, ...]
     higher_is_better: bool
     reference: str
+    family: str
     pool_free: bool = True
     params: dict[str, Any] = field(default_factory=dict)
     summary: str = ""
@@ -53,12 +66,15 @@ def register(
     needs: tuple[str, ...] = ("features",),
     higher_is_better: bool = True,
     reference: str,
+    family: str,
     pool_free: bool = True,
 ) -> Callable[[Callable[..., float]], Callable[..., float]]:
     """Register an estimator function ``fn(features=None, labels=None, *, stats=None, **params)``."""
     unknown = set(needs) - set(_INPUTS)
     if unknown:
         raise ValueError(f"unknown inputs {sorted(unknown)} for estimator {name!r}; use {_INPUTS}")
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r} for estimator {name!r}; use one of {FAMILIES}")
 
     def decorator(fn: Callable[..., float]) -> Callable[..., float]:
         if name in _REGISTRY:
@@ -75,6 +91,7 @@ def register(
             needs=tuple(needs),
             higher_is_better=higher_is_better,
             reference=reference,
+            family=family,
             pool_free=pool_free,
             params=params,
             summary=doc.splitlines()[0] if doc else "",

@@ -118,6 +118,7 @@ def fit_softmax_scale(logits: NDArray[np.float64], labels: NDArray[np.intp]) -> 
 
 @register(
     "class_means",
+    family="class-mean",
     reference="Seddik & Tamaazousti, Neural Networks Classify through the Class-Wise Means of Their "
     "Representations, AAAI 2022",
 )

@@ -25,6 +25,7 @@ __all__ = ["etran_energy", "ETranEnergy"]
 
 @register(
     "etran_energy",
+    family="moment",
     reference="Gholami et al., ETran: Energy-Based Transferability Estimation, ICCV 2023 "
     "(mgholamikn/ETran metrics.py Energy_Score)",
 )

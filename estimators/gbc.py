@@ -17,6 +17,7 @@ _GAUSSIAN_TYPES = ("spherical", "diagonal")
 
 @register(
     "gbc",
+    family="moment",
     reference="Pándy et al., Transferability Estimation using Bhattacharyya Class Separability, CVPR 2022 "
     "(google-research stable_transfer gbc.py)",
 )

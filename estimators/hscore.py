@@ -23,7 +23,11 @@ def _pinv_quadratic_trace(stats: Statistics, eigenvalues: NDArray[np.float64]) -
     return float(np.sum(stats.counts * (pinv_eigh_rcond(eigenvalues)[:, None] * projections**2).sum(axis=0)))
 
 
-@register("h_score", reference="Bao et al., An Information-Theoretic Approach to Transferability, ICIP 2019 (TLlib)")
+@register(
+    "h_score",
+    family="moment",
+    reference="Bao et al., An Information-Theoretic Approach to Transferability, ICIP 2019 (TLlib)",
+)
 def h_score(
     features: ArrayLike | None = None,
     labels: ArrayLike | None = None,
@@ -87,6 +91,7 @@ def ledoit_wolf_shrinkage_from_stats(stats: Statistics) -> float:
 
 @register(
     "shrinkage_h_score",
+    family="moment",
     reference="Ibrahim, Ponomareva & Mazumder, Newer is not always better: rethinking transferability "
     "metrics, ECML-PKDD 2022 (TLlib regularized_h_score)",
 )

@@ -16,6 +16,7 @@ _ROWS_PER_BLOCK = 1024
 
 @register(
     "knn",
+    family="sample",
     reference="Bolya, Mittapalli & Hoffman, Scalable Diverse Model Selection for Accessible Transfer "
     "Learning, NeurIPS 2021 (dbolya/parc kNN); Sorkhei et al., arXiv 2503.18528",
 )

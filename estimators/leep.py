@@ -14,6 +14,7 @@ __all__ = ["leep", "LEEP"]
 
 @register(
     "leep",
+    family="source-head",
     needs=("source_probs",),
     reference="Nguyen et al., LEEP, ICML 2020 (thuml/LogME LEEP.py, TLlib)",
 )

@@ -45,6 +45,7 @@ def content_split(
 
 @register(
     "linear_probe",
+    family="sample",
     reference="Bolya, Mittapalli & Hoffman, NeurIPS 2021 (dbolya/parc SplitLogistic)",
 )
 def linear_probe(

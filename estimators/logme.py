@@ -24,6 +24,7 @@ _ALGORITHMS = {"fixed_point": (1e-3, False), "icml": (1e-2, True)}  # (tolerance
 
 @register(
     "logme",
+    family="moment",
     reference="You et al., LogME, ICML 2021 / JMLR 2022 (thuml/LogME)",
 )
 def logme(

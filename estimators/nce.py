@@ -14,6 +14,7 @@ __all__ = ["nce", "NCE"]
 
 @register(
     "nce",
+    family="source-head",
     needs=("source_probs",),
     reference="Tran, Nguyen & Hassner, Transferability and Hardness of Supervised Classification Tasks, "
     "ICCV 2019 (TLlib negative_conditional_entropy)",

@@ -101,6 +101,7 @@ def _vc_bounds(counts: NDArray[np.float64]) -> tuple[float, float]:
 
 @register(
     "ncti",
+    family="class-mean",
     reference="Wang et al., How Far Pre-trained Models Are from Neural Collapse on the Target Dataset Informs "
     "their Transferability, ICCV 2023 (BUserName/NCTI metrics.py NCTI_Score), made pool-free",
 )

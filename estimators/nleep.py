@@ -57,6 +57,7 @@ def _leep_log(posteriors: NDArray[np.float64], stats: Statistics) -> float:
 
 @register(
     "nleep",
+    family="moment",
     reference="Li et al., Ranking Neural Checkpoints, CVPR 2021 (google-research stable_transfer nleep.py)",
 )
 def nleep(

@@ -38,6 +38,7 @@ def _check_positive(name: str, value: float) -> None:
 
 @register(
     "pactran_gauss",
+    family="moment",
     higher_is_better=False,
     reference="Ding et al., PACTran: PAC-Bayesian Metrics for Estimating the Transferability of Pretrained "
     "Models to Classification Tasks, ECCV 2022 (google-research/pactran_metrics calculate_pac_gauss)",
@@ -149,6 +150,7 @@ def pactran_gauss(
 
 @register(
     "pactran_dirichlet",
+    family="source-head",
     needs=("source_probs",),
     higher_is_better=False,
     reference="Ding et al., PACTran: PAC-Bayesian Metrics for Estimating the Transferability of Pretrained "

@@ -32,6 +32,7 @@ def _reduce(features: NDArray[np.float64], pca_dim: int | None) -> NDArray[np.fl
 
 @register(
     "parc",
+    family="sample",
     reference="Bolya et al., Scalable Diverse Model Selection for Accessible Transfer Learning, NeurIPS 2021 "
     "(dbolya/parc methods.py)",
 )

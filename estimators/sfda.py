@@ -97,6 +97,7 @@ def _true_class_mean(posterior: NDArray[np.float64], labels: NDArray[np.intp]) -
 
 @register(
     "lda",
+    family="moment",
     reference="Shao et al., Not All Models Are Equal (SFDA), ECCV 2022 — its first-stage "
     "shrinkage-LDA posterior (TencentARC/SFDA)",
 )
@@ -140,6 +141,7 @@ def lda(
 
 @register(
     "sfda",
+    family="moment",
     reference="Shao et al., Not All Models Are Equal: Predicting Model Transferability in a "
     "Self-challenging Fisher Space, ECCV 2022 (TencentARC/SFDA)",
 )

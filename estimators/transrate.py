@@ -22,6 +22,7 @@ def _coding_rate(gram_like: NDArray[np.float64], n_rows: int, eps: float, backen
 
 @register(
     "transrate",
+    family="moment",
     reference="Huang et al., Frustratingly Easy Transferability Estimation, ICML 2022 (TLlib transrate)",
 )
 def transrate(

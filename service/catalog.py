@@ -152,6 +152,7 @@ def estimator_catalog() -> list[dict[str, Any]]:
             "needs": list(info.needs),
             "higher_is_better": info.higher_is_better,
             "reference": info.reference,
+            "family": info.family,
             "params": {k: v for k, v in info.params.items() if isinstance(v, str | int | float | bool) or v is None},
         }
         for info in list_estimators()

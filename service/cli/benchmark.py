@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -212,20 +213,20 @@ def calibrate_command(
         bool, typer.Option("--markdown", help="Print the LOTO tables as Markdown (for benchmarks/README.md).")
     ] = False,
     max_member_seconds: Annotated[
-        float,
+        float | None,
         typer.Option(
             min=0.0,
             help="Fusion members must have cost at most this many seconds per (target, backbone) in the benchmark "
-            "(p_best recomputes them on every half-sample); the source-accuracy prior is free.",
+            "(p_best recomputes them on every half-sample; default: no limit); the priors are free.",
         ),
-    ] = 5.0,
+    ] = None,
     fusable: Annotated[
         list[str] | None,
         typer.Option(
             "--fusable",
-            help="Estimators allowed as fusion members (repeatable; default: the cheap ones, "
-            "service.pipeline.calibration.selection.FUSABLE_ESTIMATORS). p_best recomputes members on every "
-            "half-sample.",
+            help="Estimators allowed as fusion members (repeatable; default: every estimator). For a quick "
+            "p_best: the ones without a D x D decomposition, "
+            "service.pipeline.calibration.selection.FUSABLE_ESTIMATORS.",
         ),
     ] = None,
 ) -> None:
@@ -235,7 +236,6 @@ def calibrate_command(
     try:
         from service.pipeline.calibration.fit import fit_calibration
         from service.pipeline.calibration.model import save_calibration
-        from service.pipeline.calibration.selection import FUSABLE_ESTIMATORS
 
         results = []
         for path in result_files:
@@ -248,8 +248,9 @@ def calibrate_command(
         calibration = fit_calibration(
             results,
             files=result_files,
-            max_member_seconds=max_member_seconds,
-            fusable=frozenset(fusable) if fusable else FUSABLE_ESTIMATORS,
+            max_member_seconds=math.inf if max_member_seconds is None else max_member_seconds,
+            fusable=frozenset(fusable) if fusable else None,
+            kinds=_builtin_kinds(results),
         )
         written = save_calibration(calibration, output)
     except InvalidCalibration as err:
@@ -266,6 +267,20 @@ def calibrate_command(
     else:
         _print_calibration(calibration.to_dict())
     err_console.print(f"wrote {escape(str(written))}")
+
+
+def _builtin_kinds(results: list[Any]) -> dict[str, str]:
+    """The kind of each built-in target, for results recorded before targets carried their kind."""
+    from service.builtin.datasets import BUILTIN_DATASETS
+
+    kinds = {}
+    for result in results:
+        for target in (result.get("targets") or []) if isinstance(result, dict) else []:
+            dataset = str(target.get("dataset") or "") if isinstance(target, dict) else ""
+            info = BUILTIN_DATASETS.get(dataset.removeprefix("builtin:").split("#")[0])
+            if info is not None and dataset.startswith("builtin:"):
+                kinds[str(target.get("name"))] = info.kind
+    return kinds
 
 
 def _fmt(value: float | None, spec: str = ".3f") -> str:
@@ -323,9 +338,18 @@ def _print_calibration(data: dict[str, Any]) -> None:
         f"{_fmt(fusion['best_single_mean_weighted_tau'], '+.3f')}; fused (LOTO) "
         f"{_fmt(fusion['fused_mean_weighted_tau'], '+.3f')}: "
         + ("the fusion reaches it" if verdict else "the fusion does NOT reach it" if verdict is False else "n/a")
-        + f"; best single cheap enough to be a member: {fusion.get('best_fusable_single')} "
-        f"{_fmt(fusion.get('best_fusable_single_mean_weighted_tau'), '+.3f')}"
+        + f"; fused top-1 regret {_fmt(fusion.get('fused_mean_top1_regret'))}"
     )
+    if fusion.get("per_kind"):
+        console.print(
+            "leave-one-kind-out, fused τw: "
+            + ", ".join(f"{row['kind']} {_fmt(row['weighted_tau'], '+.3f')}" for row in fusion["per_kind"])
+        )
+    if evaluation.get("fusable") is not None or evaluation.get("max_member_seconds") is not None:
+        console.print(
+            f"best single allowed as a member: {fusion.get('best_fusable_single')} "
+            f"{_fmt(fusion.get('best_fusable_single_mean_weighted_tau'), '+.3f')}"
+        )
     unrestricted = evaluation.get("fusion_unrestricted") or {}
     if unrestricted:
         console.print(

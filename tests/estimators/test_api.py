@@ -60,7 +60,7 @@ def test_registry_lists_every_estimator_with_metadata():
 
 def test_registering_a_name_twice_is_refused():
     with pytest.raises(ValueError, match="twice"):
-        register("logme", reference="x")(lambda **kw: 0.0)
+        register("logme", family="moment", reference="x")(lambda **kw: 0.0)
 
 
 def test_unknown_parameter_names_the_accepted_ones():

@@ -31,7 +31,16 @@ from service.pipeline.calibration.model import (
 )
 from service.pipeline.calibration.p_best import _half_sample, p_best, source_accuracy_of
 from service.pipeline.calibration.samples import samples_from_results
-from service.pipeline.calibration.selection import FUSABLE_ESTIMATORS, _residual_bounds
+from service.pipeline.calibration.selection import (
+    _NEAR_TIE,
+    COMMITTEE_RULES,
+    FUSABLE_ESTIMATORS,
+    CommitteeRule,
+    _fusion_candidates,
+    _residual_bounds,
+    _select_fusion,
+    family_of,
+)
 
 ESTIMATORS = ("class_means", "knn", "logme", "nce")
 
@@ -232,17 +241,26 @@ def test_fused_scores_are_the_mean_of_standardised_members():
     assert ranked == pytest.approx([0.0, 0.5, 1.0])
 
 
-def _target(name: str, good: list[float], oracle: list[float], accuracy: list[float]) -> dict[str, Any]:
+def _target(
+    name: str, good: list[float], oracle: list[float], accuracy: list[float], kind: str | None = None
+) -> dict[str, Any]:
     rows = [
         {
             "id": f"b{i}",
-            "scores": {"good": g, "oracle": o, "class_means": a - 0.1},  # not listed as an estimator: no member
+            # "good2" and "good3" are "good" again (a committee needs three); class_means is not an estimator here
+            "scores": {"good": g, "good2": g, "good3": g, "oracle": o, "class_means": a - 0.1},
             "accuracy": {"mean": a, "std": 0.0, "per_seed": [a]},
             "linear_probe_accuracy": None,
         }
         for i, (g, o, a) in enumerate(zip(good, oracle, accuracy, strict=True))
     ]
-    return {"name": name, "n_classes": 4, "backbones": rows}
+    target: dict[str, Any] = {"name": name, "n_classes": 4, "backbones": rows}
+    if kind is not None:
+        target["kind"] = kind
+    return target
+
+
+_GOOD_AND_ORACLE = [{"name": n, "higher_is_better": True} for n in ("good", "good2", "good3", "oracle")]
 
 
 def test_fusion_loto_never_looks_at_the_held_out_target():
@@ -250,20 +268,64 @@ def test_fusion_loto_never_looks_at_the_held_out_target():
     accuracy = [0.3, 0.4, 0.5, 0.6, 0.7]
     result = {
         "kind": "benchmark",
-        "estimators": [{"name": "good", "higher_is_better": True}, {"name": "oracle", "higher_is_better": True}],
+        "estimators": _GOOD_AND_ORACLE,
         "baselines": [],
-        # "good" is right on t0-t2 and wrong on t3; "oracle" the other way round
+        # the "good"s are right on t0-t2 and wrong on t3; "oracle" the other way round
         "targets": [_target(f"t{i}", up, down, accuracy) for i in range(3)] + [_target("t3", down, up, accuracy)],
     }
     samples, directions = samples_from_results([result])
-    fusion = loto_evaluation(samples, directions, fusable={"good", "oracle"})["fusion"]
+    fusion = loto_evaluation(samples, directions)["fusion"]
     held = fusion["per_target"][3]
-    assert held["target"] == "t3" and held["fusion"]["members"] == ["good"]
+    assert held["target"] == "t3"
+    # drawn from t0-t2 only: the "good"s lead it, "oracle" (wrong there) comes last if at all
+    assert held["fusion"]["members"][:3] == ["good", "good2", "good3"]
     assert held["weighted_tau"] == pytest.approx(-1.0)  # what an honest choice scores there
+    assert held["top1_regret"] == pytest.approx(0.4)
     assert held["selected_single"] == "good"
     assert fusion["fused_mean_weighted_tau"] == pytest.approx((1 + 1 + 1 - 1) / 4)
     assert fusion["best_single"] == "good" and fusion["fused_at_least_best_single"] is True
     assert fusion["single_mean_weighted_tau"]["oracle"] == pytest.approx(-0.5)
+    assert fusion["per_kind"] is None  # the result names no kinds
+
+
+def test_committee_has_three_members_at_least_and_two_of_a_family_at_most():
+    samples, directions = samples_from_results([synthetic_result(n_targets=4, seed=2)])
+    candidates = _fusion_candidates(samples, directions)
+    fusion, _, selection = _select_fusion(samples, directions, candidates)
+    assert len(candidates) >= 3  # one per family here, so no family cap applies
+    assert len(fusion.members) >= 3 and len(fusion.members) == min(selection["chosen"]["size"], len(candidates))
+    families = [family_of(m) for m in fusion.members]
+    assert max(families.count(f) for f in families) <= 2
+    # among rules within _NEAR_TIE of the best criterion, the largest committee was taken
+    best = max(row["criterion"] for row in selection["rules"])
+    near = [row["rule"]["size"] for row in selection["rules"] if row["criterion"] >= best - _NEAR_TIE]
+    assert selection["chosen"]["size"] == max(near)
+    assert {rule.size for rule in COMMITTEE_RULES} == {3, 5, 7}
+    # the family cap skips a third sample-based estimator and takes the next family's best
+    ranked = ["knn", "linear_probe", "parc", "logme", "leep", "class_means"]
+    assert CommitteeRule(3, 2, "rank").members(ranked) == ("knn", "linear_probe", "logme")
+    assert CommitteeRule(5, 1, "rank").members(ranked) == ("knn", "logme", "leep", "class_means")
+
+
+def test_leave_one_kind_out_holds_a_whole_kind_out():
+    up, down = [1.0, 2.0, 3.0, 4.0, 5.0], [5.0, 4.0, 3.0, 2.0, 1.0]
+    accuracy = [0.3, 0.4, 0.5, 0.6, 0.7]
+    # kind "a": the "good"s are right; kind "b" (two targets): they are wrong and "oracle" is right
+    targets = [_target(f"a{i}", up, down, accuracy, kind="a") for i in range(3)]
+    targets += [_target(f"b{i}", down, up, accuracy, kind="b") for i in range(2)]
+    result = {"kind": "benchmark", "estimators": _GOOD_AND_ORACLE, "baselines": [], "targets": targets}
+    samples, directions = samples_from_results([result])
+    assert {s.kind for s in samples} == {"a", "b"}
+    per_kind = {row["kind"]: row for row in loto_evaluation(samples, directions)["fusion"]["per_kind"]}
+    assert per_kind["b"]["targets"] == ["b0", "b1"]
+    # fitted on kind "a" alone, the committee is led by the "good"s and is wrong on both "b" targets at once,
+    # whereas holding out one "b" target lets the other one teach the fit
+    assert per_kind["b"]["fusion"]["members"][:3] == ["good", "good2", "good3"]
+    assert per_kind["b"]["weighted_tau"] == pytest.approx(-1.0)
+    # kinds missing from a result come from the caller
+    legacy = {**result, "targets": [{k: v for k, v in t.items() if k != "kind"} for t in targets]}
+    kinds = {t["name"]: t["kind"] for t in targets}
+    assert [s.kind for s in samples_from_results([legacy], kinds)[0]] == [s.kind for s in samples]
 
 
 def test_one_target_in_two_settings_is_two_rankings_and_one_loto_group():
@@ -276,7 +338,7 @@ def test_one_target_in_two_settings_is_two_rankings_and_one_loto_group():
         return {
             "kind": "benchmark",
             "suite": {"name": name},
-            "estimators": [{"name": "good", "higher_is_better": True}, {"name": "oracle", "higher_is_better": True}],
+            "estimators": _GOOD_AND_ORACLE,
             "baselines": [],
             "targets": targets,
         }
@@ -287,7 +349,7 @@ def test_one_target_in_two_settings_is_two_rankings_and_one_loto_group():
     few = result("default-10-per-class", 10.0, [0.3, 0.35, 0.4, 0.45, 0.5], 10)
     samples, directions = samples_from_results([many, few])
     assert {(s.setting, s.images_per_class) for s in samples} == {("default", 20.0), ("default-10-per-class", 10.0)}
-    evaluation = loto_evaluation(samples, directions, fusable={"good", "oracle"})
+    evaluation = loto_evaluation(samples, directions)
     fusion = evaluation["fusion"]
     assert [r["target"] for r in fusion["per_target"]] == ["t0", "t1", "t2"]  # held out with both settings
     assert fusion["single_mean_weighted_tau"]["good"] == pytest.approx(1.0)
@@ -313,16 +375,19 @@ def test_expensive_estimators_are_not_fusion_members_but_are_still_compared():
     assert fusion["best_fusable_single"] == max(fusable, key=fusable.get)
 
 
-def test_only_cheap_estimators_are_fusion_members_by_default():
+def test_every_estimator_may_be_a_fusion_member_unless_restricted():
     calibration = fit_calibration([synthetic_result()])
     candidates = calibration.evaluation["fusion"]["final_candidates"]
+    assert "logme" in candidates and "fusion_unrestricted" not in calibration.evaluation
+    cheap = fit_calibration([synthetic_result()], fusable=FUSABLE_ESTIMATORS)
+    candidates = cheap.evaluation["fusion"]["final_candidates"]
     assert set(candidates) <= FUSABLE_ESTIMATORS | {"source_accuracy"} and "logme" not in candidates
     widened = fit_calibration([synthetic_result()], fusable={"logme", "class_means"})
     assert set(widened.evaluation["fusion"]["final_candidates"]) == {"logme", "class_means", "source_accuracy"}
 
 
 def test_fused_verdict_matches_the_numbers():
-    evaluation = fit_calibration([synthetic_result(n_targets=5, seed=3)]).evaluation
+    evaluation = fit_calibration([synthetic_result(n_targets=5, seed=3)], fusable=FUSABLE_ESTIMATORS).evaluation
     fusion = evaluation["fusion"]
     unrestricted = evaluation["fusion_unrestricted"]  # same protocol, any estimator may be a member
     assert unrestricted["fused_mean_weighted_tau"] == pytest.approx(

@@ -25,9 +25,10 @@ from service.pipeline.calibration.selection import (
     _NOT_FUSABLE,
     _PRIOR,
     _PRIORS,
-    FUSABLE_ESTIMATORS,
     _fusion_candidates,
+    _fusion_regret,
     _fusion_tau,
+    _regret,
     _select_accuracy_models,
     _select_fusion,
     _tau,
@@ -40,15 +41,16 @@ def loto_evaluation(
     samples: Sequence[Sample],
     directions: Mapping[str, bool],
     *,
-    max_member_seconds: float = 5.0,
-    fusable: Collection[str] = FUSABLE_ESTIMATORS,
+    max_member_seconds: float = math.inf,
+    fusable: Collection[str] | None = None,
 ) -> dict[str, Any]:
     """Leave-one-target-out tables: accuracy MAE/coverage per target, fused vs single-estimator τw.
 
     For each held-out target everything is refitted on the other targets only: the accuracy model's
-    input set (by inner LOTO), its coefficients and its interval quantiles; the fusion's members and
-    standardisation. Baselines: the raw class-mean accuracy (no calibration) and a constant (the mean
-    t-value of the training rows).
+    input set (by inner LOTO), its coefficients and its interval quantiles; the fusion's committee rule
+    (itself chosen by an inner leave-one-target-out and leave-one-kind-out) and members. The fusion is also
+    held out a whole kind of targets at a time (leave-one-kind-out). Baselines: the raw class-mean accuracy
+    (no calibration) and a constant (the mean t-value of the training rows).
     """
     targets = _targets(samples)
     if len(targets) < 3:
@@ -58,8 +60,8 @@ def loto_evaluation(
     out: dict[str, Any] = {
         "protocol": "leave-one-target-out: each target's numbers come from a fit on the other targets only",
         "nominal_coverage": NOMINAL_COVERAGE,
-        "max_member_seconds": max_member_seconds,
-        "fusable": sorted(fusable),
+        "max_member_seconds": None if math.isinf(max_member_seconds) else max_member_seconds,
+        "fusable": None if fusable is None else sorted(fusable),
         "accuracy": {},
     }
     for ground_truth in GROUND_TRUTHS:
@@ -137,9 +139,10 @@ def loto_evaluation(
             ],
         }
     out["fusion"] = _loto_fusion(samples, directions, targets, max_member_seconds, fusable)
+    if fusable is None and math.isinf(max_member_seconds):
+        return out
     # the same protocol with every estimator allowed as a member (no cost limit): what the cost rule gives up
-    every = {n for s in samples for n in s.scores} - _NOT_FUSABLE
-    unrestricted = _loto_fusion(samples, directions, targets, math.inf, every)
+    unrestricted = _loto_fusion(samples, directions, targets, math.inf, None)
     out["fusion_unrestricted"] = {
         "fused_mean_weighted_tau": unrestricted["fused_mean_weighted_tau"],
         "fused_at_least_best_single": unrestricted["fused_at_least_best_single"],
@@ -156,30 +159,36 @@ def _loto_fusion(
     directions: Mapping[str, bool],
     targets: Sequence[str],
     max_member_seconds: float,
-    fusable: Collection[str],
+    fusable: Collection[str] | None,
 ) -> dict[str, Any]:
     groups = _rankings(samples)
 
-    def score_tau(name: str, higher_is_better: bool) -> dict[str, float | None]:
-        per_ranking = {}
+    def score_values(name: str, higher_is_better: bool) -> tuple[dict[str, float | None], dict[str, float | None]]:
+        taus, regrets = {}, {}
         for key, rows in groups.items():
             raw = np.array([np.nan if s.scores.get(name) is None else s.scores[name] for s in rows], dtype=float)
-            per_ranking[key] = _tau(
-                as_higher_is_better(raw, higher_is_better), np.array([s.finetune for s in rows], dtype=float)
-            )
-        return _per_target(per_ranking)
+            oriented = as_higher_is_better(raw, higher_is_better)
+            accuracy = np.array([s.finetune for s in rows], dtype=float)
+            taus[key] = _tau(oriented, accuracy)
+            regrets[key] = _regret(oriented, accuracy)
+        return _per_target(taus), _per_target(regrets)
 
     singles = sorted({n for s in samples for n in s.scores} - _NOT_FUSABLE - {_PRIOR})
-    single_tau = {name: score_tau(name, directions[name]) for name in singles if name in directions}
-    prior_tau = score_tau(_PRIOR, True) if _PRIOR in directions else {}
+    single_values = {name: score_values(name, directions[name]) for name in singles if name in directions}
+    single_tau = {name: values[0] for name, values in single_values.items()}
+    single_regret = {name: values[1] for name, values in single_values.items()}
+    prior_tau = score_values(_PRIOR, True)[0] if _PRIOR in directions else {}
     per_target = []
     fused_values: list[float | None] = []
+    fused_regrets: list[float | None] = []
     selected_single_values: list[float | None] = []
     for held in targets:
         train = [s for s in samples if s.target != held]
         candidates = _fusion_candidates(train, directions, max_member_seconds, fusable)
-        fusion, train_tau = _select_fusion(train, directions, candidates)
-        tau = _fusion_tau({key: rows for key, rows in groups.items() if key[0] == held}, fusion)[held]
+        fusion, train_tau, selection = _select_fusion(train, directions, candidates)
+        held_groups = {key: rows for key, rows in groups.items() if key[0] == held}
+        tau = _fusion_tau(held_groups, fusion)[held]
+        regret = _fusion_regret(held_groups, fusion)[held]
         # the honest single-estimator analogue: the one best on the training targets
         train_targets = [t for t in targets if t != held]
         ranked_singles = sorted(
@@ -188,16 +197,21 @@ def _loto_fusion(
         )
         picked = ranked_singles[0] if ranked_singles else None
         fused_values.append(tau)
+        fused_regrets.append(regret)
         selected_single_values.append(single_tau[picked][held] if picked else None)
         per_target.append(
             {
                 "target": held,
+                "kind": next((s.kind for s in samples if s.target == held), ""),
                 "fusion": fusion.to_dict(),
+                "rule": selection["chosen"],
                 "train_weighted_tau": train_tau,
                 "weighted_tau": tau,
+                "top1_regret": regret,
                 "selected_single": picked,
                 "selected_single_weighted_tau": single_tau[picked][held] if picked else None,
                 "single_weighted_tau": {n: single_tau[n][held] for n in single_tau},
+                "single_top1_regret": {n: single_regret[n][held] for n in single_regret},
                 "prior_weighted_tau": prior_tau.get(held),
             }
         )
@@ -214,8 +228,12 @@ def _loto_fusion(
         "metric": "weighted Kendall tau (scipy.stats.weightedtau) of the score vs the fine-tuned accuracy, "
         "mean over targets",
         "per_target": per_target,
+        "per_kind": _loko_fusion(samples, directions, max_member_seconds, fusable, single_tau),
         "fused_mean_weighted_tau": fused_mean,
+        "fused_mean_top1_regret": _mean(fused_regrets),
+        "fused_top1_within_one_point": _share([r is not None and r <= 0.01 for r in fused_regrets if r is not None]),
         "single_mean_weighted_tau": single_means,
+        "single_mean_top1_regret": {n: _mean(list(v.values())) for n, v in single_regret.items()},
         "prior_mean_weighted_tau": _mean(list(prior_tau.values())) if prior_tau else None,
         "best_single": best,
         "best_single_mean_weighted_tau": best_mean,
@@ -226,6 +244,48 @@ def _loto_fusion(
             None if fused_mean is None or best_mean is None else bool(fused_mean >= best_mean - 1e-12)
         ),
     }
+
+
+def _share(flags: Sequence[bool]) -> float | None:
+    return float(np.mean(flags)) if flags else None
+
+
+def _loko_fusion(
+    samples: Sequence[Sample],
+    directions: Mapping[str, bool],
+    max_member_seconds: float,
+    fusable: Collection[str] | None,
+    single_tau: Mapping[str, Mapping[str, float | None]],
+) -> list[dict[str, Any]] | None:
+    """Leave-one-kind-out: the fusion fitted on the other kinds of target, scored on each held-out kind's targets
+    (None when the results name no kinds, or only one)."""
+    kinds: dict[str, list[str]] = {}
+    for s in samples:
+        if s.kind and s.target not in kinds.setdefault(s.kind, []):
+            kinds[s.kind].append(s.target)
+    if len(kinds) < 2 or any(not s.kind for s in samples):
+        return None
+    groups = _rankings(samples)
+    out = []
+    for kind, members in kinds.items():
+        train = [s for s in samples if s.kind != kind]
+        if len(_targets(train)) < 2:
+            continue
+        candidates = _fusion_candidates(train, directions, max_member_seconds, fusable)
+        fusion, _, selection = _select_fusion(train, directions, candidates)
+        held_groups = {key: rows for key, rows in groups.items() if key[0] in members}
+        taus = _fusion_tau(held_groups, fusion)
+        out.append(
+            {
+                "kind": kind,
+                "targets": members,
+                "fusion": fusion.to_dict(),
+                "rule": selection["chosen"],
+                "weighted_tau": _mean([taus.get(t) for t in members]),
+                "single_weighted_tau": {n: _mean([v.get(t) for t in members]) for n, v in single_tau.items()},
+            }
+        )
+    return out
 
 
 # ------------------------------------------------------------------------------------------- markdown
@@ -281,31 +341,67 @@ def evaluation_markdown(data: Mapping[str, Any]) -> str:
     best = fusion["best_single"]
     lines += [
         "Fused ranking vs single estimators, leave-one-target-out (weighted Kendall τ against the fine-tuned "
-        "accuracy; fusion and the selected single estimator are chosen on the other targets only):",
+        "accuracy; the fusion's committee rule and members, and the selected single estimator, are chosen on the "
+        "other targets only):",
         "",
-        f"| target | fused | members | selected single | best single ({best}) | source-accuracy prior |",
-        "|---|---|---|---|---|---|",
+        f"| target | kind | fused | top-1 regret | members | selected single | best single ({best}) "
+        "| source-accuracy prior |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in fusion["per_target"]:
         lines.append(
-            f"| {row['target']} | {_cell(row['weighted_tau'], '+.3f')} | {', '.join(row['fusion']['members'])} | "
+            f"| {row['target']} | {row.get('kind') or ''} | {_cell(row['weighted_tau'], '+.3f')} | "
+            f"{_cell(row.get('top1_regret'), '.3f')} | {', '.join(row['fusion']['members'])} "
+            f"({row['fusion']['normalisation']}) | "
             f"{row['selected_single']} {_cell(row['selected_single_weighted_tau'], '+.3f')} | "
             f"{_cell(row['single_weighted_tau'].get(best) if best else None, '+.3f')} | "
             f"{_cell(row['prior_weighted_tau'], '+.3f')} |"
         )
     verdict = fusion["fused_at_least_best_single"]
     lines += [
-        f"| **mean** | **{_cell(fusion['fused_mean_weighted_tau'], '+.3f')}** | | "
+        f"| **mean** | | **{_cell(fusion['fused_mean_weighted_tau'], '+.3f')}** | "
+        f"{_cell(fusion.get('fused_mean_top1_regret'), '.3f')} | | "
         f"{_cell(fusion['loto_selected_single_mean_weighted_tau'], '+.3f')} | "
         f"{_cell(fusion['best_single_mean_weighted_tau'], '+.3f')} | "
         f"{_cell(fusion['prior_mean_weighted_tau'], '+.3f')} |",
         "",
         "Verdict: the fused ranking "
         + ("reaches" if verdict else "does **not** reach" if verdict is False else "cannot be compared with")
-        + f" the best single estimator in hindsight ({best}). Best single estimator cheap enough to be a fusion "
-        f"member (recomputed for p_best): {fusion.get('best_fusable_single')} "
-        f"{_cell(fusion.get('best_fusable_single_mean_weighted_tau'), '+.3f')}.",
+        + f" the best single estimator in hindsight ({best}); its pick is within one accuracy point of the best "
+        f"backbone on {_cell(fusion.get('fused_top1_within_one_point'), '.0%')} of the held-out targets.",
     ]
+    per_kind = fusion.get("per_kind")
+    if per_kind:
+        lines += [
+            "",
+            f"Leave-one-kind-out (the fusion fitted on the other kinds of target only; τw, and {best} for comparison):",
+            "",
+            f"| held-out kind | targets | fused | members | {best} |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {row['kind']} | {', '.join(row['targets'])} | {_cell(row['weighted_tau'], '+.3f')} | "
+            f"{', '.join(row['fusion']['members'])} ({row['fusion']['normalisation']}) | "
+            f"{_cell(row['single_weighted_tau'].get(best) if best else None, '+.3f')} |"
+            for row in per_kind
+        ]
+    selection = fusion.get("final_selection")
+    if selection:
+        lines += [
+            "",
+            "The packaged fusion's committee rule, chosen on every target (nested leave-one-target-out and "
+            "leave-one-kind-out τw of each rule):",
+            "",
+            "| members | per family | standardisation | LOTO | LOKO | criterion |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {row['rule']['size']} | {row['rule']['per_family']} | {row['rule']['normalisation']} | "
+            f"{_cell(row['loto_weighted_tau'], '+.3f')} | {_cell(row['loko_weighted_tau'], '+.3f')} | "
+            f"{_cell(row['criterion'], '+.3f')} |"
+            for row in selection["rules"]
+        ]
+        lines += ["", f"Chosen: {selection['chosen_description']}: {', '.join(data['fusion']['members'])}."]
     unrestricted = evaluation.get("fusion_unrestricted")
     if unrestricted:
         lines += [

@@ -10,6 +10,7 @@ because it sits on top of the evaluation, which the request-time path never impo
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import os
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
@@ -17,12 +18,7 @@ from typing import Any
 from service.pipeline.calibration.evaluation import loto_evaluation
 from service.pipeline.calibration.model import GROUND_TRUTHS, AccuracyModel, Calibration
 from service.pipeline.calibration.samples import samples_from_results
-from service.pipeline.calibration.selection import (
-    FUSABLE_ESTIMATORS,
-    _fusion_candidates,
-    _select_accuracy_models,
-    _select_fusion,
-)
+from service.pipeline.calibration.selection import _fusion_candidates, _select_accuracy_models, _select_fusion
 
 __all__ = ["fit_calibration"]
 
@@ -31,8 +27,9 @@ def fit_calibration(
     results: Sequence[Mapping[str, Any]],
     *,
     files: Sequence[str | os.PathLike[str]] | None = None,
-    max_member_seconds: float = 5.0,
-    fusable: Collection[str] = FUSABLE_ESTIMATORS,
+    max_member_seconds: float = math.inf,
+    fusable: Collection[str] | None = None,
+    kinds: Mapping[str, str] | None = None,
 ) -> Calibration:
     """Fit on every target of ``results`` (benchmark result dicts) and attach the LOTO evaluation.
 
@@ -42,27 +39,32 @@ def fit_calibration(
     files : the paths they were read from (recorded in ``source``), optional
     max_member_seconds : float
         Fusion members must cost at most this many seconds per (target, backbone) on average (as the
-        benchmark recorded), since ``p_best`` recomputes them on every resample. The prior is free.
-    fusable : collection of str
-        Estimators allowed as fusion members (default :data:`FUSABLE_ESTIMATORS`, the ones without a
-        D x D decomposition or PCA). Every estimator is still compared as a single one.
+        benchmark recorded), since ``p_best`` recomputes them on every resample (default: no limit). The
+        priors are free.
+    fusable : collection of str, optional
+        Estimators allowed as fusion members (default: every one; :data:`FUSABLE_ESTIMATORS
+        <service.pipeline.calibration.selection.FUSABLE_ESTIMATORS>` are the ones without a D x D
+        decomposition or PCA, for a quick ``p_best``). Every estimator is still compared as a single one.
+    kinds : mapping, optional
+        ``{target name: kind}`` for results whose targets do not record their kind (leave-one-kind-out).
 
     Raises
     ------
     InvalidCalibration
         Not benchmark results, fewer than 3 targets, or no ``class_means`` scores.
     """
-    samples, directions = samples_from_results(results)
+    samples, directions = samples_from_results(results, kinds)
     evaluation = loto_evaluation(samples, directions, max_member_seconds=max_member_seconds, fusable=fusable)
     accuracy: dict[str, list[AccuracyModel] | None] = {}
     for gt in GROUND_TRUTHS:
         models = _select_accuracy_models(samples, gt) if any(s.truth(gt) is not None for s in samples) else []
         accuracy[gt] = models or None
     candidates = _fusion_candidates(samples, directions, max_member_seconds, fusable)
-    fusion, train_tau = _select_fusion(samples, directions, candidates)
+    fusion, train_tau, selection = _select_fusion(samples, directions, candidates)
     # what the packaged fusion could choose from, and how it scores on the targets it was chosen on (optimistic)
     evaluation["fusion"]["final_candidates"] = candidates
     evaluation["fusion"]["final_train_mean_weighted_tau"] = train_tau
+    evaluation["fusion"]["final_selection"] = selection
     names = list(files) if files is not None else [None] * len(results)
     source = {
         "results": [

@@ -36,16 +36,23 @@ class Sample:
     setting: str = ""
     #: Images per class the row was ranked (and fine-tuned) on; None when the result does not say.
     images_per_class: float | None = None
+    #: The target's kind (glyphs, photos, ...): leave-one-kind-out holds out a kind's targets together;
+    #: "" when the result does not say (the target is then a kind of its own).
+    kind: str = ""
 
     def truth(self, ground_truth: str) -> float | None:
         return self.finetune if ground_truth == "finetune" else self.linear_probe
 
 
-def samples_from_results(results: Sequence[Mapping[str, Any]]) -> tuple[list[Sample], dict[str, bool]]:
+def samples_from_results(
+    results: Sequence[Mapping[str, Any]], kinds: Mapping[str, str] | None = None
+) -> tuple[list[Sample], dict[str, bool]]:
     """The rows of benchmark results, and each score's direction (``{name: higher_is_better}``).
 
     Targets are identified by name: the same target in two results is one LOTO group (held out together),
     and two rankings (``Sample.setting``: the result's suite name, numbered if two results share one).
+    A target's kind is the result's (``targets[].kind``), else ``kinds[target name]`` (for results recorded
+    before targets carried one), else none.
 
     Raises
     ------
@@ -67,8 +74,9 @@ def samples_from_results(results: Sequence[Mapping[str, Any]]) -> tuple[list[Sam
             for entry in [*result.get("estimators", []), *result.get("baselines", [])]:
                 directions[entry["name"]] = bool(entry["higher_is_better"])
             for target in result["targets"]:
+                kind = str(target.get("kind") or (kinds or {}).get(str(target["name"])) or "")
                 for row in target["backbones"]:
-                    samples.append(_sample(target, row, setting))
+                    samples.append(_sample(target, row, setting, kind))
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise InvalidCalibration(
                 f"input {index + 1} is a malformed benchmark result ({type(err).__name__}: {err}); "
@@ -79,7 +87,7 @@ def samples_from_results(results: Sequence[Mapping[str, Any]]) -> tuple[list[Sam
     return samples, directions
 
 
-def _sample(target: Mapping[str, Any], row: Mapping[str, Any], setting: str) -> Sample:
+def _sample(target: Mapping[str, Any], row: Mapping[str, Any], setting: str, kind: str) -> Sample:
     accuracy = row.get("accuracy") or {}
     if accuracy.get("mean") is None:
         raise ValueError(f"target {target['name']!r}, backbone {row.get('id')!r} has no accuracy")
@@ -95,6 +103,7 @@ def _sample(target: Mapping[str, Any], row: Mapping[str, Any], setting: str) -> 
         seconds=dict((row.get("seconds") or {}).get("per_estimator") or {}),
         setting=setting,
         images_per_class=None if not n_images else float(n_images) / int(target["n_classes"]),
+        kind=kind,
     )
 
 
