@@ -40,10 +40,10 @@ _LITES: dict[str, tuple[int, float]] = {
     "tf_efficientnet_lite2.in1k": (72, 0.7747),
 }
 #: Images per class of the default suite, in every split (targets have 40 train / 20 val / 40 test). With 20,
-#: the six original targets x 11 backbones took 72 min on a 2-core CPU (x 4 fine-tuning runs per pair: 2
-#: learning rates on seed 0, then seeds 1 and 2; with all 40 it was ~3 h); the twelve targets x 14 backbones
-#: are estimated at ~3 h, under 2 h when the 66 recorded pairs are reused (``--reuse``). Few-shot targets are
-#: also the regime where choosing the backbone matters most.
+#: the six original targets x 11 backbones (66 pairs) took 72 min on a 2-core CPU (x 4 fine-tuning runs per
+#: pair: 2 learning rates on seed 0, then seeds 1 and 2; with all 40 it was ~3 h); the twelve targets x 13
+#: backbones (156 pairs) are estimated at ~3 h, under 2 h when the 66 recorded pairs are reused (``--reuse``).
+#: Few-shot targets are also the regime where choosing the backbone matters most.
 _DEFAULT_PER_CLASS = 20
 
 #: Every built-in target with its kind (service/builtin/datasets/info.py): the six that were the suite first,
