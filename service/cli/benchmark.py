@@ -57,6 +57,16 @@ def benchmark_command(
         ),
     ] = None,
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue an interrupted run.")] = True,
+    reuse: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--reuse",
+            metavar="RESULT.json",
+            help="Take the (target, backbone) pairs of an earlier benchmark result as recorded instead of "
+            "computing them, where they were produced under the same protocol (environment fingerprint, "
+            "fine-tuning, images per class, estimators, input size); a mismatch is refused and named. Repeatable.",
+        ),
+    ] = None,
     report: Annotated[bool, typer.Option("--report/--no-report", help="Also write the HTML report.")] = True,
     bootstrap: Annotated[int, typer.Option(min=0, help="Bootstrap replicates per target for the CIs.")] = 500,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda ... (default: settings).")] = None,
@@ -86,6 +96,7 @@ def benchmark_command(
             backbone_map=mapping,
             n_bootstrap=bootstrap,
             device=device,
+            reuse=[str(p) for p in reuse or []],
         )
         runtime = _local_runtime(offline=offline)
         with _benchmark_progress() as on_progress:

@@ -193,6 +193,12 @@ class BenchmarkRequest(_Request):
     )
     n_bootstrap: int = Field(500, ge=0, le=100_000, description="Bootstrap replicates per target for the CIs.")
     device: Device | None = None
+    reuse: list[LocalPath] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Earlier benchmark result files whose (target, backbone) pairs are taken as recorded when "
+        "they were produced under the same protocol (environment, fine-tuning, sample size, estimators).",
+    )
 
 
 def local_only_fields(request: RankingRequest | FinetuneRequest) -> list[str]:

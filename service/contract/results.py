@@ -353,6 +353,7 @@ class BenchmarkTarget(_Loose):
     name: str
     dataset: str
     relation: str
+    kind: str = Field("", description="What the target's images are (glyphs, photos, ...); '' in older files.")
     n_classes: int
     n_rank_images: int
     n_test_images: int | None
@@ -381,6 +382,12 @@ class BenchmarkResult(_Model):
     cost: dict[str, Any] | None = None
     seconds: TotalSeconds | None = None
     files: dict[str, str] | None = Field(None, description="Where the CLI wrote the JSON/CSV (and HTML).")
+    reused: dict[str, Any] | None = Field(
+        None,
+        description="Pairs taken from earlier results (--reuse) instead of computed: 'pairs' lists each "
+        "(target, backbone, file); 'refused' each pair of those files not reused, with the protocol mismatch. "
+        "Reused pairs keep their recorded seconds. Null when nothing was offered for reuse.",
+    )
 
 
 # ------------------------------------------------------------------------------------------------ loading

@@ -224,5 +224,6 @@ def benchmark(
         hf_cache_dir=runtime.hf_cache_dir,
         n_bootstrap=request.n_bootstrap,
         progress=progress,
+        reuse=[Path(p) for p in request.reuse],
     )
     return BenchmarkResult.model_validate(result)

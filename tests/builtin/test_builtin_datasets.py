@@ -43,7 +43,11 @@ def _files(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-@pytest.mark.parametrize("name", ["glyphs-greek", "textures", "natural-patches"])
+#: The far targets drawn from photographs, plots and iterated maps (six new kinds of image for the zoo).
+FAR_TARGETS = ("photo-filters", "photo-rotations", "charts", "waveforms", "fractals", "cellular-automata")
+
+
+@pytest.mark.parametrize("name", ["glyphs-greek", "textures", "natural-patches", *FAR_TARGETS])
 def test_two_builds_are_byte_identical_with_the_documented_layout(name: str, tmp_path: Path) -> None:
     first = materialize_builtin_dataset(name, tmp_path / "a", counts=TINY)
     second = materialize_builtin_dataset(name, tmp_path / "b", counts=TINY)
@@ -218,8 +222,14 @@ def test_metadata_is_consistent() -> None:
     sources = {name for name, info in BUILTIN_DATASETS.items() if info.role == "source"}
     assert sources == {"glyphs-latin", "textures", "shapes"}
     for name, info in BUILTIN_DATASETS.items():
-        assert info.name == name and info.description and info.relation and info.n_classes >= 10
+        assert info.name == name and info.description and info.relation and info.n_classes >= 8
+        assert info.kind and info.to_dict()["kind"] == info.kind
         assert info.related_source is None or info.related_source in sources
         assert info.to_dict()["name"] == name
+    for name in FAR_TARGETS:  # far from every zoo source, and few classes: cheap to fine-tune on
+        info = BUILTIN_DATASETS[name]
+        assert info.role == "target" and info.closeness == "far" and info.related_source is None
+        assert 8 <= info.n_classes <= 12 and default_counts(name) == _TARGET_COUNTS
+    assert {BUILTIN_DATASETS[n].kind for n in FAR_TARGETS} == {"photos", "graphics", "dynamics"}
     assert default_counts("shapes") == {"train": 120, "val": 20, "test": 20}
     assert default_counts("digits") == {"train": 40, "val": 20, "test": 40}

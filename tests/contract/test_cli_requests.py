@@ -262,7 +262,7 @@ def test_finetune_refuses_out_with_server_and_a_non_ranking_winner(recorded, tmp
 
 BENCHMARK_FIELDS = {
     "suite": "suite", "target": "targets", "per_class": "per_class", "data_dir": "data_dir",
-    "backbone_map": "backbone_map", "bootstrap": "n_bootstrap", "device": "device",
+    "backbone_map": "backbone_map", "bootstrap": "n_bootstrap", "device": "device", "reuse": "reuse",
 }  # fmt: skip
 
 
@@ -271,7 +271,8 @@ def test_every_benchmark_option_reaches_the_request(recorded):
     assert set(BENCHMARK_FIELDS.values()) == set(BenchmarkRequest.model_fields)
     outcome = _invoke(
         "benchmark", "--suite", "standard", "-t", "pets", "-t", "dtd", "--per-class", "5", "--data-dir", "/d",
-        "-b", "googlenet=random:resnet10t", "--bootstrap", "50", "--device", "cpu",
+        "-b", "googlenet=random:resnet10t", "--bootstrap", "50", "--device", "cpu", "--reuse", "a.json",
+        "--reuse", "b.json",
     )  # fmt: skip
     assert outcome.exit_code == 2 and "recorded" in outcome.stderr
     assert recorded["local"].model_dump() == {
@@ -282,4 +283,5 @@ def test_every_benchmark_option_reaches_the_request(recorded):
         "backbone_map": {"googlenet": "random:resnet10t"},
         "n_bootstrap": 50,
         "device": "cpu",
+        "reuse": ["a.json", "b.json"],
     }

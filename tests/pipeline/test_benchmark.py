@@ -263,3 +263,92 @@ def test_the_effective_request_names_the_targets_and_sample_size_that_ran(target
     result = engine.benchmark(BenchmarkRequest(suite=str(suite_file), n_bootstrap=10), runtime, out_dir=None)
     assert result.request is not None
     assert result.request.targets == ["shapes"] and result.request.per_class is None
+
+
+def _forbid_work(monkeypatch) -> list[str]:
+    """Record every fine-tuning and feature extraction the run starts (a reused pair needs neither)."""
+    from service.pipeline.finetune import finetune as finetune_module
+
+    calls: list[str] = []
+    real_finetune, real_extract = finetune_module.finetune, benchmark_module.extract_features
+
+    def finetune(dataset, backbone, **kwargs):
+        calls.append(f"finetune {backbone} {kwargs['strategy']}")
+        return real_finetune(dataset, backbone, **kwargs)
+
+    def extract(dataset, backbones, **kwargs):
+        calls.extend(f"extract {b.spec.id}" for b in backbones)
+        return real_extract(dataset, backbones, **kwargs)
+
+    monkeypatch.setattr(finetune_module, "finetune", finetune)
+    monkeypatch.setattr(benchmark_module, "extract_features", extract)
+    return calls
+
+
+def test_reuse_takes_every_recorded_pair_as_it_was(target_dir, weights, tmp_path, monkeypatch):
+    suite = _finetune_suite(target_dir, weights)
+    first = run_benchmark(suite, out_dir=tmp_path / "a", n_bootstrap=20, device="cpu")
+    recorded = json.loads(Path(first["files"]["json"]).read_text())
+    assert recorded["targets"][0]["kind"] == "" and recorded["reused"] is None
+
+    calls = _forbid_work(monkeypatch)
+    again = run_benchmark(suite, out_dir=tmp_path / "b", n_bootstrap=20, device="cpu", reuse=[first["files"]["json"]])
+    assert calls == []  # nothing ranked, nothing fine-tuned
+    saved = json.loads(Path(again["files"]["json"]).read_text())
+    assert saved["targets"][0]["backbones"] == recorded["targets"][0]["backbones"]  # seconds included
+    assert saved["targets"][0]["n_test_images"] == recorded["targets"][0]["n_test_images"]
+    assert saved["cost"]["finetune_seconds"] == pytest.approx(recorded["cost"]["finetune_seconds"])
+    reused = saved["reused"]
+    assert reused["files"] == [first["files"]["json"]] and reused["refused"] == []
+    assert {(p["target"], p["backbone"]) for p in reused["pairs"]} == {("shapes", b.id) for b in suite.backbones}
+    assert all(p["file"] == first["files"]["json"] for p in reused["pairs"])
+    assert reused["recorded_seconds"]["finetune"] == pytest.approx(recorded["cost"]["finetune_seconds"])
+
+
+def test_reuse_computes_only_what_the_record_lacks_or_did_otherwise(target_dir, weights, tmp_path, monkeypatch):
+    suite = _finetune_suite(target_dir, weights)
+    first = run_benchmark(suite, out_dir=tmp_path / "a", n_bootstrap=20, device="cpu")
+    recorded = {r["id"]: r for r in first["targets"][0]["backbones"]}
+    same, other = suite.backbones
+    wider = Suite(
+        **{
+            **suite.__dict__,
+            "name": "wider",
+            "targets": (SuiteTarget("shapes", str(target_dir), "test", "shapes"),),
+            # one pair as recorded, one at another input size (refused), one new backbone
+            "backbones": (same, SuiteBackbone(other.id, input_size=40), SuiteBackbone("random:test_efficientnet", 32)),
+        }
+    )
+    calls = _forbid_work(monkeypatch)
+    result = run_benchmark(wider, out_dir=None, n_bootstrap=20, device="cpu", reuse=[first["files"]["json"]])
+    # features of the two pairs not reused only (extraction names the canonical ids), and their fine-tunings
+    assert len([c for c in calls if c.startswith("extract")]) == 2
+    assert sorted(c for c in calls if c.startswith("finetune")) == sorted(
+        f"finetune {b} {s}" for b in (other.id, "random:test_efficientnet") for s in ("full", "linear")
+    )
+    [target] = result["targets"]
+    assert target["kind"] == "shapes"
+    rows = {r["id"]: r for r in target["backbones"]}
+    assert rows[same.id] == recorded[same.id]
+    assert rows[other.id]["input_size"] == 40
+    assert [(p["backbone"]) for p in result["reused"]["pairs"]] == [same.id]
+    [refused] = result["reused"]["refused"]
+    assert refused["backbone"] == other.id and refused["reason"] == "suite input_size 32 vs 40"
+
+
+def test_reuse_refuses_a_result_of_another_protocol(target_dir, weights, tmp_path):
+    suite = _finetune_suite(target_dir, weights)
+    first = run_benchmark(suite, out_dir=tmp_path, n_bootstrap=20, device="cpu")
+    path = Path(first["files"]["json"])
+    longer = Suite(**{**suite.__dict__, "finetune": FinetuneSpec(**{**suite.finetune.__dict__, "epochs": 2})})
+    with pytest.raises(ValueError, match="fine-tuning differs: epochs 1 vs 2"):
+        run_benchmark(longer, out_dir=None, device="cpu", reuse=[path])
+    other_machine = json.loads(path.read_text())
+    other_machine["environment"]["fingerprint"] = "gpu-torch9-timm9-00000000"
+    moved = tmp_path / "other.json"
+    moved.write_text(json.dumps(other_machine))
+    with pytest.raises(ValueError, match="environment fingerprint gpu-torch9-timm9-00000000 differs"):
+        run_benchmark(suite, out_dir=None, device="cpu", reuse=[moved])
+    (tmp_path / "junk.json").write_text("[]")
+    with pytest.raises(ValueError, match="not a benchmark result"):
+        run_benchmark(suite, out_dir=None, device="cpu", reuse=[tmp_path / "junk.json"])

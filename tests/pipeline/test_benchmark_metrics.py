@@ -17,6 +17,7 @@ from service.pipeline.benchmark.metrics import (
 from service.pipeline.benchmark.results import summarize
 from service.pipeline.benchmark.suites import (
     STANDARD_TARGET_FOLDERS,
+    FinetuneSpec,
     get_suite,
     load_suite_file,
     standard_ground_truth,
@@ -143,6 +144,25 @@ def test_builtin_suites_take_another_images_per_class_setting(builtins: None) ->
         get_suite("standard", per_class=10)
     with pytest.raises(ValueError, match="at least 2 images"):
         get_suite("default", per_class=1)
+
+
+def test_the_default_suite_is_wide_and_grouped_by_kind(builtins: None) -> None:
+    from service.builtin.datasets import BUILTIN_DATASETS
+
+    default = get_suite("default")
+    assert len(default.targets) >= 12 and len({t.name for t in default.targets}) == len(default.targets)
+    infos = [BUILTIN_DATASETS[t.dataset.removeprefix("builtin:")] for t in default.targets]
+    assert sum(info.closeness == "far" for info in infos) * 2 >= len(infos)
+    assert all(t.kind and t.kind == info.kind for t, info in zip(default.targets, infos, strict=True))
+    assert len({t.kind for t in default.targets}) >= 5
+    assert "kind" in default.to_dict()["targets"][0]
+    lites = {b.id: b for b in default.backbones if "efficientnet_lite" in b.id}
+    assert set(lites) == {f"tf_efficientnet_lite{k}.in1k" for k in range(3)}
+    assert len({b.input_size for b in lites.values()}) > 1 and lites["tf_efficientnet_lite0.in1k"].input_size == 64
+    assert all(0.7 < (b.source_accuracy or 0) < 0.8 for b in lites.values())
+    assert default.finetune == FinetuneSpec(epochs=6, max_per_class=20)
+    quick = get_suite("quick")
+    assert [t.name for t in quick.targets] == ["glyphs-greek", "textures-fine"] and len(quick.backbones) == 4
 
 
 def test_suite_toml_file(tmp_path) -> None:

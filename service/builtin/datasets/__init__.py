@@ -3,23 +3,36 @@
 
 No hub is reachable, so the product ships its own small world: *source* tasks to pretrain the built-in
 zoo on and *target* tasks to rank and fine-tune on, whose relation to the sources varies from near
-(another alphabet in the same fonts) to far (patches of photographs). Everything is drawn from what
-installed packages carry: matplotlib's bundled DejaVu fonts, scikit-learn's ``load_digits``,
-scikit-image's sample images and procedural textures and shapes.
+(another alphabet in the same fonts) to far (patches of photographs, charts, Julia sets). Everything is
+drawn from what installed packages carry: matplotlib's bundled DejaVu fonts, scikit-learn's
+``load_digits``, scikit-image's sample images, and what numpy and Pillow draw (textures, shapes, charts,
+signal traces, fractals, cellular automata). Each dataset has a *kind* (what its images are), by which the
+benchmark groups targets for leave-one-kind-out evaluation.
 
-======================  ======  ==================================================================
-name                    role    what
-======================  ======  ==================================================================
-``glyphs-latin``        source  A-Z, a-z, 0-9 in 12 DejaVu faces, affine, colours, clutter, noise
-``textures``            source  20 procedural texture families with random parameters
-``shapes``              source  12 filled shapes, random size/position/colour/rotation, clutter
-``glyphs-greek``        target  Greek letters (near ``glyphs-latin``)
-``glyphs-cyrillic``     target  Cyrillic capitals unlike any Latin letter (near ``glyphs-latin``)
-``math-symbols``        target  operators, relations and arrows (same renderer, unlike letters)
-``digits``              target  scikit-learn's 8x8 handwritten digits upscaled (different domain)
-``textures-fine``       target  pairs of close texture parameters as classes (fine ``textures``)
-``natural-patches``     target  crops of scikit-image's photographs, class = photograph (far)
-======================  ======  ==================================================================
+======================  ======  ===========  ====================================================
+name                    role    kind         what
+======================  ======  ===========  ====================================================
+``glyphs-latin``        source  glyphs       A-Z, a-z, 0-9 in 12 DejaVu faces, affine, colours,
+                                             clutter, noise
+``textures``            source  textures     20 procedural texture families, random parameters
+``shapes``              source  shapes       12 filled shapes, random size/position/colour/rotation
+``glyphs-greek``        target  glyphs       Greek letters (near ``glyphs-latin``)
+``glyphs-cyrillic``     target  glyphs       Cyrillic capitals unlike any Latin letter (near)
+``math-symbols``        target  glyphs       operators, relations and arrows (mid)
+``digits``              target  handwriting  scikit-learn's 8x8 handwritten digits upscaled
+                                             (different domain)
+``textures-fine``       target  textures     close texture parameters as classes (near ``textures``)
+``natural-patches``     target  photos       crops of scikit-image's photographs, class = photograph
+                                             (far)
+``photo-filters``       target  photos       11 image operations (blur, edges, sepia, ...) on crops
+                                             of the colour photographs, class = operation (far)
+``photo-rotations``     target  photos       discs of photographs turned by k x 45 degrees, class =
+                                             angle (far)
+``charts``              target  graphics     10 chart types of random data (far)
+``waveforms``           target  graphics     10 signal families drawn as traces (far)
+``fractals``            target  dynamics     views of 10 Julia sets, class = parameter c (far)
+``cellular-automata``   target  dynamics     10 elementary CA rules' space-time diagrams (far)
+======================  ======  ===========  ====================================================
 
 Each dataset is materialised once as an ImageFolder::
 
@@ -42,8 +55,9 @@ is. A file lock keeps two processes from building the same dataset.
 ``load_dataset("builtin:glyphs-greek#test")`` works; :data:`BUILTIN_DATASETS` describes them.
 
 The package is split by concern: :mod:`.info` (what each dataset is), :mod:`.render` (the plan types and
-the drawing helpers every generator shares), one module per generator (:mod:`.glyphs`, :mod:`.digits`,
-:mod:`.textures`, :mod:`.shapes`, :mod:`.photos`) and :mod:`.materialize` (registration, manifests and
+the drawing helpers every generator shares), one module per generator or family (:mod:`.glyphs`,
+:mod:`.digits`, :mod:`.textures`, :mod:`.shapes`, :mod:`.photos`, :mod:`.photo_tasks`, :mod:`.plots`,
+:mod:`.dynamics`) and :mod:`.materialize` (registration, manifests and
 the atomic build). The names below are its public face.
 """
 

@@ -37,6 +37,9 @@ class BuiltinDatasetInfo:
         n_classes: Nominal number of classes; the materialised ``dataset.json`` has the exact list
             (a glyph no font covers or a sample image that does not load offline is dropped).
         description: One line.
+        kind: What the images are, in one word (``"glyphs"``, ``"handwriting"``, ``"textures"``, ``"shapes"``,
+            ``"photos"``, ``"graphics"``, ``"dynamics"``): the benchmark groups targets by it, so that a
+            leave-one-kind-out evaluation holds out every target of a kind at once.
     """
 
     name: str
@@ -46,6 +49,7 @@ class BuiltinDatasetInfo:
     closeness: str
     n_classes: int
     description: str
+    kind: str
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (for the API)."""
@@ -57,6 +61,7 @@ class BuiltinDatasetInfo:
             "closeness": self.closeness,
             "n_classes": self.n_classes,
             "description": self.description,
+            "kind": self.kind,
         }
 
 
@@ -91,6 +96,49 @@ _SHAPE_CLASSES = (
     "arrow", "circle", "crescent", "cross", "ellipse", "heart", "hexagon", "pentagon", "ring", "square",
     "star", "triangle",
 )  # fmt: skip
+#: ``photo-filters``: the operation applied to a photograph's crop is the class.
+_PHOTO_FILTERS = (
+    "blur", "edges", "emboss", "grayscale", "invert", "mosaic", "plain", "posterize", "sepia", "sharpen",
+    "solarize",
+)  # fmt: skip
+#: ``photo-rotations``: class name -> degrees counter-clockwise.
+_PHOTO_ROTATIONS: dict[str, float] = {
+    "upright": 0.0, "left-eighth": 45.0, "left-quarter": 90.0, "left-three-eighths": 135.0, "upside-down": 180.0,
+    "right-three-eighths": 225.0, "right-quarter": 270.0, "right-eighth": 315.0,
+}  # fmt: skip
+_CHART_CLASSES = (
+    "area", "bar-horizontal", "bar-vertical", "boxplot", "heatmap", "histogram", "line", "pie", "scatter", "step",
+)  # fmt: skip
+_WAVEFORM_CLASSES = (
+    "amplitude-modulated", "chirp", "damped", "noise", "pulse-train", "random-walk", "sawtooth", "sine", "square",
+    "triangle",
+)  # fmt: skip
+#: ``fractals``: Julia sets z -> z^2 + c, by their usual names; (Re c, Im c).
+_JULIA_PARAMETERS: dict[str, tuple[float, float]] = {
+    "airplane": (-1.7549, 0.0),
+    "basilica": (-1.0, 0.0),
+    "cauliflower": (0.25, 0.0),
+    "dendrite": (0.0, 1.0),
+    "dragon": (0.285, 0.01),
+    "dust": (0.45, 0.35),
+    "galaxy": (-0.7269, 0.1889),
+    "rabbit": (-0.1226, 0.7449),
+    "siegel-disk": (-0.3905, 0.5868),
+    "spiral": (-0.8, 0.156),
+}
+#: ``cellular-automata``: Wolfram's elementary rules, chosen across his four behaviour classes.
+_AUTOMATON_RULES: dict[str, int] = {
+    "rule-eighteen": 18,
+    "rule-thirty": 30,
+    "rule-fortyfive": 45,
+    "rule-fiftyfour": 54,
+    "rule-seventythree": 73,
+    "rule-ninety": 90,
+    "rule-onehundredfive": 105,
+    "rule-onehundredten": 110,
+    "rule-onehundredfifty": 150,
+    "rule-onehundredeightyfour": 184,
+}
 
 BUILTIN_DATASETS: Mapping[str, BuiltinDatasetInfo] = {
     info.name: info
@@ -98,38 +146,79 @@ BUILTIN_DATASETS: Mapping[str, BuiltinDatasetInfo] = {
         BuiltinDatasetInfo(
             "glyphs-latin", "source", "source task", None, "source", len(_LATIN),
             "Latin letters and digits (62 classes) in 12 DejaVu faces; affine, colours, clutter, noise",
+            kind="glyphs",
         ),
         BuiltinDatasetInfo(
             "textures", "source", "source task", None, "source", len(_TEXTURE_CLASSES),
             "procedural textures: stripes, checkers, dots, waves, noise, gradients, bricks, cells",
+            kind="textures",
         ),
         BuiltinDatasetInfo(
             "shapes", "source", "source task", None, "source", len(_SHAPE_CLASSES),
             "filled geometric shapes at random size, position, colour and rotation on cluttered backgrounds",
+            kind="shapes",
         ),
         BuiltinDatasetInfo(
             "glyphs-greek", "target", "near glyphs-latin", "glyphs-latin", "near", len(_GREEK),
             "Greek letters (small and the capitals unlike Latin) in glyphs-latin's fonts and rendering",
+            kind="glyphs",
         ),
         BuiltinDatasetInfo(
             "glyphs-cyrillic", "target", "near glyphs-latin", "glyphs-latin", "near", len(_CYRILLIC),
             "Cyrillic capitals that look like no Latin letter, in glyphs-latin's fonts and rendering",
+            kind="glyphs",
         ),
         BuiltinDatasetInfo(
             "math-symbols", "target", "mid glyphs-latin", "glyphs-latin",
             "mid", len(_MATH), "math operators, relations and arrows in glyphs-latin's fonts and rendering",
+            kind="glyphs",
         ),
         BuiltinDatasetInfo(
             "digits", "target", "different domain (handwriting)", "glyphs-latin",
             "different-domain", 10, "scikit-learn's 8x8 handwritten digits upscaled, affine, colours, noise",
+            kind="handwriting",
         ),
         BuiltinDatasetInfo(
             "textures-fine", "target", "near textures (fine-grained)", "textures", "near",
             len(_FINE_TEXTURE_CLASSES), "pairs of close texture parameters as separate classes",
+            kind="textures",
         ),
         BuiltinDatasetInfo(
             "natural-patches", "target", "far (photographs)", None, "far",
             len(_NATURAL_IMAGES), "random crops of scikit-image's sample photographs; class = photograph",
+            kind="photos",
+        ),
+        BuiltinDatasetInfo(
+            "photo-filters", "target", "far (photographs, class = image operation)", None, "far",
+            len(_PHOTO_FILTERS), "crops of scikit-image's colour photographs; class = the operation applied "
+            "(blur, edges, sepia, posterize, ...)",
+            kind="photos",
+        ),
+        BuiltinDatasetInfo(
+            "photo-rotations", "target", "far (photographs, class = orientation)", None, "far",
+            len(_PHOTO_ROTATIONS), "discs cut from scikit-image's photographs, turned by a multiple of 45 degrees; "
+            "class = the angle (which way is up)",
+            kind="photos",
+        ),
+        BuiltinDatasetInfo(
+            "charts", "target", "far (data graphics)", None, "far", len(_CHART_CLASSES),
+            "chart types (bars, pie, scatter, heatmap, box plot, ...) of random data in random colours",
+            kind="graphics",
+        ),
+        BuiltinDatasetInfo(
+            "waveforms", "target", "far (signal traces)", None, "far", len(_WAVEFORM_CLASSES),
+            "signal families (sine, square, chirp, damped, noise, ...) drawn as a trace, random frequency and phase",
+            kind="graphics",
+        ),
+        BuiltinDatasetInfo(
+            "fractals", "target", "far (Julia sets)", None, "far", len(_JULIA_PARAMETERS),
+            "views of Julia sets near their boundary, random zoom, rotation and palette; class = parameter c",
+            kind="dynamics",
+        ),
+        BuiltinDatasetInfo(
+            "cellular-automata", "target", "far (cellular automata)", None, "far", len(_AUTOMATON_RULES),
+            "space-time diagrams of elementary cellular automata from random rows; class = rule",
+            kind="dynamics",
         ),
     )
 }  # fmt: skip

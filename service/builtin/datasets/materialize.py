@@ -27,6 +27,7 @@ from PIL import Image
 from service.atomic import replace_dir
 
 from .digits import _digit_scans, _plan_digits
+from .dynamics import _boundary_points, _plan_automata, _plan_fractals
 from .glyphs import _glyph_mask, _plan_glyphs
 from .info import (
     _CYRILLIC,
@@ -42,7 +43,9 @@ from .info import (
     _info,
     default_counts,
 )
+from .photo_tasks import _plan_photo_filters, _plan_photo_rotations
 from .photos import _natural_images, _plan_natural
+from .plots import _plan_charts, _plan_waveforms
 from .render import _Plan, _rng
 from .shapes import _plan_shapes
 from .textures import _plan_fine_textures, _plan_textures
@@ -220,6 +223,7 @@ def _release_caches() -> None:
     _glyph_mask.cache_clear()
     _natural_images.cache_clear()
     _digit_scans.cache_clear()
+    _boundary_points.cache_clear()
 
 
 def _resolve_counts(name: str, counts: Mapping[str, int] | None) -> dict[str, int]:
@@ -316,4 +320,10 @@ _PLANNERS: dict[str, Callable[[int, int], _Plan]] = {
     "digits": _plan_digits,
     "textures-fine": _plan_fine_textures,
     "natural-patches": _plan_natural,
+    "photo-filters": _plan_photo_filters,
+    "photo-rotations": _plan_photo_rotations,
+    "charts": _plan_charts,
+    "waveforms": _plan_waveforms,
+    "fractals": _plan_fractals,
+    "cellular-automata": _plan_automata,
 }

@@ -49,6 +49,20 @@ def _natural_images() -> tuple[tuple[str, Image.Image], ...]:
     return tuple(loaded)
 
 
+def _tiles(
+    seed: int, dataset: str, photo: str, grid: int = _TILE_GRID, per_split: Mapping[str, int] = _TILES_PER_SPLIT
+) -> dict[str, list[tuple[int, int]]]:
+    """The photograph's ``grid`` x ``grid`` tiles per split (disjoint), drawn once per photograph."""
+    order = _rng(seed, dataset, "tiles", photo).permutation(grid * grid)
+    tiles: dict[str, list[tuple[int, int]]] = {}
+    start = 0
+    for split in SPLITS:
+        chosen = sorted(int(t) for t in order[start : start + per_split[split]])
+        tiles[split] = [(t % grid, t // grid) for t in chosen]
+        start += per_split[split]
+    return tiles
+
+
 def _natural_renderer(image: Image.Image, tiles: Mapping[str, list[tuple[int, int]]], size: int) -> Renderer:
     width, height = image.size
     tile_w, tile_h = width / _TILE_GRID, height / _TILE_GRID
@@ -78,13 +92,7 @@ def _plan_natural(size: int, seed: int) -> _Plan:
     classes = []
     for name, image in images:
         class_name = name.replace("_", "-")
-        order = _rng(seed, "natural-patches", "tiles", class_name).permutation(_TILE_GRID * _TILE_GRID)
-        tiles: dict[str, list[tuple[int, int]]] = {}
-        start = 0
-        for split in SPLITS:
-            chosen = sorted(int(t) for t in order[start : start + _TILES_PER_SPLIT[split]])
-            tiles[split] = [(t % _TILE_GRID, t // _TILE_GRID) for t in chosen]
-            start += _TILES_PER_SPLIT[split]
+        tiles = _tiles(seed, "natural-patches", class_name)
         meta = {"skimage_data": name, "source_size": list(image.size)}
         classes.append(_ClassDef(class_name, _natural_renderer(image, tiles, size), meta))
     missing = [n for n in _NATURAL_IMAGES if n not in {name for name, _ in images}]

@@ -36,6 +36,7 @@ from estimators import get_estimator
 from service.errors import BackboneRankError, DatasetNotFound, InvalidDataset, WeightsUnavailable
 from service.pipeline.benchmark.checkpoint import _Checkpoint
 from service.pipeline.benchmark.results import environment_info, summarize, write_results
+from service.pipeline.benchmark.reuse import plan_reuse, reused_record, seed_checkpoint
 from service.pipeline.benchmark.suites import Suite, SuiteBackbone, SuiteTarget, missing_data_hint
 from service.pipeline.data.datasets import load_dataset
 from service.pipeline.features.extract import extract_features, select_device
@@ -115,6 +116,7 @@ def run_benchmark(
     build_zoo: bool = True,
     progress: BenchmarkCallback | None = None,
     request: Mapping[str, Any] | None = None,
+    reuse: Sequence[str | Path] = (),
 ) -> dict[str, Any]:
     """Run ``suite`` and return the benchmark result (written to ``out_dir`` unless it is None).
 
@@ -133,11 +135,16 @@ def run_benchmark(
         Build the zoo models the suite uses and that are missing (``backbone-rank zoo build``).
     request : mapping, optional
         The effective ``BenchmarkRequest`` (JSON) that asked for this run, recorded in the result.
+    reuse : sequence of paths
+        Earlier benchmark results whose (target, backbone) pairs are taken as recorded instead of computed,
+        when they were produced under the same protocol (:mod:`service.pipeline.benchmark.reuse`); the
+        result's ``reused`` block lists them with their files and every refused pair with the mismatch.
 
     Raises
     ------
     ValueError
-        Unknown target names, or fewer than 2 usable backbones / no usable target.
+        Unknown target names, or fewer than 2 usable backbones / no usable target, or a ``reuse`` file that is
+        unreadable or was produced under another protocol (environment, fine-tuning, sample size, estimators).
     BackboneRankError
         A dataset or backbone problem of a fine-tuned suite (published suites skip what is missing).
     """
@@ -160,6 +167,22 @@ def run_benchmark(
     )
     loaded, skipped = _load_backbones(suite, weights_dirs, hf_cache_dir)
     estimator_names = list(suite.estimators) if suite.estimators else None
+    refused: list[dict[str, str]] = []
+    if reuse:
+        usable = {t.name: datasets[t.name] for t in chosen if not isinstance(datasets[t.name], BackboneRankError)}
+        plan = plan_reuse(
+            [Path(p) for p in reuse],
+            suite=suite,
+            targets=chosen,
+            datasets=usable,
+            loaded=loaded,
+            estimators={
+                name: estimator_names or default_estimators(len(ds), len(ds.classes)) for name, ds in usable.items()
+            },
+            env=env,
+        )
+        seed_checkpoint(plan, checkpoint, loaded)
+        refused = plan.refused
     total = len(chosen) * len(loaded)
     done = 0
     target_results: list[dict[str, Any]] = []
@@ -199,6 +222,7 @@ def run_benchmark(
                 "name": target.name,
                 "dataset": target.dataset,
                 "relation": target.relation,
+                "kind": target.kind,
                 "n_classes": len(dataset.classes),
                 "n_rank_images": ranking["n_images"],
                 "n_test_images": _first(r.get("_n_test") for r in rows),
@@ -234,6 +258,12 @@ def run_benchmark(
         "baselines": [dict(b) for b in BASELINES],
         "targets": target_results,
         "skipped": {"backbones": skipped, "targets": skipped_targets},
+        "reused": reused_record(
+            checkpoint,
+            [Path(p) for p in reuse],
+            refused,
+            {(t["name"], row["id"]): row for t in target_results for row in t["backbones"]},
+        ),
     }
     summarize(result, n_bootstrap=n_bootstrap)
     result["seconds"] = {"total": time.perf_counter() - started}
@@ -355,16 +385,20 @@ def _rank_target(
     checkpoint: _Checkpoint,
     target: SuiteTarget,
 ) -> dict[str, Any]:
-    """Scores and ranking seconds per backbone id (checkpointed as one piece per target)."""
+    """Scores and ranking seconds per backbone id (checkpointed as one piece per target).
+
+    Only the backbones the checkpointed piece lacks are ranked (those of pairs reused from an earlier result
+    are in it already): each backbone's scores depend on its own features only.
+    """
     cached = checkpoint.get("rank", target.name, "*")
-    if cached is not None:
+    backbones = [b for _, b in loaded if cached is None or b.spec.id not in cached["backbones"]]
+    if cached is not None and not backbones:
         return cached
-    backbones = [b for _, b in loaded]
     feature_sets = extract_features(dataset, backbones, device=device, batch_size=batch_size, cache=None)
     ranked = rank_feature_sets(
         dataset, feature_sets, estimators=estimator_names or default_estimators(len(dataset), len(dataset.classes))
     )
-    by_id = {}
+    by_id = dict(cached["backbones"]) if cached is not None else {}
     for row in ranked["backbones"]:
         seconds = row["seconds"]
         by_id[row["id"]] = {

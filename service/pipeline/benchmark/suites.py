@@ -20,6 +20,7 @@ A suite may also be a TOML file (``--suite my_suite.toml``)::
     [[targets]]
     name = "plants"
     dataset = "/data/plants"             # any dataset reference rank accepts
+    kind = "photos"                      # optional: groups targets for leave-one-kind-out
     [[backbones]]
     id = "zoo:latin-resnet10t"
     [[backbones]]
@@ -61,11 +62,16 @@ __all__ = [
 
 @dataclass(frozen=True)
 class SuiteTarget:
-    """One target task: a dataset reference (its train split is ranked, val picks the lr, test is reported)."""
+    """One target task: a dataset reference (its train split is ranked, val picks the lr, test is reported).
+
+    ``kind`` groups targets by what their images are (``"glyphs"``, ``"photos"``, ...): a leave-one-kind-out
+    evaluation holds out every target of a kind at once. Empty when the suite does not say.
+    """
 
     name: str
     dataset: str
     relation: str = ""
+    kind: str = ""
 
 
 @dataclass(frozen=True)
