@@ -171,6 +171,7 @@ def builtin_dataset_catalog(settings: Settings) -> list[dict[str, Any]]:
                 "name": info.name,
                 "ref": {"kind": "builtin", "name": info.name},
                 "role": info.role,
+                "kind": info.kind,
                 "relation": info.relation,
                 "n_classes": len(manifest["classes"]) if manifest else info.n_classes,
                 "materialized": manifest is not None,

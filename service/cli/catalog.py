@@ -104,7 +104,7 @@ def list_datasets_command(
         typer.Option("--builtin-dir", help="Where built-in datasets are materialized (default: <cache dir>/builtin)."),
     ] = None,
 ) -> None:
-    """List the built-in datasets (use as builtin:NAME): role, classes, relation to the sources, materialized."""
+    """List the built-in datasets (use as builtin:NAME): role, kind, classes, relation to the sources, materialized."""
     from service.builtin.datasets import BUILTIN_DATASETS, builtin_dataset_manifest
     from service.config import get_settings
 
@@ -114,6 +114,7 @@ def list_datasets_command(
     for column, justify in (
         ("name", "left"),
         ("role", "left"),
+        ("kind", "left"),
         ("classes", "right"),
         ("relation", "left"),
         ("materialized", "left"),
@@ -125,5 +126,5 @@ def list_datasets_command(
         # is dropped); otherwise show the nominal count.
         classes = len(manifest["classes"]) if manifest else info.n_classes
         state = f"yes ({sum(manifest['counts'].values())} images)" if manifest else "no"
-        table.add_row(info.name, info.role, str(classes), escape(info.relation), state)
+        table.add_row(info.name, info.role, info.kind, str(classes), escape(info.relation), state)
     console.print(table)

@@ -171,6 +171,7 @@ def test_cli_lists_the_datasets_and_whether_they_are_materialised(tmp_path: Path
     assert "yes (70 images)" in rows["digits"] and " 10 " in rows["digits"]
     assert "no" in rows["glyphs-latin"].split() and "source" in rows["glyphs-latin"]
     assert "near glyphs-latin" in rows["glyphs-greek"]
+    assert " glyphs " in rows["glyphs-greek"] and " dynamics " in rows["fractals"]
 
 
 def test_parallel_build_matches_the_sequential_one(tmp_path: Path) -> None:

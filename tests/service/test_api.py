@@ -306,6 +306,7 @@ def test_catalog(client: TestClient) -> None:
     assert {"logme", "leep", "nce"} <= names
     datasets = {d["name"]: d for d in client.get("/v1/datasets/builtin").json()["datasets"]}
     assert datasets["glyphs-greek"]["role"] == "target" and datasets["glyphs-greek"]["materialized"] is False
+    assert datasets["glyphs-greek"]["kind"] == "glyphs" and datasets["charts"]["kind"] == "graphics"
 
 
 def test_sse_stream_of_a_job(client: TestClient, dataset: Path) -> None:
