@@ -364,6 +364,27 @@ class BenchmarkTarget(_Loose):
     )
 
 
+class ZooModelProvenance(_Model):
+    """What one zoo model of a benchmark was built from, by content."""
+
+    weights_sha256: str | None = Field(description="sha256 of the weights file the run loaded.")
+    source: str | None = Field(None, description="The built-in source dataset it was trained on.")
+    source_dataset_sha256: str | None = Field(None, description="The source dataset's content hash (dataset.json).")
+    source_dataset_sha256_from: Literal["card", "dataset manifest"] | None = Field(
+        None,
+        description='"card": recorded by the build; "dataset manifest": the card predates recording it, so it was '
+        "read from the source dataset on disk, whose generator version and image counts are the card's.",
+    )
+
+
+class ZooProvenance(_Model):
+    """The zoo models a benchmark used; a calibration fitted on it records their hashes, and a ranking with
+    other weights says so."""
+
+    models: dict[str, ZooModelProvenance] = Field(description="Per zoo backbone id.")
+    note: str | None = Field(None, description="How the block was obtained when not by the run itself.")
+
+
 class BenchmarkResult(_Model):
     """A benchmark run: every (target, backbone) pair scored and fine-tuned (or published), and how well each
     estimator's order matched the ground truth."""
@@ -374,6 +395,9 @@ class BenchmarkResult(_Model):
     suite: SuiteInfo
     created: str
     environment: Environment
+    zoo: ZooProvenance | None = Field(
+        None, description="Content hashes of the zoo models used (null: none used, or recorded before hashes were)."
+    )
     estimators: list[EstimatorColumn]
     baselines: list[dict[str, Any]]
     targets: list[BenchmarkTarget]

@@ -1,6 +1,7 @@
 """What the host plugs into the engine besides datasets and weights (which have their own registries:
-``register_builtin_dataset``, ``register_weights_provider``): facts about backbones, a way to make
-missing backbones available, and named benchmark suites.
+``register_builtin_dataset``, ``register_weights_provider``): facts about backbones (their source task and
+the content hashes of what they were built from), a way to make missing backbones available, and named
+benchmark suites.
 
 The engine never imports the built-ins: :func:`service.bootstrap.start` registers them here once per
 process (service/ARCHITECTURE.md, "Packages").
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from service.pipeline.benchmark.suites import Suite
@@ -18,13 +19,16 @@ if TYPE_CHECKING:
 __all__ = [
     "SourceInfo",
     "prepare_backbones",
+    "provenance",
     "register_backbone_preparer",
+    "register_provenance",
     "register_source_info",
     "register_suite",
     "registered_suites",
     "source_info",
     "suite_factory",
     "unregister_backbone_preparer",
+    "unregister_provenance",
     "unregister_source_info",
 ]
 
@@ -34,6 +38,7 @@ _logger = logging.getLogger(__name__)
 SourceInfo = tuple[str | None, float | None]
 
 _source_lookups: dict[str, Callable[[str], SourceInfo | None]] = {}
+_provenance_lookups: dict[str, Callable[[str], dict[str, Any] | None]] = {}
 _preparers: dict[str, Callable[[Sequence[str]], None]] = {}
 _suites: dict[str, tuple[Callable[[int | None], Suite], str]] = {}
 
@@ -56,6 +61,27 @@ def source_info(backbone_id: str) -> SourceInfo:
         if found is not None:
             return found
     return None, None
+
+
+def register_provenance(name: str, lookup: Callable[[str], dict[str, Any] | None]) -> None:
+    """``lookup(backbone_id)`` says what a backbone was built from, by content (JSON-able, e.g. the zoo's
+    ``{"weights_sha256", "source", "source_dataset_sha256", ...}``; None: not one of its ids). A benchmark
+    records it. Registering a name again replaces its lookup."""
+    _provenance_lookups[name] = lookup
+
+
+def unregister_provenance(name: str) -> None:
+    """Remove a lookup (no error when absent), e.g. at the end of a test."""
+    _provenance_lookups.pop(name, None)
+
+
+def provenance(backbone_id: str) -> dict[str, Any] | None:
+    """The first registered answer for ``backbone_id``, else None."""
+    for lookup in _provenance_lookups.values():
+        found = lookup(backbone_id)
+        if found is not None:
+            return found
+    return None
 
 
 def register_backbone_preparer(prefix: str, prepare: Callable[[Sequence[str]], None]) -> None:

@@ -15,6 +15,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import dataclasses  # noqa: E402
 import hashlib  # noqa: E402
 import json  # noqa: E402
+import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -25,7 +26,10 @@ import torch  # noqa: E402
 
 from service.builtin import zoo  # noqa: E402
 from service.builtin.zoo import ZOO_ENTRIES, ZooEntry, ZooProgress, build_zoo, build_zoo_model  # noqa: E402
+from service.contract.results import ZooProvenance  # noqa: E402
 from service.errors import UnknownBackbone, WeightsUnavailable, ZooBuildFailed  # noqa: E402
+from service.pipeline.calibration.model import DEFAULT_CALIBRATION_PATH, load_calibration  # noqa: E402
+from service.pipeline.calibration.samples import zoo_hashes_of  # noqa: E402
 from service.pipeline.data.datasets import load_dataset  # noqa: E402
 from service.pipeline.finetune.training import evaluate, load_split_tensors  # noqa: E402
 from service.pipeline.models.backbones import load_backbone  # noqa: E402
@@ -117,8 +121,10 @@ def test_build_writes_timm_layout_and_card(built: dict[str, Any], dirs: dict[str
     assert sorted(p.name for p in folder.iterdir()) == sorted(FILES)
     card = json.loads((folder / "card.json").read_text())
     assert card == built["tiny"]
-    classes = json.loads((dirs["builtin"] / ".zoo-scale-0.2" / "textures" / "dataset.json").read_text())["classes"]
+    manifest = json.loads((dirs["builtin"] / ".zoo-scale-0.2" / "textures" / "dataset.json").read_text())
+    classes = manifest["classes"]
     assert card["source"] == "textures" and card["source_classes"] == len(classes) == 20
+    assert card["source_dataset_sha256"] == manifest["content_sha256"]  # the manifest's key (read as "sha256": null)
     assert card["init"] == "pretrained" and card["learned"] is True
     assert card["source_accuracy"] >= zoo.learn_threshold(20) == card["learn_threshold"]
     assert 0.0 <= card["source_val_accuracy"] <= 1.0
@@ -257,17 +263,116 @@ def test_rank_resolves_zoo_ids(built: dict[str, Any], dirs: dict[str, Path], bui
     from service.pipeline.ranking.rank import rank_backbones
 
     zoo.register_zoo(dirs["zoo"])  # the builtins fixture registered the settings' zoo: rebind it
+    # a calibration fitted with the same control and another build of tiny-textures
+    packaged = load_calibration(DEFAULT_CALIBRATION_PATH)
+    fitted_with = {"zoo:tiny-textures": "ab" * 32, f"zoo:{CONTROL}": built["control"]["weights_sha256"]}
+    calibration = dataclasses.replace(
+        packaged, source={"zoo": {"models": {k: {"weights_sha256": v} for k, v in fitted_with.items()}}}
+    )
     result = rank_backbones(
         str(dirs["builtin"] / ".zoo-scale-0.2" / "textures" / "test"),
         ["zoo:tiny-textures", f"zoo:{CONTROL}"],
         estimators=["leep", "logme"],
         device="cpu",
+        calibration=calibration,
     )
+    note = result["fusion"]["note"]
+    assert (
+        f"; zoo:tiny-textures in use differs from the zoo the calibration was fitted with (weights sha256 "
+        f"{built['tiny']['weights_sha256'][:12]}… vs abababababab…): predicted accuracies may be off" in note
+    )
+    assert CONTROL not in note  # the same build as calibrated: nothing to say
     rows = {row["id"]: row for row in result["backbones"]}
     assert set(rows) == {"zoo:tiny-textures", f"zoo:{CONTROL}"}
     assert all(row["scores"]["leep"] is not None for row in rows.values())  # the source heads were loaded
     # on its own source's test images the trained model's LEEP beats the untrained control's
     assert rows["zoo:tiny-textures"]["scores"]["leep"] > rows[f"zoo:{CONTROL}"]["scores"]["leep"]
+
+
+# ------------------------------------------------------------------------------------------ provenance
+
+
+def test_two_builds_in_separate_dirs_give_byte_identical_weights(
+    built: dict[str, Any], dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    # the source dataset generated again and the model trained again, in directories of their own
+    card = build_zoo_model(TINY, tmp_path / "zoo", builtin_dir=tmp_path / "builtin", scale=SCALE)
+    weights = (tmp_path / "zoo" / TINY.name / "model.safetensors").read_bytes()
+    assert card["source_dir"] != built["tiny"]["source_dir"]
+    assert weights == (dirs["zoo"] / TINY.name / "model.safetensors").read_bytes()
+    assert card["weights_sha256"] == built["tiny"]["weights_sha256"] == hashlib.sha256(weights).hexdigest()
+    assert card["source_dataset_sha256"] == built["tiny"]["source_dataset_sha256"] is not None
+
+
+def test_a_tampered_weights_file_is_refused_naming_the_file_and_both_hashes(
+    built: dict[str, Any], dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    shutil.copytree(dirs["zoo"] / TINY.name, tmp_path / "zoo" / TINY.name)
+    weights = tmp_path / "zoo" / TINY.name / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # one weight's last byte: still a valid safetensors file, only the hash tells
+    weights.write_bytes(bytes(data))
+    expected, actual = built["tiny"]["weights_sha256"], _sha256(weights)
+    with pytest.raises(WeightsUnavailable) as info:
+        zoo.zoo_provider(tmp_path / "zoo", "zoo:tiny-textures")
+    message = str(info.value)
+    assert f"weights file {weights} has sha256 {actual}, but its card" in message and f"records {expected}" in message
+    assert info.value.context["expected_sha256"] == expected and info.value.context["actual_sha256"] == actual
+    zoo.register_zoo(tmp_path / "zoo")
+    with pytest.raises(WeightsUnavailable, match=f"{actual}, but its card .* records {expected}"):
+        load_backbone("zoo:tiny-textures")
+    zoo.register_zoo(dirs["zoo"])
+    assert load_backbone("zoo:tiny-textures").weights_sha256 == expected  # the untouched build still loads
+
+
+def test_a_card_written_before_the_source_hash_was_recorded_takes_it_from_the_dataset_manifest(
+    built: dict[str, Any], dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    assert zoo.zoo_provenance(dirs["zoo"], "zoo:tiny-textures") == {
+        "weights_sha256": built["tiny"]["weights_sha256"], "source": "textures",
+        "source_dataset_sha256": built["tiny"]["source_dataset_sha256"], "source_dataset_sha256_from": "card",
+    }  # fmt: skip
+    shutil.copytree(dirs["zoo"] / TINY.name, tmp_path / "zoo" / TINY.name)
+    card_file = tmp_path / "zoo" / TINY.name / "card.json"
+    legacy = {**built["tiny"], "source_dataset_sha256": None}  # what builds wrote before the fix
+    card_file.write_text(json.dumps(legacy))
+    found = zoo.zoo_provenance(tmp_path / "zoo", "zoo:tiny-textures")
+    assert found is not None and found["source_dataset_sha256_from"] == "dataset manifest"
+    assert found["source_dataset_sha256"] == built["tiny"]["source_dataset_sha256"]
+    assert json.loads(card_file.read_text())["source_dataset_sha256"] is None  # the record is not rewritten
+    # a dataset on disk that is not the one the card describes fills nothing
+    card_file.write_text(json.dumps({**legacy, "train_images": legacy["train_images"] + 1}))
+    found = zoo.zoo_provenance(tmp_path / "zoo", "zoo:tiny-textures")
+    assert found is not None and found["source_dataset_sha256"] is None and found["source_dataset_sha256_from"] is None
+    assert zoo.zoo_provenance(tmp_path / "zoo", "zoo:latin-resnet10t") is None  # not built
+    assert zoo.zoo_provenance(tmp_path / "zoo", "resnet10t.c3_in1k") is None  # not a zoo id
+
+
+def test_hashes_are_added_to_a_recorded_result_only_from_a_zoo_that_reproduces_it(
+    built: dict[str, Any], dirs: dict[str, Path]
+) -> None:
+    row = {"id": "zoo:tiny-textures", "source_accuracy": built["tiny"]["source_accuracy"]}
+    other = {"id": "random:test_resnet", "source_accuracy": None}
+    recorded = {"targets": [{"backbones": [row, other]}, {"backbones": [dict(row), dict(other)]}]}
+    added = zoo.add_zoo_hashes(recorded, dirs["zoo"])
+    assert "weights_sha256" not in recorded["targets"][0]["backbones"][0]  # a copy
+    sha = built["tiny"]["weights_sha256"]
+    assert [r.get("weights_sha256") for t in added["targets"] for r in t["backbones"]] == [sha, None, sha, None]
+    assert added["zoo"]["models"] == {"zoo:tiny-textures": zoo.zoo_provenance(dirs["zoo"], "zoo:tiny-textures")}
+    assert "added after the run" in added["zoo"]["note"]
+    ZooProvenance.model_validate(added["zoo"])  # the block a benchmark result documents
+    # a calibration fitted on it records the hashes, and how they were obtained
+    source_sha = built["tiny"]["source_dataset_sha256"]
+    assert zoo_hashes_of([added]) == {
+        "models": {"zoo:tiny-textures": {"weights_sha256": sha, "source_dataset_sha256": source_sha}},
+        "note": added["zoo"]["note"],
+    }
+    with pytest.raises(ValueError, match="not the one the result was run with.*recorded source accuracy 0.5, the zoo"):
+        zoo.add_zoo_hashes({"targets": [{"backbones": [{**row, "source_accuracy": 0.5}]}]}, dirs["zoo"])
+    with pytest.raises(ValueError, match="zoo:latin-resnet10t is not built in"):
+        zoo.add_zoo_hashes({"targets": [{"backbones": [{"id": "zoo:latin-resnet10t"}]}]}, dirs["zoo"])
+    with pytest.raises(ValueError, match="the result names weights 00"):
+        zoo.add_zoo_hashes({"targets": [{"backbones": [{**row, "weights_sha256": "0" * 64}]}]}, dirs["zoo"])
 
 
 # ------------------------------------------------------------------------------------------------ CLI

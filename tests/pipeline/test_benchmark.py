@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import subprocess
@@ -17,6 +18,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from service.contract.results import BenchmarkResult  # noqa: E402
+from service.pipeline import plugins  # noqa: E402
 from service.pipeline.benchmark import benchmark as benchmark_module  # noqa: E402
 from service.pipeline.benchmark import results as results_module  # noqa: E402
 from service.pipeline.benchmark.benchmark import run_benchmark  # noqa: E402
@@ -82,11 +85,20 @@ def _published_suite(target_dir: Path, weights: Path) -> Suite:
     )
 
 
-def test_published_suite_scores_every_pair_and_writes_json_and_csv(target_dir, weights, tmp_path):
+def test_published_suite_scores_every_pair_and_writes_json_and_csv(target_dir, weights, tmp_path, monkeypatch):
     suite = _published_suite(target_dir, weights)
     events = []
+    # a host that knows what one backbone was built from (as the built-in zoo does for zoo: ids)
+    facts = {"weights_sha256": "card", "source": "s", "source_dataset_sha256": "d" * 64}
+    monkeypatch.setattr(plugins, "_provenance_lookups", {})
+    plugins.register_provenance("test", lambda backbone: facts if backbone == suite.backbones[1].id else None)
     result = run_benchmark(suite, out_dir=tmp_path, n_bootstrap=50, device="cpu", progress=events.append)
     assert result["kind"] == "benchmark" and result["schema_version"] == 2
+    sha = hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert [row["weights_sha256"] for row in result["targets"][0]["backbones"]] == [None, sha, None]
+    # the weights this run loaded, with what the host knows of their source
+    assert result["zoo"] == {"models": {suite.backbones[1].id: {**facts, "weights_sha256": sha}}, "note": None}
+    BenchmarkResult.model_validate({**result, "request": None})
     assert result["suite"]["ground_truth"] == "published"
     [target] = result["targets"]
     assert target["n_classes"] == 3 and target["n_rank_images"] == 24  # the train split is ranked

@@ -30,7 +30,7 @@ from service.pipeline.calibration.model import (
     to_logit,
 )
 from service.pipeline.calibration.p_best import _half_sample, p_best, source_accuracy_of
-from service.pipeline.calibration.samples import samples_from_results
+from service.pipeline.calibration.samples import samples_from_results, zoo_hashes_of
 from service.pipeline.calibration.selection import (
     _NEAR_TIE,
     COMMITTEE_RULES,
@@ -462,6 +462,36 @@ def test_calibration_json_round_trips(tmp_path):
     }  # fmt: skip
     scores = {"class_means": 0.55, "knn": 0.4}
     assert loaded.predict_accuracy(10, scores) == calibration.predict_accuracy(10, scores)
+    # results recorded without the zoo's hashes: the calibration records null for each and says so
+    assert loaded.source["zoo"] == zoo_hashes_of([synthetic_result()])
+    assert loaded.zoo_weights() == {f"zoo:b{b}": None for b in range(7)}
+    assert "record no weights sha256 for zoo:b0, zoo:b1" in loaded.source["zoo"]["note"]
+
+
+def test_the_zoo_hashes_a_calibration_records_are_the_ones_its_results_used():
+    recorded = synthetic_result(n_targets=2, n_backbones=3)
+    for target in recorded["targets"]:
+        for b, row in enumerate(target["backbones"]):
+            row["weights_sha256"] = f"{b}" * 64
+    recorded["zoo"] = {"models": {"zoo:b0": {"weights_sha256": "0" * 64, "source_dataset_sha256": "d" * 64}}}
+    zoo = zoo_hashes_of([recorded])
+    assert zoo == {
+        "models": {
+            "zoo:b0": {"weights_sha256": "0" * 64, "source_dataset_sha256": "d" * 64},
+            "zoo:b1": {"weights_sha256": "1" * 64, "source_dataset_sha256": None},
+            "zoo:b2": {"weights_sha256": "2" * 64, "source_dataset_sha256": None},
+        },
+        "note": None,
+    }
+    rebuilt = json.loads(json.dumps(recorded))  # the same benchmark with another build of zoo:b1
+    for target in rebuilt["targets"]:
+        target["backbones"][1]["weights_sha256"] = "f" * 64
+    both = zoo_hashes_of([recorded, rebuilt])
+    assert both is not None and both["models"]["zoo:b1"]["weights_sha256"] is None
+    assert both["models"]["zoo:b0"]["weights_sha256"] == "0" * 64
+    assert both["note"] == "the results used different weights for zoo:b1: none is recorded"
+    without_zoo = json.loads(json.dumps(recorded).replace('"zoo:', '"timm:'))
+    assert zoo_hashes_of([without_zoo]) is None
 
 
 @pytest.mark.parametrize(

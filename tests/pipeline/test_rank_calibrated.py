@@ -149,3 +149,24 @@ def test_the_note_says_which_sample_size_the_predictions_are_for(image_folder, t
     far = dataclasses.replace(CALIBRATION, evaluation=evaluation(40.0))
     note = _rank(image_folder, tmp_path, estimators=["class_means", "logme"], calibration=far)["fusion"]["note"]
     assert note.endswith("the calibration learned 40 per class, so here they extrapolate")
+
+
+def test_the_note_says_whether_the_zoo_ranked_is_the_one_the_calibration_was_fitted_with():
+    from service.pipeline.ranking.fusion import _zoo_note
+
+    fitted = {"zoo:a": {"weights_sha256": "a" * 64}, "zoo:b": {"weights_sha256": "b" * 64}}
+    calibration = dataclasses.replace(CALIBRATION, source={"results": [], "zoo": {"models": fitted, "note": None}})
+    rows = [{"id": "zoo:a", "weights_sha256": "a" * 64}, {"id": "random:x", "weights_sha256": None}]
+    same = "; the zoo models ranked here (1) are the builds the calibration was fitted with (weights sha256 match)"
+    assert _zoo_note(calibration, rows) == same
+    rows.append({"id": "zoo:b", "weights_sha256": "c" * 64})
+    assert _zoo_note(calibration, rows) == (
+        "; zoo:b in use differs from the zoo the calibration was fitted with (weights sha256 cccccccccccc… vs "
+        "bbbbbbbbbbbb…): predicted accuracies may be off"
+    )
+    unrecorded = dataclasses.replace(calibration, source={"zoo": {"models": {"zoo:a": {"weights_sha256": None}}}})
+    assert _zoo_note(unrecorded, rows) == (
+        "; whether zoo:a are the builds the calibration was fitted with is unknown (it records no weights sha256 "
+        "for them)"
+    )
+    assert _zoo_note(CALIBRATION, rows) == ""  # a calibration that names no zoo: nothing to compare

@@ -11,7 +11,8 @@ weights provider ``"zoo"``, which :func:`register_zoo` binds to one zoo director
 
     <zoo_dir>/<name>/config.json        timm's HF config: architecture, num_classes, pretrained_cfg, model_args
     <zoo_dir>/<name>/model.safetensors  the state dict, including the source head (LEEP and NCE need it)
-    <zoo_dir>/<name>/card.json          the model card: recipe, measured source accuracy, timings, versions
+    <zoo_dir>/<name>/card.json          the model card: recipe, measured source accuracy, timings, versions,
+                                        the sha256 of the weights and of the source dataset
     <zoo_dir>/<name>/README.md          the same card for people
 
 A model that does not learn its source task is a bug in its recipe: :func:`build_zoo_model` raises
@@ -21,7 +22,9 @@ A model that does not learn its source task is a bug in its recipe: :func:`build
 Builds are deterministic on the CPU (seeded init, seeded shuffling and augmentation, fixed thread
 count: the same recipe gives byte-identical ``model.safetensors``), atomic (a temp directory moved
 into place with ``os.replace``), guarded by a file lock per model, and skipped when the model on disk
-was built from the same recipe (``recipe_hash`` in ``card.json``).
+was built from the same recipe (``recipe_hash`` in ``card.json``). A model is served only with the
+weights its card records (:mod:`.provenance`); benchmarks record those hashes, calibrations the ones
+of the benchmarks they were fitted on, and a ranking says when a zoo model in use differs from them.
 
 Default zoo (``backbone-rank zoo build``), measured on the 2-core development CPU, 2 torch threads, load
 average about 2 (one other light job): 11 min 27 s wall for all ten, data decoding and evaluation included
@@ -49,8 +52,9 @@ class), LEEP, NCE and LogME all put ``latin-resnet10t`` first; LEEP and NCE put 
 
 The package is split by concern: :mod:`.entries` (the recipes: :class:`ZooEntry`, :data:`ZOO_ENTRIES`, the
 learning bar), :mod:`.cards` (what a built model folder holds, and reading its card), :mod:`.build`
-(training, evaluating and saving a model) and :mod:`.registry` (the weights provider, the engine's hooks and
-the listing). The names below are its public face; importing it imports no torch.
+(training, evaluating and saving a model), :mod:`.provenance` (content hashes: the weights check, the source
+dataset's hash, hashes for results recorded before they were) and :mod:`.registry` (the weights provider, the
+engine's hooks and the listing). The names below are its public face; importing it imports no torch.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ from __future__ import annotations
 from .build import ZooProgress, build_zoo, build_zoo_model
 from .cards import read_card
 from .entries import ZOO_ENTRIES, ZOO_VERSION, ZooEntry, learn_threshold
+from .provenance import add_zoo_hashes, zoo_provenance
 from .registry import PROVIDER_NAME, list_zoo, register_zoo, unregister_zoo, zoo_provider, zoo_source_info
 
 __all__ = [
@@ -66,6 +71,7 @@ __all__ = [
     "ZOO_VERSION",
     "ZooEntry",
     "ZooProgress",
+    "add_zoo_hashes",
     "build_zoo",
     "build_zoo_model",
     "learn_threshold",
@@ -73,6 +79,7 @@ __all__ = [
     "read_card",
     "register_zoo",
     "unregister_zoo",
+    "zoo_provenance",
     "zoo_provider",
     "zoo_source_info",
 ]

@@ -113,7 +113,7 @@ class _SplitCache:
         manifest = builtin_dataset_manifest(source, directory.parent)
         splits = {split: load_split_tensors(ds, data_config) for split, ds in datasets.items()}
         return _SourceData(
-            splits["train"], splits["val"], splits["test"], str(directory), (manifest or {}).get("sha256")
+            splits["train"], splits["val"], splits["test"], str(directory), (manifest or {}).get("content_sha256")
         )
 
 

@@ -1,5 +1,6 @@
 """The zoo plugged into the engine and listed: weights provider ``"zoo"`` (a ``zoo:NAME`` id resolves to a
-built folder), the source accuracies of built models, the builder of missing models, and :func:`list_zoo`.
+built folder whose weights are the ones its card records), the source accuracies and content hashes of built
+models, the builder of missing models, and :func:`list_zoo`.
 
 Separate from the build: the web process lists the zoo and checks ids through this module and never trains.
 """
@@ -17,6 +18,7 @@ from typing import Any
 from .build import build_zoo
 from .cards import read_card
 from .entries import _NAME, ZOO_ENTRIES
+from .provenance import built_folder, verify_weights, zoo_provenance
 
 _logger = logging.getLogger(__name__)
 
@@ -27,15 +29,16 @@ def zoo_provider(zoo_dir: str | os.PathLike[str], model_id: str) -> Path | None:
     """Weights provider ``"zoo"`` once bound to ``zoo_dir`` (:func:`register_zoo`): the built folder of
     ``zoo:<name>`` in ``zoo_dir``, else None.
 
-    Any built folder is served, not only the default entries (a zoo built from custom recipes works too).
+    Any built folder is served, not only the default entries (a zoo built from custom recipes works too), but
+    only with the weights its card records (:func:`~.provenance.verify_weights`: a changed file is refused).
     """
-    if not model_id.startswith("zoo:"):
+    folder = built_folder(zoo_dir, model_id)
+    if folder is None:
         return None
-    name = model_id.removeprefix("zoo:")
-    if not _NAME.fullmatch(name):  # also keeps the name a single path component
-        return None
-    folder = Path(zoo_dir) / name
-    return folder if read_card(folder) is not None else None
+    card = read_card(folder)
+    if card is not None:
+        verify_weights(folder, card)
+    return folder
 
 
 def zoo_source_info(zoo_dir: str | os.PathLike[str], backbone_id: str) -> tuple[str | None, float | None] | None:
@@ -43,7 +46,7 @@ def zoo_source_info(zoo_dir: str | os.PathLike[str], backbone_id: str) -> tuple[
     ids that are not ``zoo:``."""
     if not backbone_id.startswith("zoo:"):
         return None
-    folder = zoo_provider(zoo_dir, backbone_id)
+    folder = built_folder(zoo_dir, backbone_id)
     card = (read_card(folder) if folder is not None else None) or {}
     accuracy = card.get("source_accuracy")
     if isinstance(accuracy, int | float) and math.isfinite(accuracy):
@@ -63,10 +66,11 @@ def build_missing(zoo_dir: str | os.PathLike[str], ids: Sequence[str]) -> None:
 
 def register_zoo(zoo_dir: str | os.PathLike[str]) -> None:
     """Plug the zoo in ``zoo_dir`` into the engine: weights provider ``"zoo"`` (:func:`zoo_provider`), its cards'
-    source accuracies (:func:`zoo_source_info`) and the builder of missing models (:func:`build_missing`), each
-    bound to ``zoo_dir``. Registering again (with this or another directory) replaces all three."""
+    source accuracies (:func:`zoo_source_info`) and content hashes (:func:`~.provenance.zoo_provenance`) and the
+    builder of missing models (:func:`build_missing`), each bound to ``zoo_dir``. Registering again (with this or
+    another directory) replaces all four."""
     from service.pipeline.models.providers import register_weights_provider
-    from service.pipeline.plugins import register_backbone_preparer, register_source_info
+    from service.pipeline.plugins import register_backbone_preparer, register_provenance, register_source_info
 
     folder = Path(zoo_dir)
     register_weights_provider(
@@ -76,16 +80,18 @@ def register_zoo(zoo_dir: str | os.PathLike[str]) -> None:
         replace=True,
     )
     register_source_info(PROVIDER_NAME, functools.partial(zoo_source_info, folder))
+    register_provenance(PROVIDER_NAME, functools.partial(zoo_provenance, folder))
     register_backbone_preparer("zoo:", functools.partial(build_missing, folder))
 
 
 def unregister_zoo() -> None:
     """Undo :func:`register_zoo` (no error when not registered), e.g. at the end of a test."""
     from service.pipeline.models.providers import unregister_weights_provider
-    from service.pipeline.plugins import unregister_backbone_preparer, unregister_source_info
+    from service.pipeline.plugins import unregister_backbone_preparer, unregister_provenance, unregister_source_info
 
     unregister_weights_provider(PROVIDER_NAME)
     unregister_source_info(PROVIDER_NAME)
+    unregister_provenance(PROVIDER_NAME)
     unregister_backbone_preparer("zoo:")
 
 

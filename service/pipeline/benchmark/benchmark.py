@@ -13,6 +13,10 @@ source task, its size (parameters) and ImageNet-1k top-1 (the priors that "How N
 metric", ICLR 2026, and "Back to the Basics", 2024, found hard to beat), its feature dimension (wide features
 favour several scores) and a random ranking.
 
+Every row records the sha256 of the weights it loaded, and the result's ``zoo`` block what the host knows of
+the zoo models' origin (weights and source dataset hashes, :func:`service.pipeline.plugins.provenance`), so that
+a calibration fitted on it can name the zoo it learned from.
+
 The result follows the benchmark schema (:class:`service.contract.BenchmarkResult`, ``schema_version`` 2,
 ``"kind": "benchmark"``; version 1 lacked the ``request``), rendered by :mod:`service.reports`; it is written as
 ``benchmark-<suite>-<fingerprint>.json`` plus a ``.csv`` with one row per (target, backbone). Work is
@@ -41,7 +45,7 @@ from service.pipeline.benchmark.suites import Suite, SuiteBackbone, SuiteTarget,
 from service.pipeline.data.datasets import load_dataset
 from service.pipeline.features.extract import extract_features, select_device
 from service.pipeline.models.backbones import LoadedBackbone, load_backbone
-from service.pipeline.plugins import prepare_backbones, source_info
+from service.pipeline.plugins import prepare_backbones, provenance, source_info
 from service.pipeline.ranking.rank import default_estimators, rank_feature_sets
 
 __all__ = [
@@ -254,6 +258,7 @@ def run_benchmark(
         },
         "created": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "environment": env,
+        "zoo": _zoo_block(loaded),
         "estimators": estimators_meta,
         "baselines": [dict(b) for b in BASELINES],
         "targets": target_results,
@@ -375,6 +380,17 @@ def _load_backbones(
     return loaded, skipped
 
 
+def _zoo_block(loaded: Sequence[tuple[SuiteBackbone, LoadedBackbone]]) -> dict[str, Any] | None:
+    """The result's ``zoo`` block: what the host knows of each backbone's origin by content (the built-in zoo's
+    cards: weights and source dataset sha256), with the hash of the weights this run loaded; None without any."""
+    models = {}
+    for suite_backbone, backbone in loaded:
+        found = provenance(suite_backbone.id)
+        if found is not None:
+            models[suite_backbone.id] = {**found, "weights_sha256": backbone.weights_sha256}
+    return {"models": models, "note": None} if models else None
+
+
 def _rank_target(
     dataset: Any,
     loaded: Sequence[tuple[SuiteBackbone, LoadedBackbone]],
@@ -446,6 +462,7 @@ def _pair(
         "input_size": int(backbone.data_config["input_size"][-1]),
         "source": source,
         "source_accuracy": source_accuracy,
+        "weights_sha256": backbone.weights_sha256,
         "scores": scores,
         "linear_probe_accuracy": None,
         "finetune": None,

@@ -17,7 +17,7 @@ from typing import Any
 
 from service.pipeline.calibration.evaluation import loto_evaluation
 from service.pipeline.calibration.model import GROUND_TRUTHS, AccuracyModel, Calibration
-from service.pipeline.calibration.samples import samples_from_results
+from service.pipeline.calibration.samples import samples_from_results, zoo_hashes_of
 from service.pipeline.calibration.selection import _fusion_candidates, _select_accuracy_models, _select_fusion
 
 __all__ = ["fit_calibration"]
@@ -77,7 +77,8 @@ def fit_calibration(
                 "n_backbones": len({row["id"] for t in r["targets"] for row in t["backbones"]}),
             }
             for r, name in zip(results, names, strict=True)
-        ]
+        ],
+        "zoo": zoo_hashes_of(results),  # the zoo models' hashes, so a ranking with other weights can say so
     }
     created = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return Calibration(accuracy=accuracy, fusion=fusion, evaluation=evaluation, source=source, created=created)

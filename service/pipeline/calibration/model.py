@@ -36,7 +36,9 @@ Calibration file (JSON, ``schema_version`` 1, ``"kind": "calibration"``)::
 
     {
       "schema_version": 1, "kind": "calibration", "created": "2026-12-06T23:20:00Z",
-      "source": {"results": [{"file", "suite", "fingerprint", "created", "n_targets", "n_backbones"}]},
+      "source": {"results": [{"file", "suite", "fingerprint", "created", "n_targets", "n_backbones"}],
+                 "zoo": {"models": {"zoo:NAME": {"weights_sha256", "source_dataset_sha256"}},   # null: unrecorded
+                         "note": str | null} | null},                                  # (samples.zoo_hashes_of)
       "predicted_accuracy": {
         "finetune" | "linear_probe": {            # null when the results have no such ground truth
           "nominal_coverage": 0.9,
@@ -312,6 +314,12 @@ class Calibration:
                 if row.get("images_per_class"):
                     found.add(round(float(row["images_per_class"]), 1))
         return sorted(found)
+
+    def zoo_weights(self) -> dict[str, str | None]:
+        """``{zoo id: weights sha256 or None (unrecorded)}`` of the zoo models it was fitted with; empty when the
+        calibration does not say (fitted before it recorded them, or without zoo models)."""
+        models = (self.source.get("zoo") or {}).get("models") or {}
+        return {str(backbone): (entry or {}).get("weights_sha256") for backbone, entry in models.items()}
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -17,7 +17,7 @@ import numpy as np
 from service.errors import InvalidCalibration
 from service.pipeline.calibration.model import IMAGES_PER_CLASS
 
-__all__ = ["Sample", "samples_from_results"]
+__all__ = ["Sample", "samples_from_results", "zoo_hashes_of"]
 
 
 @dataclass(frozen=True)
@@ -85,6 +85,46 @@ def samples_from_results(
     if not samples:
         raise InvalidCalibration("the benchmark results hold no (target, backbone) rows")
     return samples, directions
+
+
+def zoo_hashes_of(results: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The zoo a calibration is fitted with, as the benchmark results recorded it (the calibration's
+    ``source["zoo"]``): ``{"models": {id: {"weights_sha256", "source_dataset_sha256"}}, "note"}``; None when the
+    results used no ``zoo:`` backbone.
+
+    A hash the results do not record (results written before benchmarks recorded them), or on which they
+    disagree (two zoo builds), is null, and ``note`` says which and why (after the results' own zoo notes).
+    """
+    seen: dict[str, dict[str, set[str | None]]] = {}
+    notes: list[str] = []
+    for result in results:
+        block = (result.get("zoo") or {}).get("models") or {}
+        if (result.get("zoo") or {}).get("note") not in (None, *notes):  # e.g. hashes added after the run
+            notes.append(str(result["zoo"]["note"]))
+        for target in result.get("targets") or []:
+            for row in target.get("backbones") or []:
+                backbone = str(row.get("id"))
+                if not backbone.startswith("zoo:"):
+                    continue
+                found = seen.setdefault(backbone, {"weights_sha256": set(), "source_dataset_sha256": set()})
+                found["weights_sha256"].add(row.get("weights_sha256"))
+                found["source_dataset_sha256"].add((block.get(backbone) or {}).get("source_dataset_sha256"))
+    if not seen:
+        return None
+    models = {
+        backbone: {key: next(iter(values)) if len(values) == 1 else None for key, values in found.items()}
+        for backbone, found in seen.items()
+    }
+    unrecorded = [b for b, found in seen.items() if None in found["weights_sha256"]]
+    differing = [b for b, found in seen.items() if len(found["weights_sha256"] - {None}) > 1]
+    if unrecorded:
+        notes.append(
+            f"the results (some or all) record no weights sha256 for {', '.join(unrecorded)} (written before "
+            "benchmarks recorded them): which build of them the calibration was fitted with is unknown"
+        )
+    if differing:
+        notes.append(f"the results used different weights for {', '.join(differing)}: none is recorded")
+    return {"models": models, "note": "; ".join(notes) or None}
 
 
 def _sample(target: Mapping[str, Any], row: Mapping[str, Any], setting: str, kind: str) -> Sample:

@@ -2,7 +2,8 @@
 
 :func:`service.pipeline.ranking.rank.rank_feature_sets` scores the features and ranks each estimator; this module
 then applies a calibration (:mod:`service.pipeline.calibration.model`; ``p_best`` by
-:mod:`service.pipeline.calibration.p_best`) to those rows, or says why the order stays the mean rank. Separate
+:mod:`service.pipeline.calibration.p_best`) to those rows, or says why the order stays the mean rank; its note
+also says whether the zoo models ranked are the builds the calibration was fitted with (weights sha256). Separate
 from the scoring because it is the one part of a ranking that depends on a calibration, and it only applies one
 (the ``ranking-applies-calibration`` import contract in pyproject.toml: no fitting or evaluation here).
 """
@@ -59,6 +60,7 @@ def _fuse(
         row["predicted_accuracy"] = calibration.predict_accuracy(
             n_classes, row["scores"], images_per_class=int(row["n_images"]) / max(n_classes, 1)
         )
+    zoo = _zoo_note(calibration, rows)
     spec = calibration.fusion
     computed = {info.name for info in infos} | set(PRIOR_FIELDS)
     used = [m for m in spec.members if m in computed and any(_member(row, m) is not None for row in rows)]
@@ -66,7 +68,7 @@ def _fuse(
         return {
             **fallback,
             "calibration": described,
-            "note": f"none of the fusion's estimators {list(spec.members)} was computed: ordered by mean rank",
+            "note": f"none of the fusion's estimators {list(spec.members)} was computed: ordered by mean rank{zoo}",
         }
     members = Fusion(
         tuple(used), tuple(w for m, w in zip(spec.members, spec.weights, strict=True) if m in used),
@@ -82,7 +84,7 @@ def _fuse(
     left_out = [m for m in spec.members if m not in used]
     if left_out:
         note += f"; members not computed here (left out): {', '.join(left_out)}"
-    note += _setting_note(calibration, rows, n_classes)
+    note += _setting_note(calibration, rows, n_classes) + zoo
     resampling = None
     ordered = [feature_sets[row["_position"]] for row in rows]
     if n_bootstrap > 0:
@@ -136,6 +138,34 @@ def _setting_note(calibration: Calibration, rows: Sequence[Mapping[str, Any]], n
     if ranked < 0.5 * calibrated[0] or ranked > 2.0 * calibrated[-1]:
         note += ", so here they extrapolate"
     return note
+
+
+def _zoo_note(calibration: Calibration, rows: Sequence[Mapping[str, Any]]) -> str:
+    """Whether the zoo models ranked are the builds the calibration was fitted with (by weights sha256): its
+    predicted accuracies and fusion learned from those builds' scores."""
+    fitted = calibration.zoo_weights()
+    ranked = [row for row in rows if row["id"] in fitted]
+    parts, unknown = [], []
+    for row in ranked:
+        now, then = row.get("weights_sha256"), fitted[row["id"]]
+        if not then:
+            unknown.append(row["id"])
+        elif now != then:
+            parts.append(
+                f"{row['id']} in use differs from the zoo the calibration was fitted with (weights sha256 "
+                f"{(now or 'none')[:12]}… vs {then[:12]}…): predicted accuracies may be off"
+            )
+    if unknown:
+        parts.append(
+            f"whether {', '.join(unknown)} are the builds the calibration was fitted with is unknown (it records no "
+            "weights sha256 for them)"
+        )
+    if ranked and not parts:
+        parts.append(
+            f"the zoo models ranked here ({len(ranked)}) are the builds the calibration was fitted with "
+            "(weights sha256 match)"
+        )
+    return "".join(f"; {part}" for part in parts)
 
 
 def _member(row: Mapping[str, Any], name: str) -> float | None:
