@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "get_settings", "default_cache_dir"]
@@ -78,9 +78,22 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535, description="Port of `backbone-rank serve`.")
     database_path: Path | None = Field(None, description="SQLite job store (default: <cache_dir>/jobs.sqlite3).")
     api_keys: list[SecretStr] = Field(
-        default_factory=list, description="Accepted X-API-Key values; empty: no authentication (loopback use)."
+        default_factory=list,
+        description="Accepted X-API-Key values; empty: no authentication (loopback use). With keys, every path but "
+        "/healthz and public_paths needs one, checked before the body is read.",
     )
-    max_queued_jobs: int = Field(100, ge=1, description="Queued jobs beyond this are refused with 429.")
+    public_paths: list[str] = Field(
+        default_factory=list,
+        description="Paths that answer without X-API-Key when api_keys are set (exact paths), e.g. "
+        "'[\"/docs\", \"/openapi.json\", \"/readyz\", \"/metrics\"]'; default: none (/healthz is always open).",
+    )
+    max_queued_jobs: int = Field(100, ge=1, description="Queued jobs beyond this are refused with 429 queue_full.")
+    max_active_jobs_per_key: int | None = Field(
+        20,
+        ge=1,
+        description="Jobs one API key may have queued or running; beyond: 429 quota_exceeded (so one client cannot "
+        "fill the queue for everyone). Applies when api_keys are set; None: no per-key limit.",
+    )
     max_request_bytes: int = Field(1 << 20, ge=1024, description="Request bodies beyond this are refused (413).")
     job_lease_seconds: float = Field(
         60.0, gt=0, description="A running job whose worker sent no heartbeat for this long is reclaimed."
@@ -108,6 +121,14 @@ class Settings(BaseSettings):
     fault_progress_delay_s: float = Field(
         0.0, ge=0, description="Test hook: the worker sleeps this long at every progress event (slow jobs)."
     )
+
+    @field_validator("public_paths")
+    @classmethod
+    def _absolute_paths(cls, paths: list[str]) -> list[str]:
+        bad = [p for p in paths if not p.startswith("/")]
+        if bad:
+            raise ValueError(f"public paths start with '/', e.g. /docs: {bad}")
+        return paths
 
     @model_validator(mode="after")
     def _fill_service_paths(self) -> Settings:

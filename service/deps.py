@@ -1,20 +1,22 @@
-"""FastAPI dependencies: the app's settings and job store, and the API-key check (``Annotated`` aliases)."""
+"""FastAPI dependencies: the app's settings and job store, the caller's API key (``Annotated`` aliases)."""
 
 from __future__ import annotations
 
-import secrets
 from typing import Annotated
 
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
 from service.config import Settings
-from service.errors import Unauthorized
 from service.jobs.store import JobStore
 
-__all__ = ["SettingsDep", "StoreDep", "require_api_key", "api_key_header"]
+__all__ = ["ApiKeyIdDep", "SettingsDep", "StoreDep", "api_key_scheme", "api_key_header"]
 
-api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="Required when keys are configured.")
+api_key_header = APIKeyHeader(
+    name="X-API-Key",
+    auto_error=False,
+    description="Required when the service has API keys configured (BACKBONE_RANK_API_KEYS).",
+)
 
 
 def get_app_settings(request: Request) -> Settings:
@@ -25,18 +27,16 @@ def get_store(request: Request) -> JobStore:
     return request.app.state.store
 
 
+def get_api_key_id(request: Request) -> str | None:
+    """The digest of the caller's API key (``service.middleware.key_id``), None when keys are off."""
+    return getattr(request.state, "api_key_id", None)
+
+
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
+ApiKeyIdDep = Annotated[str | None, Depends(get_api_key_id)]
 
 
-def require_api_key(settings: SettingsDep, key: Annotated[str | None, Security(api_key_header)] = None) -> None:
-    """No keys configured: open (bind to loopback). Otherwise ``X-API-Key`` must equal one of them."""
-    if not settings.api_keys:
-        return
-    if key is not None:
-        given = key.encode()
-        # compare_digest against every key: the time taken does not tell which key nearly matched.
-        matches = [secrets.compare_digest(given, k.get_secret_value().encode()) for k in settings.api_keys]
-        if any(matches):
-            return
-    raise Unauthorized("missing or wrong API key; send it in the X-API-Key header")
+def api_key_scheme(key: Annotated[str | None, Security(api_key_header)] = None) -> None:
+    """Declares the ``X-API-Key`` scheme on a router's operations in OpenAPI. The key is checked earlier, by
+    :class:`service.middleware.ApiKeyMiddleware`, before the body is read (a dependency runs after it is parsed)."""

@@ -39,14 +39,17 @@ Every error a user can cause carries a ``code`` (stable, documented, never rewor
         ├── ArtifactNotFound           artifact_not_found           404
         ├── JobFinished                job_finished                 409
         ├── JobNotSucceeded            job_not_succeeded            409
+        ├── JobCorrupt                 corrupt                      409  (the job's stored row cannot be read)
         ├── IdempotencyKeyReused       idempotency_key_reused       422
         ├── RequestTooLarge            request_too_large            413
         ├── QueueFull                  queue_full                   429
+        ├── QuotaExceeded              quota_exceeded               429  (one API key's jobs queued or running)
         └── NotReady                   not_ready                    503
 
 A failed job's ``error`` is ``{"code", "detail"}`` with one of the codes above or, for failures
 only a worker can see: ``worker_lost`` (its worker stopped responding ``max_job_attempts`` times),
-``internal_error`` (a bug: see the worker log) and ``gpu_out_of_memory``.
+``internal_error`` (a bug: see the worker log) and ``gpu_out_of_memory``; a job whose stored row cannot be
+read shows ``corrupt`` (in lists and on GET, alone: its neighbours are unaffected).
 """
 
 from __future__ import annotations
@@ -90,9 +93,11 @@ __all__ = [
     "ArtifactNotFound",
     "JobFinished",
     "JobNotSucceeded",
+    "JobCorrupt",
     "IdempotencyKeyReused",
     "RequestTooLarge",
     "QueueFull",
+    "QuotaExceeded",
     "NotReady",
 ]
 
@@ -308,6 +313,14 @@ class JobNotSucceeded(ServiceError):
     status = 409
 
 
+class JobCorrupt(ServiceError):
+    """A job whose stored row cannot be read (damaged JSON in the job store): it cannot run, be reported or
+    give its winner; submit it again."""
+
+    code = "corrupt"
+    status = 409
+
+
 class IdempotencyKeyReused(ServiceError):
     code = "idempotency_key_reused"
     status = 422
@@ -320,6 +333,14 @@ class RequestTooLarge(ServiceError):
 
 class QueueFull(ServiceError):
     code = "queue_full"
+    status = 429
+
+
+class QuotaExceeded(ServiceError):
+    """One API key already has ``max_active_jobs_per_key`` jobs queued or running: one client cannot fill the
+    queue for everyone."""
+
+    code = "quota_exceeded"
     status = 429
 
 

@@ -5,7 +5,9 @@ Run it with ``backbone-rank serve`` (uvicorn on 127.0.0.1 plus worker processes)
 never runs one and never imports torch (workers do, see :mod:`service.jobs.worker`).
 
 Errors are always ``{"code", "detail"}`` with a stable code (:mod:`service.errors`); bad input is a
-4xx, never a 500.
+4xx, never a 500. A body that cannot be parsed (malformed JSON, invalid UTF-8, nested too deeply) is a 422
+``invalid_request`` like any other invalid body, and the OpenAPI document gives every error status that one
+shape (``ErrorBody``).
 """
 
 from __future__ import annotations
@@ -24,12 +26,13 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.config import Settings, get_settings
-from service.errors import BackboneRankError, NotReady, QueueFull, Unauthorized
+from service.errors import BackboneRankError, NotReady, QueueFull, QuotaExceeded
 from service.jobs.store import JobStore, json_safe
 from service.metrics import Metrics, MetricsMiddleware
-from service.middleware import BodyLimitMiddleware
+from service.middleware import ALWAYS_OPEN, ApiKeyMiddleware, BodyLimitMiddleware
 from service.routers import catalog, finetunes, health, rankings, reports
 from service.routers.health import worker_max_age
+from service.schemas import ErrorBody
 
 __all__ = ["create_app"]
 
@@ -47,6 +50,13 @@ _HTTP_CODES = {
 }
 
 
+#: Why a body failed to parse, by the parser's exception (FastAPI turns these into a bare 400).
+_UNPARSEABLE: dict[type[BaseException], str] = {
+    UnicodeDecodeError: "is not valid UTF-8",
+    RecursionError: "is nested too deeply",
+}
+
+
 def _unique_id(route: APIRoute) -> str:
     # Stable operation ids for generated clients: "<tag>-<function name>".
     return f"{route.tags[0]}-{route.name}" if route.tags else route.name
@@ -60,10 +70,8 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(BackboneRankError)
     async def typed_error(request: Request, err: BackboneRankError) -> JSONResponse:
         headers = None
-        if isinstance(err, QueueFull | NotReady):
-            headers = {"Retry-After": "30" if isinstance(err, QueueFull) else "5"}
-        elif isinstance(err, Unauthorized):
-            headers = {"WWW-Authenticate": "ApiKey"}
+        if isinstance(err, QueueFull | QuotaExceeded | NotReady):
+            headers = {"Retry-After": "5" if isinstance(err, NotReady) else "30"}
         return _error_response(err.status, err.to_dict(), headers)
 
     @app.exception_handler(RequestValidationError)
@@ -79,6 +87,12 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        if err.status_code == 400 and err.__cause__ is not None:
+            # FastAPI's "There was an error parsing the body" (raised from the parser's exception): the same
+            # 422 invalid_request as a JSON syntax error, which FastAPI reports as a validation error.
+            msg = _UNPARSEABLE.get(type(err.__cause__), "cannot be parsed as JSON")
+            error = {"loc": ["body"], "msg": f"the request body {msg}", "type": "json_invalid"}
+            return _error_response(422, {"code": "invalid_request", "detail": error["msg"], "errors": [error]})
         code = _HTTP_CODES.get(err.status_code, "http_error")
         detail = err.detail if isinstance(err.detail, str) else str(err.detail)
         if err.status_code == 404 and detail == "Not Found":
@@ -89,6 +103,45 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def unexpected(request: Request, err: Exception) -> JSONResponse:
         _logger.exception("unhandled error on %s %s", request.method, request.url.path)
         return _error_response(500, {"code": "internal_error", "detail": "unexpected server error; see the server log"})
+
+
+class _App(FastAPI):
+    """FastAPI whose OpenAPI document gives every error response the one shape the handlers answer with."""
+
+    #: Paths that answer without a key (None: no keys configured, every path is open).
+    open_paths: frozenset[str] | None = None
+
+    def openapi(self) -> dict[str, Any]:
+        fresh = self.openapi_schema is None
+        schema = super().openapi()
+        if fresh:
+            _one_error_shape(schema, self.open_paths)
+        return schema
+
+
+def _one_error_shape(schema: dict[str, Any], open_paths: frozenset[str] | None) -> None:
+    """Every 4xx/5xx of every operation as ``application/json`` :class:`~service.schemas.ErrorBody` (FastAPI would
+    document its own validation-error shape, and the route's media type for HTML and event-stream routes); a 401
+    wherever a key is needed, 413 and 422 wherever a body or parameters are taken."""
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    body_schema = ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")
+    components.update(body_schema.pop("$defs", {}))
+    components["ErrorBody"] = body_schema
+    components.pop("HTTPValidationError", None)
+    components.pop("ValidationError", None)
+    content = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    for path, operations in schema.get("paths", {}).items():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            if open_paths is not None and path not in open_paths:
+                responses.setdefault("401", {"description": "Missing or wrong X-API-Key: `unauthorized`"})
+            if "requestBody" in operation:
+                responses.setdefault("413", {"description": "Request body too large: `request_too_large`"})
+            if "requestBody" in operation or operation.get("parameters"):
+                responses.setdefault("422", {"description": "Invalid request: `invalid_request` or a specific code"})
+            for status, response in responses.items():
+                if status[:1] in "45":
+                    response["content"] = content
 
 
 async def _reaper(store: JobStore, every: float) -> None:
@@ -131,7 +184,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.store = None
             store.close()
 
-    app = FastAPI(
+    app = _App(
         title="backbone-rank",
         summary="Training-free backbone ranking as a service: durable jobs, progress events, reports.",
         version="1",
@@ -140,11 +193,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.store = None
+    app.open_paths = ALWAYS_OPEN | frozenset(settings.public_paths) if settings.api_keys else None
     app.state.metrics = Metrics(lambda: app.state.store, worker_max_age=worker_max_age(settings))
     _install_error_handlers(app)
     for module in (health, catalog, rankings, finetunes, reports):
         app.include_router(module.router)
-    # Added last = outermost: metrics see every response, the 413s of the body limit included.
+    # Added last = outermost: metrics see every response, the 401s and 413s included; the key is checked before
+    # the body limit, so a client without a key learns nothing but 401.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys, public_paths=settings.public_paths)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app

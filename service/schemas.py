@@ -29,18 +29,29 @@ __all__ = [
     "RankingJob",
     "FinetuneJob",
     "ErrorBody",
+    "FieldError",
     "timestamp",
 ]
 
 
+class FieldError(BaseModel):
+    """One problem of an ``invalid_request`` body or parameter: where (``["body", "backbones", 0]``), what, and
+    pydantic's error type (``json_invalid`` for a body that cannot be parsed)."""
+
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
 class ErrorBody(BaseModel):
-    """Every error response: a stable machine ``code`` and a ``detail`` that says how to fix it
-    (some errors add context fields, e.g. ``suggestions``)."""
+    """Every error response (4xx and 5xx): a stable machine ``code`` and a ``detail`` that says how to fix it
+    (some errors add context fields, e.g. ``suggestions``; ``invalid_request`` lists its ``errors``)."""
 
     model_config = ConfigDict(extra="allow")
 
     code: str
     detail: str
+    errors: list[FieldError] | None = None
 
 
 class JobCreated(BaseModel):
@@ -54,12 +65,13 @@ class JobCreated(BaseModel):
 
 
 class JobView(BaseModel):
-    """A job: its state, progress while it runs, and its result (``succeeded``) or error (``failed``)."""
+    """A job: its state, progress while it runs, and its result (``succeeded``) or error (``failed``). A job whose
+    stored row cannot be read has ``error.code == "corrupt"`` and a null ``request``, ``progress`` and ``result``."""
 
     id: str
     kind: str
     state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
-    request: dict[str, Any]
+    request: dict[str, Any] | None
     progress: dict[str, Any] | None
     result: dict[str, Any] | None
     error: dict[str, Any] | None
@@ -74,14 +86,14 @@ class JobView(BaseModel):
 class RankingJob(JobView):
     """A ranking job: its (validated, stored) request and, once succeeded, its :class:`RankingResult`."""
 
-    request: RankingRequest  # type: ignore[assignment]  # narrows the generic view's mapping to the typed model
+    request: RankingRequest | None  # type: ignore[assignment]  # narrows the generic view's mapping to the typed model
     result: RankingResult | None  # type: ignore[assignment]  # likewise for the result
 
 
 class FinetuneJob(JobView):
     """A fine-tune job: its request (``ranking_id`` resolved to the winner) and, once succeeded, its result."""
 
-    request: FinetuneRequest  # type: ignore[assignment]  # as RankingJob
+    request: FinetuneRequest | None  # type: ignore[assignment]  # as RankingJob
     result: FinetuneResult | None  # type: ignore[assignment]  # as RankingJob
 
 

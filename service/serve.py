@@ -89,13 +89,21 @@ class WorkerSupervisor:
 
 
 def run_server(settings: Settings, *, host: str | None = None, port: int | None = None, workers: int = 1) -> None:
-    """Serve the API on ``host:port`` (default: the settings', 127.0.0.1:8000) with ``workers`` workers."""
+    """Serve the API on ``host:port`` (default: the settings', 127.0.0.1:8000) with ``workers`` workers.
+
+    Raises
+    ------
+    StoreCorrupt
+        The job store cannot be used; checked before any worker starts, so nothing runs on a broken store.
+    """
     import uvicorn
 
+    from service.jobs.store import JobStore
     from service.logs import configure_logging
     from service.main import create_app
 
     configure_logging()
+    JobStore(settings.database_path or settings.cache_dir / "jobs.sqlite3").initialize().close()
     host = host or settings.host
     port = port or settings.port
     # uvicorn re-raises the signal that stopped it once it is done; a no-op handler lets us stop the

@@ -16,6 +16,7 @@ from service.contract import DatasetSpec, FinetuneRequest, RankingRequest, local
 from service.errors import (
     DatasetNotFound,
     InvalidRequest,
+    JobCorrupt,
     JobNotFound,
     JobNotSucceeded,
     LocalOnlyOption,
@@ -158,12 +159,18 @@ def finetune_request(body: FinetuneRequest, settings: Settings, store: JobStore)
         ranking = store.get(body.ranking_id)
         if ranking is None or ranking.kind != "ranking":
             raise JobNotFound(f"no ranking with id {body.ranking_id!r}", job_id=body.ranking_id)
+        if ranking.state == "succeeded" and "result" in ranking.unreadable:
+            raise JobCorrupt(f"the stored result of ranking {body.ranking_id} cannot be read; rank again")
         if ranking.state != "succeeded" or not ranking.result:
             raise JobNotSucceeded(
                 f"ranking {body.ranking_id} is {ranking.state}; only a succeeded ranking has a winner to fine-tune",
                 state=ranking.state,
             )
-        winner = ranking.result["backbones"][0]["id"]
+        try:
+            winner = ranking.result["backbones"][0]["id"]
+            ranked_on = dict(ranking.result["dataset"]["ref"])
+        except (KeyError, IndexError, TypeError, ValueError):
+            raise JobCorrupt(f"the stored result of ranking {body.ranking_id} names no winner; rank again") from None
         if body.backbone is not None and body.backbone != winner:
             raise InvalidRequest(
                 f"backbone {body.backbone!r} is not the winner of ranking {body.ranking_id} ({winner!r}); "
@@ -173,7 +180,7 @@ def finetune_request(body: FinetuneRequest, settings: Settings, store: JobStore)
         if body.dataset is not None:
             dataset = check_dataset(body.dataset, settings)
         else:
-            dataset = {k: v for k, v in ranking.result["dataset"]["ref"].items() if k != "split"}
+            dataset = {k: v for k, v in ranked_on.items() if k != "split"}
             dataset = check_dataset(dataset, settings)
     else:
         assert body.backbone is not None and body.dataset is not None  # the model's validator

@@ -56,9 +56,13 @@ def serve_command(
 ) -> None:
     """Serve the HTTP API (uvicorn) with worker processes; jobs live in the SQLite store of the settings."""
     from service.config import get_settings
+    from service.jobs.schema import StoreCorrupt
     from service.serve import run_server
 
-    run_server(get_settings(), host=host, port=port, workers=workers)
+    try:
+        run_server(get_settings(), host=host, port=port, workers=workers)
+    except StoreCorrupt as err:
+        _exit_with(err)
 
 
 def worker_command() -> None:

@@ -4,7 +4,9 @@ the model), the Python client and the job worker. Torch-free (the web process va
 A field that is ``None`` means "not set": the runtime fills it from the settings (device, batch size) or
 from the method's own default (estimators, epochs, learning rates), and every result carries the
 *effective* request, with those defaults filled in, under the same field names. Unknown fields are
-refused (``extra="forbid"``), so a typo is an error rather than a silently ignored option.
+refused (``extra="forbid"``), so a typo is an error rather than a silently ignored option. Numbers and switches
+are strict (``StrictInt``, ``StrictFloat``, ``StrictBool``): ``true`` is no count and ``"5"`` no number, whoever
+sends them (a float field still takes an integer).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, model_validator
 
 __all__ = [
     "MAX_BACKBONES",
@@ -45,7 +47,7 @@ def _finite(value: float) -> float:
     return value
 
 
-LearningRate = Annotated[float, Field(gt=0, le=10), AfterValidator(_finite)]
+LearningRate = Annotated[StrictFloat, Field(gt=0, le=10), AfterValidator(_finite)]
 
 
 class _Request(BaseModel):
@@ -79,7 +81,7 @@ class RankingRequest(_Request):
         "model catalogue (@popular, @mobile, @top:N, with filters: @top:20?max_params=30), which the request "
         "holds as its ids; local-dir:/@file only under the weights dirs.",
     )
-    skip_unavailable: bool | None = Field(
+    skip_unavailable: StrictBool | None = Field(
         None,
         description="Rank the candidates whose weights can be had and list the others (with how to get them) instead "
         "of failing; default: on when the list came from a named set, off for ids named one by one.",
@@ -90,21 +92,23 @@ class RankingRequest(_Request):
         max_length=64,
         description="Default: every estimator that applies (GET /v1/estimators); the result lists those computed.",
     )
-    max_per_class: int | None = Field(None, ge=1, le=1_000_000, description="Rank on a seeded per-class sample.")
-    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of the per-class sample (and of the half-samples).")
-    layer: int | None = Field(
+    max_per_class: StrictInt | None = Field(None, ge=1, le=1_000_000, description="Rank on a seeded per-class sample.")
+    seed: StrictInt = Field(
+        0, ge=0, le=2**32 - 1, description="Seed of the per-class sample (and of the half-samples)."
+    )
+    layer: StrictInt | None = Field(
         None,
         ge=-64,
         le=64,
         description="Score an intermediate layer (timm forward_intermediates index) instead of the pooled "
         "pre-logits; the source-head estimators (LEEP, NCE, ...) then do not apply.",
     )
-    streaming: bool = Field(
+    streaming: StrictBool = Field(
         False,
         description="Accumulate sufficient statistics batch by batch instead of keeping the features (memory "
         "independent of the number of images); estimators that need the samples are then left unscored.",
     )
-    n_bootstrap: int = Field(
+    n_bootstrap: StrictInt = Field(
         0,
         ge=0,
         le=MAX_BOOTSTRAP,
@@ -113,8 +117,8 @@ class RankingRequest(_Request):
         "linear probe: ~0.1-1 s per backbone and replicate on a CPU).",
     )
     device: Device | None = None
-    batch_size: int | None = Field(None, ge=1, le=4096, description="Images per batch (default: settings).")
-    cache: bool = Field(True, description="Reuse and store extracted features in the feature cache.")
+    batch_size: StrictInt | None = Field(None, ge=1, le=4096, description="Images per batch (default: settings).")
+    cache: StrictBool = Field(True, description="Reuse and store extracted features in the feature cache.")
     weights_dirs: list[LocalPath] = Field(
         default_factory=list,
         max_length=16,
@@ -150,16 +154,16 @@ class FinetuneRequest(_Request):
         None, pattern=_JOB_ID, description="Service only: a succeeded ranking, whose winner is the backbone."
     )
     strategy: Literal["linear", "partial", "full"] = "full"
-    epochs: int | None = Field(None, ge=1, le=1000, description="Default: the strategy's.")
+    epochs: StrictInt | None = Field(None, ge=1, le=1000, description="Default: the strategy's.")
     lr_grid: list[LearningRate] | None = Field(
         None, min_length=1, max_length=16, description="Head learning rates tried on val (default: the strategy's)."
     )
-    seeds: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] | None = Field(
+    seeds: list[Annotated[StrictInt, Field(ge=0, le=2**31 - 1)]] | None = Field(
         None, min_length=1, max_length=10, description="One run per seed at the chosen learning rate (default [0])."
     )
-    batch_size: int | None = Field(None, ge=1, le=4096, description="Training batch size (default 128).")
-    max_per_class: int | None = Field(None, ge=1, le=1_000_000, description="Cap every split (seeded sample).")
-    input_size: int | None = Field(None, ge=8, le=1024, description="Train at this side length (e.g. 32).")
+    batch_size: StrictInt | None = Field(None, ge=1, le=4096, description="Training batch size (default 128).")
+    max_per_class: StrictInt | None = Field(None, ge=1, le=1_000_000, description="Cap every split (seeded sample).")
+    input_size: StrictInt | None = Field(None, ge=8, le=1024, description="Train at this side length (e.g. 32).")
     device: Device | None = None
     weights_dirs: list[LocalPath] = Field(
         default_factory=list,
@@ -184,14 +188,14 @@ class BenchmarkRequest(_Request):
 
     suite: str = Field("default", min_length=1, description="default, quick, standard, or a suite .toml file.")
     targets: list[str] | None = Field(None, min_length=1, description="Run only these targets of the suite.")
-    per_class: int | None = Field(
+    per_class: StrictInt | None = Field(
         None, ge=1, le=100_000, description="default/quick suites: images per class in every split."
     )
     data_dir: LocalPath | None = Field(None, description="standard suite: folder holding the target ImageFolders.")
     backbone_map: dict[str, BackboneId] = Field(
         default_factory=dict, description="standard suite: NAME -> backbone id to use for a published model."
     )
-    n_bootstrap: int = Field(500, ge=0, le=100_000, description="Bootstrap replicates per target for the CIs.")
+    n_bootstrap: StrictInt = Field(500, ge=0, le=100_000, description="Bootstrap replicates per target for the CIs.")
     device: Device | None = None
     reuse: list[LocalPath] = Field(
         default_factory=list,

@@ -15,6 +15,11 @@ cancelled directly). Research/reliability.md §3.4 is the design:
 * The result (or error) is written in the same transaction as the terminal state, together with
   the counters behind ``/metrics``.
 * ``idempotency_key`` is UNIQUE: the database, not a check-then-insert, keeps one job per key.
+* ``owner`` names the API key that submitted a job (a digest, never the key), for the per-key quota.
+* The store fails closed (:mod:`service.jobs.schema`): a file that exists but cannot serve as the store
+  stops start-up with ``StoreCorrupt``; only an absent file becomes a fresh store.
+* A row whose JSON cannot be read fails alone: it loads with ``error.code == "corrupt"`` (and the unreadable
+  columns named in :attr:`Job.unreadable`), so its neighbours list, read and cancel as usual.
 
 Connections are per thread (the web process serves requests from a thread pool).
 """
@@ -36,7 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from service.errors import IdempotencyKeyReused, JobFinished, JobNotFound, QueueFull
+from service.errors import IdempotencyKeyReused, JobCorrupt, JobFinished, JobNotFound, QueueFull, QuotaExceeded
+from service.jobs.schema import check_store_file, create_store_file, migrate
 
 __all__ = [
     "JOB_KINDS",
@@ -44,7 +50,6 @@ __all__ = [
     "TERMINAL_STATES",
     "Job",
     "JobStore",
-    "StoreCorrupt",
     "request_hash",
     "json_safe",
 ]
@@ -57,53 +62,6 @@ JOB_KINDS: tuple[str, ...] = ("ranking", "finetune")
 JOB_STATES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 HeartbeatStatus = Literal["ok", "cancel", "lost"]
-
-_SCHEMA_VERSION = 1
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    kind TEXT NOT NULL CHECK (kind IN ('ranking', 'finetune')),
-    state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')),
-    request TEXT NOT NULL,
-    request_hash TEXT NOT NULL,
-    idempotency_key TEXT UNIQUE,
-    progress TEXT,
-    progress_seq INTEGER NOT NULL DEFAULT 0,
-    result TEXT,
-    error TEXT,
-    created_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL,
-    heartbeat_at REAL,
-    lease_expires REAL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    max_attempts INTEGER NOT NULL,
-    worker_id TEXT,
-    cancel_requested INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS jobs_state_created ON jobs (state, created_at);
-CREATE TABLE IF NOT EXISTS workers (
-    id TEXT PRIMARY KEY,
-    pid INTEGER,
-    host TEXT,
-    started_at REAL NOT NULL,
-    heartbeat_at REAL NOT NULL,
-    job_id TEXT
-);
-CREATE TABLE IF NOT EXISTS counters (
-    name TEXT PRIMARY KEY,
-    value REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS meta (
-    key TEXT PRIMARY KEY,
-    value TEXT
-);
-"""
-
-
-class StoreCorrupt(RuntimeError):
-    """``PRAGMA quick_check`` failed: the store refuses to start rather than lose jobs (fail closed)."""
-
 
 def json_safe(value: Any) -> Any:
     """``value`` with non-finite floats as ``None`` and numpy scalars/arrays as Python values, so that
@@ -159,6 +117,10 @@ class Job:
     max_attempts: int
     worker_id: str | None
     cancel_requested: bool
+    owner: str | None = None
+    #: The JSON columns of the row that could not be read (then None, the request ``{}``, and the error
+    #: ``{"code": "corrupt", ...}``); empty for a sound row.
+    unreadable: tuple[str, ...] = ()
 
     @property
     def terminal(self) -> bool:
@@ -167,10 +129,31 @@ class Job:
     @classmethod
     def _from_row(cls, row: sqlite3.Row) -> Job:
         data = dict(row)
+        unreadable = []
         for name in ("request", "progress", "result", "error"):
-            data[name] = _loads(data[name])
+            try:
+                value = _loads(data[name])
+            except (ValueError, TypeError):  # invalid JSON text, or a non-text value in a JSON column
+                value = None
+                unreadable.append(name)
+            else:
+                if value is not None and not isinstance(value, dict):
+                    value = None
+                    unreadable.append(name)
+            data[name] = value
+        if data["request"] is None:
+            if "request" not in unreadable:
+                unreadable.append("request")
+            data["request"] = {}
+        if unreadable:
+            _logger.warning("job %s: stored %s cannot be read", data["id"], ", ".join(unreadable))
+            data["error"] = {
+                "code": JobCorrupt.code,
+                "detail": f"the stored {', '.join(unreadable)} of this job cannot be read (the job store's row is "
+                "damaged); this job cannot run or be reported: submit it again",
+            }
         data["cancel_requested"] = bool(data["cancel_requested"])
-        return cls(**data)
+        return cls(**data, unreadable=tuple(unreadable))
 
 
 class JobStore:
@@ -199,33 +182,20 @@ class JobStore:
     # ------------------------------------------------------------------------------------ connection
 
     def initialize(self) -> JobStore:
-        """Create the schema (idempotent) and check the file's integrity; returns ``self``.
+        """Create the store if its file is absent, else check it and migrate an older schema; returns ``self``.
 
         Raises
         ------
         StoreCorrupt
-            ``PRAGMA quick_check`` is not ``ok``: never silently start over with an empty store.
+            The file exists but cannot serve as the job store: never silently start over with an empty one.
         """
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            conn = self._conn()
-            conn.execute("PRAGMA journal_mode=WAL")
-            check = conn.execute("PRAGMA quick_check").fetchone()[0]
-        except sqlite3.DatabaseError as err:  # "file is not a database", "database disk image is malformed"
-            raise StoreCorrupt(f"job store {self.path} cannot be read ({err}); restore it from a backup") from err
-        if check != "ok":
-            raise StoreCorrupt(f"job store {self.path} failed its integrity check ({check}); restore it from a backup")
-        with self._write() as c:  # one transaction: a second process initializing at once waits, then no-ops
-            version = c.execute("PRAGMA user_version").fetchone()[0]
-            if version > _SCHEMA_VERSION:
-                raise StoreCorrupt(
-                    f"job store {self.path} has schema {version}, newer than this code ({_SCHEMA_VERSION})"
-                )
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    c.execute(statement)
-            if version == 0:
-                c.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+        if not os.path.lexists(self.path):
+            create_store_file(self.path)
+        check_store_file(self._conn, self.path)
+        self._conn().execute("PRAGMA journal_mode=WAL")
+        with self._write() as conn:  # one transaction: a second process migrating at once waits, then no-ops
+            migrate(conn)
         return self
 
     def _conn(self) -> sqlite3.Connection:
@@ -272,16 +242,20 @@ class JobStore:
         *,
         idempotency_key: str | None = None,
         max_queued: int | None = None,
+        owner: str | None = None,
+        max_active_per_owner: int | None = None,
     ) -> tuple[Job, bool]:
-        """Enqueue a job; returns ``(job, created)``.
+        """Enqueue a job for ``owner`` (an API key's digest, or None); returns ``(job, created)``.
 
         With an ``idempotency_key`` already used for the same kind and request, the existing job comes
-        back with ``created=False``.
+        back with ``created=False`` (never refused by the limits below: it already exists).
 
         Raises
         ------
         IdempotencyKeyReused
             The key belongs to a different request.
+        QuotaExceeded
+            ``owner`` already has ``max_active_per_owner`` jobs queued or running.
         QueueFull
             ``max_queued`` jobs are already waiting.
         """
@@ -295,6 +269,17 @@ class JobStore:
                     existing = self._get_by_key(conn, idempotency_key)
                     if existing is not None:
                         return self._replay(existing, digest), False
+                if owner is not None and max_active_per_owner is not None:
+                    (active,) = conn.execute(
+                        "SELECT count(*) FROM jobs WHERE owner = ? AND state IN ('queued', 'running')", (owner,)
+                    ).fetchone()
+                    if active >= max_active_per_owner:
+                        raise QuotaExceeded(
+                            f"this API key has {active} jobs queued or running (the limit per key is "
+                            f"{max_active_per_owner}); wait for one to finish, or cancel one",
+                            active=active,
+                            limit=max_active_per_owner,
+                        )
                 if max_queued is not None:
                     (queued,) = conn.execute("SELECT count(*) FROM jobs WHERE state = 'queued'").fetchone()
                     if queued >= max_queued:
@@ -305,8 +290,8 @@ class JobStore:
                 job_id = uuid.uuid4().hex
                 conn.execute(
                     "INSERT INTO jobs (id, kind, state, request, request_hash, idempotency_key, created_at, "
-                    "max_attempts) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?)",
-                    (job_id, kind, _dumps(request), digest, idempotency_key, now, self.max_attempts),
+                    "max_attempts, owner) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
+                    (job_id, kind, _dumps(request), digest, idempotency_key, now, self.max_attempts, owner),
                 )
         except sqlite3.IntegrityError:
             # Only the UNIQUE key can fail; BEGIN IMMEDIATE serialises writers, so this is a belt-and-braces

@@ -194,6 +194,10 @@ class Worker:
         def write_progress(progress: dict[str, Any]) -> None:
             control.apply(self.store.set_progress(job.id, self.worker_id, progress))
 
+        if "request" in job.unreadable:  # nothing to run; fail it rather than crash on it at every claim
+            error = job.error or {}
+            self._fail(job, str(error.get("code")), str(error.get("detail")))
+            return
         ctx = JobContext(job.id, self.settings, write_progress, control.stop_reason)
         began = time.monotonic()
         control.start()

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
 from fastapi import Request, Response
 from fastapi.sse import ServerSentEvent
+from pydantic import ValidationError
 
+from service.config import Settings
 from service.deps import StoreDep
-from service.errors import JobNotFound
+from service.errors import JobCorrupt, JobNotFound
 from service.jobs.store import Job, JobStore
 from service.schemas import ErrorBody, FinetuneJob, JobCreated, JobView, RankingJob, timestamp
+
+_logger = logging.getLogger(__name__)
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -56,22 +61,60 @@ def job_dependency(kind: str) -> Callable[[str, JobStore], Job]:
 
 
 def job_view(job: Job) -> JobView:
-    """The job as its kind's typed view (the stored request and result validated into their models)."""
-    return _VIEWS.get(job.kind, JobView)(
-        id=job.id,
-        kind=job.kind,
-        state=job.state,
-        request=job.request,
-        progress=job.progress,
-        result=job.result,
-        error=job.error,
-        attempts=job.attempts,
-        cancel_requested=job.cancel_requested,
-        created_at=timestamp(job.created_at),
-        started_at=timestamp(job.started_at),
-        finished_at=timestamp(job.finished_at),
-        links=job_links(job),
+    """The job as its kind's typed view (the stored request and result validated into their models).
+
+    A job whose stored row cannot be read, or whose request or result no longer fits its model, is shown alone as
+    ``error.code == "corrupt"`` with ``request``/``progress``/``result`` null, never an error of the whole list.
+    """
+    view = _VIEWS.get(job.kind, JobView)
+    fields: dict[str, Any] = {
+        "id": job.id,
+        "kind": job.kind,
+        "state": job.state,
+        "request": None if "request" in job.unreadable else job.request,
+        "progress": job.progress,
+        "result": job.result,
+        "error": job.error,
+        "attempts": job.attempts,
+        "cancel_requested": job.cancel_requested,
+        "created_at": timestamp(job.created_at),
+        "started_at": timestamp(job.started_at),
+        "finished_at": timestamp(job.finished_at),
+        "links": job_links(job),
+    }
+    try:
+        return view(**fields)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        _logger.warning("job %s: its stored row does not fit %s (%s)", job.id, view.__name__, where)
+        error = {
+            "code": JobCorrupt.code,
+            "detail": f"the stored job does not fit its model ({where}: {first['msg']}); this job cannot run or be "
+            "reported: submit it again",
+        }
+        return view(**{**fields, "request": None, "progress": None, "result": None, "error": error})
+
+
+def submit(
+    store: JobStore,
+    settings: Settings,
+    kind: str,
+    request: dict[str, Any],
+    idempotency_key: str | None,
+    api_key_id: str | None,
+    response: Response,
+) -> JobCreated:
+    """Queue the validated ``request`` within the queue limit and, with API keys on, the caller's key's quota."""
+    job, is_new = store.submit(
+        kind,
+        request,
+        idempotency_key=idempotency_key,
+        max_queued=settings.max_queued_jobs,
+        owner=api_key_id,
+        max_active_per_owner=settings.max_active_jobs_per_key,
     )
+    return created(job, is_new, response)
 
 
 def created(job: Job, is_new: bool, response: Response) -> JobCreated:

@@ -7,9 +7,9 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query
 
 from service.catalog import backbone_catalog, builtin_dataset_catalog, estimator_catalog, model_listing
-from service.deps import SettingsDep, require_api_key
+from service.deps import SettingsDep, api_key_scheme
 
-router = APIRouter(prefix="/v1", tags=["catalog"], dependencies=[Depends(require_api_key)])
+router = APIRouter(prefix="/v1", tags=["catalog"], dependencies=[Depends(api_key_scheme)])
 
 
 @router.get("/backbones", summary="Backbones whose weights are on this machine")

@@ -11,7 +11,7 @@ from fastapi.responses import FileResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from service.contract import FinetuneRequest
-from service.deps import SettingsDep, StoreDep, require_api_key
+from service.deps import ApiKeyIdDep, SettingsDep, StoreDep, api_key_scheme
 from service.errors import ArtifactNotFound, JobNotSucceeded
 from service.jobs.store import Job
 from service.schemas import FinetuneJob, JobCreated, JobView
@@ -20,7 +20,7 @@ from service.validate import finetune_request
 from . import _jobs
 from .rankings import IdempotencyKey
 
-router = APIRouter(prefix="/v1/finetunes", tags=["finetunes"], dependencies=[Depends(require_api_key)])
+router = APIRouter(prefix="/v1/finetunes", tags=["finetunes"], dependencies=[Depends(api_key_scheme)])
 
 _ERRORS = _jobs.error_responses(401, 403, 404, 409, 413, 422, 429)
 
@@ -31,14 +31,12 @@ def create_finetune(
     response: Response,
     store: StoreDep,
     settings: SettingsDep,
+    api_key_id: ApiKeyIdDep,
     idempotency_key: IdempotencyKey = None,
 ) -> JobCreated:
     """Queue a fine-tuning of ``backbone``, or of the winner of the succeeded ranking ``ranking_id``."""
     request = finetune_request(body, settings, store)
-    job, is_new = store.submit(
-        "finetune", request, idempotency_key=idempotency_key, max_queued=settings.max_queued_jobs
-    )
-    return _jobs.created(job, is_new, response)
+    return _jobs.submit(store, settings, "finetune", request, idempotency_key, api_key_id, response)
 
 
 @router.get("", response_model=list[FinetuneJob], responses=_ERRORS)

@@ -1,14 +1,15 @@
-"""Liveness, readiness and Prometheus metrics (open: no API key, for probes and scrapers)."""
+"""Liveness, readiness and Prometheus metrics. ``/healthz`` is always open; with API keys configured,
+``/readyz`` and ``/metrics`` need one unless listed in ``BACKBONE_RANK_PUBLIC_PATHS`` (service/middleware.py)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.deps import SettingsDep, StoreDep
+from service.deps import SettingsDep, StoreDep, api_key_scheme
 
 router = APIRouter(tags=["health"])
 
@@ -21,6 +22,7 @@ def healthz() -> dict[str, str]:
 @router.get(
     "/readyz",
     summary="Readiness: the job store takes writes and a worker sent a heartbeat recently",
+    dependencies=[Depends(api_key_scheme)],
     responses={503: {"description": "Not ready: `{code: not_ready, detail, checks}`"}},
 )
 def readyz(store: StoreDep, settings: SettingsDep) -> Any:
@@ -49,6 +51,8 @@ def worker_max_age(settings: Any) -> float:
     return max(float(settings.job_lease_seconds), 3 * float(settings.worker_poll_seconds))
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get(
+    "/metrics", summary="Prometheus metrics", response_class=Response, dependencies=[Depends(api_key_scheme)]
+)
 def metrics(request: Request) -> Response:
     return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

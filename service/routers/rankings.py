@@ -9,14 +9,14 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from service.contract import RankingRequest
-from service.deps import SettingsDep, StoreDep, require_api_key
+from service.deps import ApiKeyIdDep, SettingsDep, StoreDep, api_key_scheme
 from service.jobs.store import Job
 from service.schemas import JobCreated, JobView, RankingJob
 from service.validate import ranking_request
 
 from . import _jobs
 
-router = APIRouter(prefix="/v1/rankings", tags=["rankings"], dependencies=[Depends(require_api_key)])
+router = APIRouter(prefix="/v1/rankings", tags=["rankings"], dependencies=[Depends(api_key_scheme)])
 
 _ERRORS = _jobs.error_responses(401, 403, 404, 409, 413, 422, 429)
 IdempotencyKey = Annotated[
@@ -35,12 +35,12 @@ def create_ranking(
     response: Response,
     store: StoreDep,
     settings: SettingsDep,
+    api_key_id: ApiKeyIdDep,
     idempotency_key: IdempotencyKey = None,
 ) -> JobCreated:
     """Queue a ranking; follow it at ``Location`` (GET) or ``Location/events`` (SSE)."""
     request = ranking_request(body, settings)
-    job, is_new = store.submit("ranking", request, idempotency_key=idempotency_key, max_queued=settings.max_queued_jobs)
-    return _jobs.created(job, is_new, response)
+    return _jobs.submit(store, settings, "ranking", request, idempotency_key, api_key_id, response)
 
 
 @router.get("", response_model=list[RankingJob], responses=_ERRORS)

@@ -11,12 +11,12 @@ from typing import Any
 from fastapi import APIRouter, Depends
 from fastapi.responses import HTMLResponse
 
-from service.deps import SettingsDep, StoreDep, require_api_key
-from service.errors import InvalidResult, JobNotSucceeded, ReportNotFound
+from service.deps import SettingsDep, StoreDep, api_key_scheme
+from service.errors import InvalidResult, JobCorrupt, JobNotSucceeded, ReportNotFound
 
 from . import _jobs
 
-router = APIRouter(prefix="/reports", tags=["reports"], dependencies=[Depends(require_api_key)])
+router = APIRouter(prefix="/reports", tags=["reports"], dependencies=[Depends(api_key_scheme)])
 
 _ERRORS = _jobs.error_responses(401, 404, 409, 422)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
@@ -24,6 +24,8 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 
 def _succeeded_result(store: Any, kind: str, job_id: str) -> dict[str, Any]:
     job = _jobs.get_job(store, kind, job_id)
+    if job.unreadable:
+        raise JobCorrupt(job.error["detail"] if job.error else f"{kind} {job_id} cannot be read", job_id=job_id)
     if job.state != "succeeded" or job.result is None:
         raise JobNotSucceeded(f"{kind} {job_id} is {job.state}; its report exists once it succeeded", state=job.state)
     return job.result

@@ -614,6 +614,14 @@ def test_nul_byte_in_path(tmp_path: Path) -> None:
         load_dataset(DatasetRef("manifest", path=f"{tmp_path}/a\x00.csv"))
 
 
+def test_nul_byte_in_a_class_name(tmp_path: Path, make_image_folder: MakeImageFolder) -> None:
+    make_image_folder(tmp_path / "d", {"a": 2, "b": 2})
+    lines = ["path,label", "d/a/img0.png,c\x00t", "d/a/img1.png,c\x00t", "d/b/img0.png,b", "d/b/img1.png,b"]
+    (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
+    with raises_error(InvalidDataset, "invalid_dataset", "class name", "NUL"):
+        load_dataset(tmp_path / "m.csv")
+
+
 def test_file_where_folder_expected(tmp_path: Path, write_image: WriteImage) -> None:
     image = write_image(tmp_path / "x.png")
     with raises_error(InvalidDataset, "invalid_dataset", "not a directory", str(image)):

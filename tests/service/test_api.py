@@ -475,3 +475,207 @@ def test_model_catalogue_listing(client: TestClient) -> None:
     assert small["models"] and all(m["family"] == "mobilenet" and m["params_m"] <= 5 for m in small["models"])
     bad = client.get("/v1/models", params={"filter": "max_size=5"})
     assert bad.status_code == 422 and bad.json()["code"] == "invalid_candidate_set"
+
+
+# ---- hardening: the findings of an outside probe of the running service (issue 15), each failed before its fix
+
+
+def test_a_store_that_lost_its_jobs_stops_start_up_with_a_clear_message(settings: Settings) -> None:
+    from service.jobs.schema import StoreCorrupt
+
+    assert settings.database_path is not None
+    settings.database_path.parent.mkdir(parents=True)
+    settings.database_path.write_bytes(b"")  # zero bytes: not a fresh store, a lost one
+    with pytest.raises(StoreCorrupt, match="is empty"), TestClient(create_app(settings)):
+        pass
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "BACKBONE_RANK_CACHE_DIR": str(settings.cache_dir),
+        "BACKBONE_RANK_DATABASE_PATH": str(settings.database_path),
+    }
+    command = [sys.executable, "-m", "service.cli", "serve", "--port", "1", "--workers", "1"]
+    out = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "is empty (0 bytes)" in out.stderr and "move it aside" in out.stderr, out.stderr
+    assert settings.database_path.read_bytes() == b""  # left as found, never re-created empty
+
+
+def _damage(client: TestClient, job_id: str, column: str, text: str) -> None:
+    import sqlite3
+
+    with sqlite3.connect(client.app.state.store.path) as conn:
+        conn.execute(f"UPDATE jobs SET {column} = ? WHERE id = ?", (text, job_id))
+    conn.close()
+
+
+def test_a_job_row_with_broken_json_fails_alone(client: TestClient, dataset: Path) -> None:
+    store = client.app.state.store
+    ids = [client.post("/v1/rankings", json=ranking(dataset, seed=i)).json()["id"] for i in range(4)]
+    store.claim("w1")
+    store.finish(ids[0], "w1", "succeeded", result={"backbones": [{"id": "random:resnet10t", "rank": 1}]})
+    _damage(client, ids[0], "result", '{"backbones": [')  # succeeded, its result unreadable
+    _damage(client, ids[1], "request", "{not json")  # queued, its request unreadable
+    _damage(client, ids[2], "request", json.dumps({"dataset": {"kind": "folder"}, "backbones": []}))  # no model fits
+
+    listed = client.get("/v1/rankings")
+    assert listed.status_code == 200 and [j["id"] for j in listed.json()] == ids[::-1]
+    by_id = {j["id"]: j for j in listed.json()}
+    for bad in ids[:3]:
+        assert by_id[bad]["error"]["code"] == "corrupt", by_id[bad]
+        one = client.get(f"/v1/rankings/{bad}")
+        assert one.status_code == 200 and one.json()["error"]["code"] == "corrupt"
+    assert by_id[ids[1]]["request"] is None and by_id[ids[2]]["request"] is None
+    # What can still be read is shown: the request of the job whose result was damaged.
+    assert by_id[ids[0]]["state"] == "succeeded" and by_id[ids[0]]["result"] is None
+    assert by_id[ids[0]]["request"]["seed"] == 0
+    assert by_id[ids[3]]["error"] is None and by_id[ids[3]]["request"]["seed"] == 3  # the neighbour is intact
+
+    report = client.get(f"/reports/rankings/{ids[0]}")
+    assert report.status_code == 409 and report.json()["code"] == "corrupt"
+    winner = client.post("/v1/finetunes", json={"ranking_id": ids[0]})
+    assert winner.status_code == 409 and winner.json()["code"] == "corrupt"
+    cancelled = client.delete(f"/v1/rankings/{ids[1]}")
+    assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+    assert cancelled.json()["error"]["code"] == "corrupt"
+    with client.stream("GET", f"/v1/rankings/{ids[0]}/events") as events:
+        assert events.status_code == 200 and '"code":"corrupt"' in "".join(events.iter_text()).replace(" ", "")
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (b'{"dataset": {"kind": "folder", "path": "\xff\xfe"}, "backbones": ["a"]}', "not valid UTF-8"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b'{"dataset": {"kind": "folder", "path": "/x"}, "backbones": ["a"]', "JSON decode error"),
+    ],
+    ids=["invalid-utf8", "deep-nesting", "truncated-json"],
+)
+def test_unparseable_bodies_are_422_invalid_request(client: TestClient, body: bytes, says: str) -> None:
+    for url in ("/v1/rankings", "/v1/finetunes"):
+        response = client.post(url, content=body, headers={"Content-Type": "application/json"})
+        assert response.status_code == 422, response.text
+        error = response.json()
+        assert error["code"] == "invalid_request" and says in error["detail"]
+        assert error["errors"][0]["type"] == "json_invalid" and error["errors"][0]["loc"][0] == "body"
+    assert job_count(client) == 0
+
+
+def test_openapi_documents_one_error_shape(tmp_path: Path, data_root: Path) -> None:
+    settings = Settings(
+        cache_dir=tmp_path / "c", data_roots=[data_root], api_keys=["k"], public_paths=["/openapi.json"]
+    )
+    with TestClient(create_app(settings)) as c:
+        schema = c.get("/openapi.json").json()
+    assert "HTTPValidationError" not in schema["components"]["schemas"]
+    assert {"loc", "msg", "type"} <= set(schema["components"]["schemas"]["FieldError"]["properties"])
+    assert "errors" in schema["components"]["schemas"]["ErrorBody"]["properties"]
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            responses = operation["responses"]
+            for status, response in responses.items():
+                if status[0] in "45":
+                    assert response["content"] == {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}
+                    }, (method, path, status)
+            assert ("401" in responses) == (path not in ("/healthz", "/openapi.json")), (method, path)
+            if "requestBody" in operation:
+                assert {"413", "422"} <= set(responses), (method, path)
+    assert "400" not in schema["paths"]["/v1/rankings"]["post"]["responses"]
+
+
+def test_api_key_is_checked_before_the_body_and_docs_metrics_readiness_need_it(
+    tmp_path: Path, data_root: Path
+) -> None:
+    settings = Settings(cache_dir=tmp_path / "c", data_roots=[data_root], api_keys=["s3cret"])
+    json_header = {"Content-Type": "application/json"}
+    with TestClient(create_app(settings)) as c:
+        for body in (b'{"dataset": ', b"\xff", b"[" * 50_000):
+            response = c.post("/v1/rankings", content=body, headers=json_header)
+            assert response.status_code == 401 and response.json()["code"] == "unauthorized", response.text
+            assert response.headers["www-authenticate"] == "ApiKey"
+        authorised = c.post("/v1/rankings", content=b'{"dataset": ', headers={**json_header, "X-API-Key": "s3cret"})
+        assert authorised.status_code == 422 and authorised.json()["code"] == "invalid_request"
+        huge = c.post("/v1/rankings", content=b"x" * (settings.max_request_bytes + 1), headers=json_header)
+        assert huge.status_code == 401  # no key: not even the size of the body is judged
+        for path in ("/docs", "/openapi.json", "/redoc", "/metrics", "/readyz", "/nope"):
+            response = c.get(path)
+            assert response.status_code == 401 and response.json()["code"] == "unauthorized", path
+        assert c.get("/healthz").status_code == 200
+        assert c.get("/openapi.json", headers={"X-API-Key": "s3cret"}).status_code == 200
+        metrics = c.get("/metrics", headers={"X-API-Key": "s3cret"}).text
+        assert 'route="<unmatched>",status="401"' in metrics
+    opened = settings.model_copy(update={"public_paths": ["/docs", "/openapi.json", "/metrics", "/readyz"]})
+    with TestClient(create_app(opened)) as c:
+        assert c.get("/docs").status_code == 200 and c.get("/openapi.json").status_code == 200
+        assert c.get("/metrics").status_code == 200 and c.get("/readyz").status_code == 503  # no worker, but open
+        assert c.get("/v1/rankings").status_code == 401 and c.get("/redoc").status_code == 401
+    with pytest.raises(ValueError, match="start with '/'"):
+        Settings(public_paths=["docs"])
+
+
+@pytest.mark.parametrize(
+    ("url", "fields"),
+    [
+        ("/v1/rankings", {"max_per_class": True}),
+        ("/v1/rankings", {"max_per_class": "8"}),
+        ("/v1/rankings", {"max_per_class": 8.0}),
+        ("/v1/rankings", {"seed": False}),
+        ("/v1/rankings", {"n_bootstrap": True}),
+        ("/v1/rankings", {"layer": "2"}),
+        ("/v1/rankings", {"batch_size": True}),
+        ("/v1/rankings", {"streaming": 1}),
+        ("/v1/rankings", {"cache": "false"}),
+        ("/v1/rankings", {"skip_unavailable": 0}),
+        ("/v1/finetunes", {"epochs": True}),
+        ("/v1/finetunes", {"lr_grid": [True]}),
+        ("/v1/finetunes", {"lr_grid": ["0.1"]}),
+        ("/v1/finetunes", {"seeds": [True]}),
+        ("/v1/finetunes", {"input_size": "32"}),
+    ],
+)
+def test_request_numbers_and_switches_are_strict(client: TestClient, dataset: Path, url: str, fields: dict) -> None:
+    base = ranking(dataset)
+    if url == "/v1/finetunes":
+        base = {"backbone": "random:resnet10t", "dataset": base["dataset"]}
+    response = client.post(url, json={**base, **fields})
+    assert response.status_code == 422 and response.json()["code"] == "invalid_request", response.json()
+    assert response.json()["errors"][0]["loc"][1] == next(iter(fields))
+    assert job_count(client) == 0
+
+
+def test_strict_fields_still_take_their_own_types(client: TestClient, dataset: Path) -> None:
+    exact = ranking(dataset, max_per_class=8, seed=3, n_bootstrap=2, layer=-1, streaming=True, cache=False)
+    assert client.post("/v1/rankings", json=exact).status_code == 202
+    tune = {"backbone": "random:resnet10t", "dataset": exact["dataset"], "lr_grid": [1, 0.1], "seeds": [0, 1]}
+    response = client.post("/v1/finetunes", json=tune)
+    assert response.status_code == 202, response.json()
+    assert client.get(response.json()["url"]).json()["request"]["lr_grid"] == [1.0, 0.1]
+
+
+def test_each_api_key_has_its_own_quota_of_active_jobs(tmp_path: Path, data_root: Path, dataset: Path) -> None:
+    settings = Settings(
+        cache_dir=tmp_path / "c",
+        data_roots=[data_root],
+        api_keys=["greedy", "polite"],
+        max_active_jobs_per_key=2,
+        max_queued_jobs=10,
+    )
+    greedy, polite = {"X-API-Key": "greedy"}, {"X-API-Key": "polite"}
+    with TestClient(create_app(settings)) as c:
+        replayable = {**greedy, "Idempotency-Key": "r"}
+        assert c.post("/v1/rankings", json=ranking(dataset, seed=0), headers=replayable).status_code == 202
+        assert c.post("/v1/rankings", json=ranking(dataset, seed=1), headers=greedy).status_code == 202
+        refused = c.post("/v1/rankings", json=ranking(dataset, seed=9), headers=greedy)
+        assert refused.status_code == 429 and refused.json()["code"] == "quota_exceeded"
+        assert refused.json()["limit"] == 2 and int(refused.headers["retry-after"]) > 0
+        tune = {"backbone": "random:resnet10t", "dataset": ranking(dataset)["dataset"]}
+        assert c.post("/v1/finetunes", json=tune, headers=greedy).json()["code"] == "quota_exceeded"
+        # The same request again with its Idempotency-Key is a replay of an existing job, never refused.
+        assert c.post("/v1/rankings", json=ranking(dataset, seed=0), headers=replayable).status_code == 200
+        assert c.post("/v1/rankings", json=ranking(dataset, seed=9), headers=polite).status_code == 202
+        first = c.get("/v1/rankings", headers=greedy).json()[-1]["id"]
+        assert c.delete(f"/v1/rankings/{first}", headers=greedy).status_code == 200  # one of greedy's ends
+        assert c.post("/v1/rankings", json=ranking(dataset, seed=9), headers=greedy).status_code == 202
+        owners = {job.owner for job in c.app.state.store.list_jobs()}
+    assert len(owners) == 2 and not owners & {"greedy", "polite"}  # a digest of the key, never the key

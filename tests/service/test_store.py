@@ -5,12 +5,15 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from service.errors import IdempotencyKeyReused, JobFinished, JobNotFound, QueueFull
-from service.jobs.store import JobStore, StoreCorrupt
+from service.errors import IdempotencyKeyReused, JobFinished, JobNotFound, QueueFull, QuotaExceeded
+from service.jobs.schema import StoreCorrupt
+from service.jobs.store import JobStore
 
 REQUEST = {"dataset": {"kind": "builtin", "name": "digits"}, "backbones": ["random:resnet10t"]}
 
@@ -51,27 +54,34 @@ def test_idempotency_key_same_body_same_job_other_body_refused(tmp_path: Path) -
         )
 
 
-def test_concurrent_submissions_with_one_key_make_one_job(tmp_path: Path) -> None:
-    path = tmp_path / "jobs.db"
-    open_store(path)
-    ids: list[str] = []
+def in_threads(path: Path, n: int, use: Callable[[JobStore], Any]) -> list[Any]:
+    """``use(store)`` in ``n`` threads at once, each with its own store (connection) as separate processes would
+    have; their results, once none raised."""
+    results: list[Any] = []
     errors: list[BaseException] = []
 
-    def submit() -> None:
-        store = JobStore(path)  # one store (connection) per thread, as separate processes would have
+    def run() -> None:
+        store = JobStore(path)
         try:
-            ids.append(store.submit("ranking", REQUEST, idempotency_key="same")[0].id)
+            results.append(use(store))
         except BaseException as err:  # noqa: BLE001 - collected and asserted below
             errors.append(err)
         finally:
             store.close()
 
-    threads = [threading.Thread(target=submit) for _ in range(12)]
+    threads = [threading.Thread(target=run) for _ in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert not errors
+    return results
+
+
+def test_concurrent_submissions_with_one_key_make_one_job(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    open_store(path)
+    ids = in_threads(path, 12, lambda store: store.submit("ranking", REQUEST, idempotency_key="same")[0].id)
     assert len(ids) == 12 and len(set(ids)) == 1
     assert len(open_store(path).list_jobs()) == 1
 
@@ -208,3 +218,87 @@ def test_jobs_survive_reopening_and_corruption_fails_closed(tmp_path: Path) -> N
     bad.write_bytes(b"this is not a database" * 100)
     with pytest.raises(StoreCorrupt):
         open_store(bad)
+
+
+def _drop_jobs(path: Path, user_version: int) -> None:
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP TABLE jobs")
+        conn.execute(f"PRAGMA user_version={user_version}")
+    conn.close()
+
+
+@pytest.mark.parametrize(
+    ("damage", "says"),
+    [
+        (lambda path: path.write_bytes(b""), "is empty (0 bytes)"),
+        (lambda path: _drop_jobs(path, 2), "(schema 2) has no jobs table"),
+        (lambda path: _drop_jobs(path, 1), "(schema 1) has no jobs table"),
+    ],
+    ids=["zero-byte", "jobs-dropped", "jobs-dropped-schema-1"],
+)
+def test_a_store_without_its_jobs_table_fails_closed_and_is_left_as_found(tmp_path: Path, damage, says: str) -> None:
+    path = tmp_path / "jobs.sqlite3"
+    store = open_store(path)
+    store.submit("ranking", REQUEST)
+    store.close()
+    damage(path)
+    before = path.read_bytes()
+    with pytest.raises(StoreCorrupt) as info:
+        open_store(path)
+    message = str(info.value)
+    assert says in message and str(path) in message and "move it aside" in message and "backup" in message
+    assert path.read_bytes() == before  # never re-created empty, nothing written
+
+
+def test_an_absent_store_is_created_whole_once_even_by_processes_starting_together(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "jobs.sqlite3"
+    in_threads(path, 8, JobStore.initialize)
+    assert sorted(p.name for p in path.parent.iterdir() if ".new" in p.name) == []  # no build left behind
+    store = open_store(path)
+    assert store.submit("ranking", REQUEST)[1] and len(store.list_jobs()) == 1
+
+
+def test_a_schema_1_store_is_migrated_with_its_jobs(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.sqlite3"
+    store = open_store(path)
+    job, _ = store.submit("ranking", REQUEST)
+    store.close()
+    with sqlite3.connect(path) as conn:  # back to schema 1: no owner column
+        conn.execute("DROP INDEX jobs_owner_state")
+        conn.execute("ALTER TABLE jobs DROP COLUMN owner")
+        conn.execute("PRAGMA user_version=1")
+    conn.close()
+    migrated = open_store(path)
+    assert migrated.get(job.id).request == REQUEST and migrated.get(job.id).owner is None
+    assert migrated.submit("ranking", {**REQUEST, "seed": 1}, owner="k")[0].owner == "k"
+    (version,) = migrated._conn().execute("PRAGMA user_version").fetchone()
+    assert version == 2
+
+
+def test_per_owner_quota_counts_queued_and_running_jobs_of_that_owner(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "jobs.db")
+    for seed in range(2):
+        store.submit("ranking", {**REQUEST, "seed": seed}, owner="a", max_active_per_owner=2)
+    store.claim("w1")  # running still counts
+    with pytest.raises(QuotaExceeded) as info:
+        store.submit("finetune", {**REQUEST, "seed": 9}, owner="a", max_active_per_owner=2)
+    assert info.value.code == "quota_exceeded" and info.value.context == {"active": 2, "limit": 2}
+    store.submit("ranking", {**REQUEST, "seed": 9}, owner="b", max_active_per_owner=2)  # another key
+    store.request_cancel(store.list_jobs(state="queued")[-1].id)  # a's queued one ends
+    store.submit("ranking", {**REQUEST, "seed": 10}, owner="a", max_active_per_owner=2)
+
+
+def test_a_row_with_broken_json_loads_alone_as_corrupt(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    store = open_store(path)
+    ids = [store.submit("ranking", {**REQUEST, "seed": i})[0].id for i in range(3)]
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE jobs SET request = '{\"dataset\": ' WHERE id = ?", (ids[1],))
+        conn.execute("UPDATE jobs SET progress = '[1, 2]' WHERE id = ?", (ids[2],))  # JSON, but not an object
+    conn.close()
+    bad = store.get(ids[1])
+    assert bad.unreadable == ("request",) and bad.request == {} and bad.error["code"] == "corrupt"
+    assert store.get(ids[2]).unreadable == ("progress",) and store.get(ids[2]).request["seed"] == 2
+    assert store.get(ids[0]).unreadable == () and store.get(ids[0]).error is None
+    assert [j.id for j in store.list_jobs()] == ids[::-1]
+    assert store.request_cancel(ids[1]).state == "cancelled"

@@ -3,6 +3,7 @@ submitted through the API and run by the real executor (torch), for the bad inpu
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -65,6 +66,27 @@ def test_errors_become_failed_jobs_with_codes(settings: Settings, error: Excepti
     assert failed.state == "failed" and failed.error["code"] == code and failed.result is None
     if code == "internal_error":
         assert "/secret/path" not in failed.error["detail"]  # the traceback goes to the log, not the API
+
+
+def test_a_job_whose_request_cannot_be_read_fails_as_corrupt_and_the_next_one_runs(settings: Settings) -> None:
+    import sqlite3
+
+    ran: list[Any] = []
+
+    def run(request: Mapping[str, Any], ctx: JobContext) -> dict[str, Any]:
+        ran.append(request["seed"])
+        return {}
+
+    worker, store = make_worker(settings, run)
+    bad, _ = store.submit("ranking", {**REQUEST, "seed": 1})
+    good, _ = store.submit("ranking", {**REQUEST, "seed": 2})
+    with sqlite3.connect(store.path) as conn:
+        conn.execute("UPDATE jobs SET request = '{\"dataset\"' WHERE id = ?", (bad.id,))
+    conn.close()
+    assert worker.run(max_jobs=2, publish_registry=False) == 2
+    failed = store.get(bad.id)
+    assert failed.state == "failed" and failed.error["code"] == "corrupt" and failed.attempts == 1
+    assert store.get(good.id).state == "succeeded" and ran == [2]
 
 
 def _run_in_thread(worker: Worker) -> threading.Thread:
@@ -222,6 +244,14 @@ def test_bad_inputs_only_a_worker_can_see_fail_the_job_with_their_code(
         "unknown_backbone": submit(api, corrupt, ["resnet999"]),  # no registry snapshot: the worker finds it
         "corrupt_ok": submit(api, corrupt, ["random:test_resnet"], estimators=["logme"]),
     }
+    # A manifest whose label holds a NUL byte (it would reach the report): refused at loading like NUL in a path.
+    manifest = data_root / "nul.jsonl"
+    rows = [{"path": f"corrupt/{c}/{i:03d}.png", "label": "c\x00t" if c == "a" else c} for c in "ab" for i in (0, 3)]
+    manifest.write_text("\n".join(json.dumps(row) for row in rows))
+    nul_label = {"dataset": {"kind": "manifest", "path": str(manifest)}, "backbones": ["random:test_resnet"]}
+    response = api.post("/v1/rankings", json=nul_label)
+    assert response.status_code == 202
+    cases["invalid_dataset"] = response.json()["id"]
     run_jobs(settings, len(cases))
     for code, job_id in cases.items():
         job = api.get(f"/v1/rankings/{job_id}").json()
@@ -234,3 +264,4 @@ def test_bad_inputs_only_a_worker_can_see_fail_the_job_with_their_code(
         else:
             assert job["state"] == "failed" and job["error"]["code"] == code, job["error"]
             assert job["error"]["detail"]
+    assert "NUL" in api.get(f"/v1/rankings/{cases['invalid_dataset']}").json()["error"]["detail"]

@@ -207,7 +207,8 @@ def load_dataset(
         The :class:`Dataset`, items sorted by ``(label, source)``.
 
     Raises:
-        InvalidDataset: NUL byte, wrong kind of path, unreadable manifest or HF dataset, unknown split.
+        InvalidDataset: NUL byte (in the path or a class name), wrong kind of path, unreadable manifest or HF
+            dataset, unknown split.
         PathOutsideRoots: the path resolves outside ``roots`` (whether or not it exists).
         DatasetNotFound: the path (inside the roots) does not exist; unknown built-in name.
         EmptyDataset: no usable image.
@@ -253,6 +254,10 @@ def load_dataset(
         listing_roots = realpath_roots(roots) if roots is not None else (root,)
         listing = _LISTERS[ref.kind](real, listing_roots, ref.split, user, limits)
 
+    # Class names reach tables and HTML reports; a NUL byte there is refused like one in a path.
+    bad = next((name for name in listing.classes if "\x00" in name), None)
+    if bad is not None:
+        raise InvalidDataset(f"dataset {user!r}: class name {bad!r} contains a NUL byte; remove it", path=user)
     entries = _subsample(listing.entries, listing.classes, max_per_class, seed)
     _check_sizes(listing, entries, user, min_per_class, max_per_class)
     entries.sort(key=lambda e: (e.label, e.source))
