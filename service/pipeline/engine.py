@@ -224,5 +224,7 @@ def benchmark(
         hf_cache_dir=runtime.hf_cache_dir,
         n_bootstrap=request.n_bootstrap,
         progress=progress,
+        calibration=runtime.calibration,
+        p_best=request.p_best,
     )
     return BenchmarkResult.model_validate(result)
