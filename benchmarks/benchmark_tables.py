@@ -2,11 +2,13 @@
 
     .venv/bin/python benchmarks/benchmark_tables.py benchmarks/results/benchmark-default-<fingerprint>.json
 
-Prints: the ground truth per (target, backbone); per method (estimators and baselines) the mean
-weighted Kendall τ over targets with its bootstrap-over-targets 95 % interval, Kendall τ, Pearson r
-and top-1 regret; τw per target; τw against the linear-probe accuracy; and the cost of ranking next
-to fine-tuning. Everything is read from the result file (``summary``, ``metrics``, ``cost``), except
-the linear-probe τw, computed here with the same :func:`metric_values`.
+Prints: the ground truth per (target, backbone); per method (the product's orders, ``default`` being what
+``rank`` returns, then estimators and baselines) the mean weighted Kendall τ over targets with its
+bootstrap-over-targets 95 % interval, Kendall τ, Pearson r and top-1 regret; τw per target; τw against the
+linear-probe accuracy; the p(best) check and the backbones the two ground truths disagree on; and the cost of
+ranking next to fine-tuning. Everything is read from the result file (``summary``, ``metrics``, ``p_best_check``,
+``ground_truth_flags``, ``cost``), except the linear-probe τw, computed here with the same :func:`metric_values`.
+A result recorded before the product's orders existed gets them with ``backbone-rank resummarize RESULT.json``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from service.contract.results import benchmark_score
 from service.pipeline.benchmark.metrics import as_higher_is_better, metric_values
 
 
@@ -61,14 +64,17 @@ def summary_table(result: dict[str, Any]) -> list[str]:
         value = summary[name]["weighted_tau"]["mean"]
         return -2.0 if value is None else value
 
-    order = sorted(summary, key=mean_tau, reverse=True)
+    order = sorted(summary, key=lambda name: (not summary[name].get("is_product"), -mean_tau(name)))
     lines = [
         "| method | τw mean [95 % CI] | Kendall τ | Pearson r | top-1 regret | targets |",
         "|---|---|---:|---:|---:|---:|",
     ]
     for name in order:
         entry = summary[name]
-        label = f"*{name}* (baseline)" if entry["is_baseline"] else f"`{name}`"
+        if entry.get("is_product"):
+            label = f"**`{name}`** (" + ("default order" if name == "default" else "product") + ")"
+        else:
+            label = f"*{name}* (baseline)" if entry["is_baseline"] else f"`{name}`"
         lines.append(
             f"| {label} | {_interval(entry['weighted_tau'])} | {_num(entry['kendall_tau']['mean'])} | "
             f"{_num(entry['pearson']['mean'])} | {_num(entry['top1_regret']['mean'], 3)} | "
@@ -93,7 +99,8 @@ def per_target_table(result: dict[str, Any]) -> list[str]:
 def linear_probe_table(result: dict[str, Any]) -> list[str]:
     """τw of every estimator against the linear-probe accuracy (a second ground truth), per target and mean."""
     targets = result["targets"]
-    methods = [(e["name"], e["higher_is_better"]) for e in result["estimators"]]
+    methods = [(c["name"], c["higher_is_better"]) for c in (result.get("default_order") or {}).get("methods") or []]
+    methods += [(e["name"], e["higher_is_better"]) for e in result["estimators"]]
     methods += [(b["name"], b["higher_is_better"]) for b in result["baselines"] if b["name"] != "random"]
     lines = [
         "| method | mean | " + " | ".join(t["name"] for t in targets) + " |",
@@ -102,19 +109,51 @@ def linear_probe_table(result: dict[str, Any]) -> list[str]:
     for name, higher in methods:
         values: list[float | None] = []
         for target in targets:
-            rows = [
-                r
+            pairs = [
+                (score, r["linear_probe_accuracy"])
                 for r in target["backbones"]
-                if r["scores"].get(name) is not None and r.get("linear_probe_accuracy") is not None
+                if (score := benchmark_score(r, name)) is not None and r.get("linear_probe_accuracy") is not None
             ]
-            if len(rows) < 2:
+            if len(pairs) < 2:
                 values.append(None)
                 continue
-            scores = as_higher_is_better([r["scores"][name] for r in rows], higher)
-            values.append(metric_values(scores, [r["linear_probe_accuracy"] for r in rows])["weighted_tau"])
+            scores = as_higher_is_better([score for score, _ in pairs], higher)
+            values.append(metric_values(scores, [probe for _, probe in pairs])["weighted_tau"])
         present = [v for v in values if v is not None]
         mean = float(np.mean(present)) if present else None
         lines.append(f"| {name} | {_num(mean)} | " + " | ".join(_num(v) for v in values) + " |")
+    return lines
+
+
+def check_lines(result: dict[str, Any]) -> list[str]:
+    """The p(best) check and the ground-truth disagreements, in words (what was not checked says so)."""
+    lines = []
+    order = result.get("default_order")
+    if order is None:
+        lines.append("- the default order was not scored (`backbone-rank resummarize RESULT.json` adds it)")
+    else:
+        calibration = order.get("calibration")
+        lines.append(
+            "- default order: "
+            + (f"calibration `{calibration['path']}` ({calibration['created']})" if calibration else "no calibration")
+        )
+    check = result.get("p_best_check")
+    if check:
+        lines.append(
+            f"- p(best), {check['n_bootstrap']} half-samples per target: a backbone got p ≥ 0.5 on "
+            f"{check['n_confident']} of {check['n_targets']} targets and was the best on {check['n_confident_best']}; "
+            f"none reached 0.5 on {check['n_unconfident']}; the most probable backbone was the best on "
+            f"{check['n_top_best']} (mean p {_num(check['mean_top_p_best'])}); mean p_best of the actual best "
+            f"{_num(check['mean_p_best_of_best'])}"
+        )
+    else:
+        lines.append("- p(best): not run (`backbone-rank benchmark --p-best N`)")
+    flags = result.get("ground_truth_flags")
+    if flags is None:
+        lines.append("- ground truths: not checked")
+    elif not flags:
+        lines.append("- ground truths: the linear probe and fine-tuning agree on every checked pick (none flagged)")
+    lines += [f"- **ground truths disagree**: {flag['message']}" for flag in flags or []]
     return lines
 
 
@@ -146,6 +185,7 @@ def main() -> None:
         ("Methods over all targets (weighted Kendall τ against fine-tuned accuracy)", summary_table(result)),
         ("τw per target", per_target_table(result)),
         ("τw against the linear-probe accuracy", linear_probe_table(result)),
+        ("Checks", check_lines(result)),
         ("Cost", cost_lines(result)),
     ]
     for title, lines in sections:

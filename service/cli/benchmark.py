@@ -1,5 +1,6 @@
-"""``backbone-rank benchmark``, ``report`` and ``calibrate``: run a suite, render a result as HTML, and fit the
-calibration on benchmark results, with their tables. Together because calibrate reads what benchmark writes.
+"""``backbone-rank benchmark``, ``resummarize``, ``report`` and ``calibrate``: run a suite, recompute a recorded
+result's summary (the product's default order under a calibration), render a result as HTML, and fit the
+calibration on benchmark results, with their tables. Together because they all read what benchmark writes.
 Registered in service/cli/__init__.py.
 """
 
@@ -69,6 +70,16 @@ def benchmark_command(
     ] = None,
     report: Annotated[bool, typer.Option("--report/--no-report", help="Also write the HTML report.")] = True,
     bootstrap: Annotated[int, typer.Option(min=0, help="Bootstrap replicates per target for the CIs.")] = 500,
+    p_best: Annotated[
+        int,
+        typer.Option(
+            "--p-best",
+            min=0,
+            help="Check p_best: half-sample replicates of the default order's p_best per target (as `rank "
+            "--bootstrap`), then how often the backbone given p >= 0.5 is the best (0: off; each replicate refits "
+            "the fusion's members for every backbone).",
+        ),
+    ] = 0,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda ... (default: settings).")] = None,
     offline: OfflineOption = False,
 ) -> None:
@@ -95,6 +106,7 @@ def benchmark_command(
             data_dir=str(data_dir) if data_dir is not None else None,
             backbone_map=mapping,
             n_bootstrap=bootstrap,
+            p_best=p_best,
             device=device,
             reuse=[str(p) for p in reuse or []],
         )
@@ -150,18 +162,40 @@ def _print_benchmark(result: dict[str, Any]) -> None:
     suite = result["suite"]
     table = Table(
         title=f"Benchmark {suite['name']} — {len(result['targets'])} targets, ground truth: {suite['ground_truth']}",
-        caption="mean over targets [95% bootstrap CI]; baselines in italics",
+        caption="mean over targets [95% bootstrap CI]; the product's orders in bold (default: what `rank` returns), "
+        "baselines in italics",
     )
     for column in ("method", "weighted τ", "Kendall τ", "Pearson r", "top-1 regret"):
         table.add_column(column, justify="left" if column == "method" else "right")
     ordered = sorted(
         result["summary"].items(),
-        key=lambda kv: -(kv[1]["weighted_tau"]["mean"] if kv[1]["weighted_tau"]["mean"] is not None else -9),
+        key=lambda kv: (
+            not kv[1].get("is_product"),
+            -(kv[1]["weighted_tau"]["mean"] if kv[1]["weighted_tau"]["mean"] is not None else -9),
+        ),
     )
     for name, entry in ordered:
-        label = f"[italic]{name}[/]" if entry["is_baseline"] else name
+        label = (
+            f"[bold]{name}[/]" if entry.get("is_product") else f"[italic]{name}[/]" if entry["is_baseline"] else name
+        )
         table.add_row(label, *(_fmt_ci(entry[m]) for m in ("weighted_tau", "kendall_tau", "pearson", "top1_regret")))
     console.print(table)
+    calibration = (result.get("default_order") or {}).get("calibration")
+    if result.get("default_order") is not None:
+        console.print(
+            "default order: "
+            + (f"calibration {escape(str(calibration['path']))} ({calibration['created']})" if calibration else
+               "no calibration (mean rank)")
+        )  # fmt: skip
+    check = result.get("p_best_check")
+    if check:
+        console.print(
+            f"p_best ({check['n_bootstrap']} half-samples): a backbone got p >= 0.5 on {check['n_confident']} of "
+            f"{check['n_targets']} targets and was the best on {check['n_confident_best']}; no backbone reached 0.5 "
+            f"on {check['n_unconfident']}; mean p_best of the actual best {_fmt(check['mean_p_best_of_best'], '.2f')}"
+        )
+    for flag in result.get("ground_truth_flags") or []:
+        console.print(f"[yellow]ground truths disagree[/]: {escape(flag['message'])}")
     cost = result.get("cost") or {}
     if cost.get("ratio"):
         console.print(
@@ -170,6 +204,74 @@ def _print_benchmark(result: dict[str, Any]) -> None:
         )
     for skipped in result.get("skipped", {}).get("backbones", []):
         console.print(f"[yellow]skipped backbone[/] {escape(skipped['backbone'])}: {escape(skipped['reason'])}")
+
+
+def resummarize_command(
+    result_file: Annotated[
+        Path, typer.Argument(metavar="RESULT.json", help="A benchmark result (`backbone-rank benchmark`).")
+    ],
+    calibration: Annotated[
+        str,
+        typer.Option(
+            help="What the default order applies: 'default' (the packaged calibration), a calibration JSON, or "
+            "'none' (the mean-rank order)."
+        ),
+    ] = "default",
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Where to write the JSON (and the CSV beside it) [default: RESULT.json]."),
+    ] = None,
+    bootstrap: Annotated[
+        int | None,
+        typer.Option(min=0, help="Bootstrap replicates per target for the CIs [default: the recorded run's, or 500]."),
+    ] = None,
+    report: Annotated[bool, typer.Option("--report/--no-report", help="Also write the HTML report.")] = True,
+) -> None:
+    """Recompute a recorded benchmark's summary with the product's default order and predicted accuracy under a
+    calibration, and its checks, from the recorded scores (nothing is rerun)."""
+    from service.errors import InvalidCalibration, InvalidResult
+
+    try:
+        from service.contract import BenchmarkResult
+        from service.pipeline.benchmark.default_order import resummarize
+        from service.pipeline.benchmark.results import write_result_files
+
+        try:
+            document = json.loads(result_file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise InvalidResult(
+                f"cannot read {str(result_file)!r} as a benchmark result ({type(err).__name__}: {err})"
+            ) from None
+        if (
+            not isinstance(document, dict)
+            or document.get("kind", "benchmark") != "benchmark"
+            or "targets" not in document
+        ):
+            raise InvalidResult(
+                f"{str(result_file)!r} is not a benchmark result (`backbone-rank benchmark` writes one)"
+            )
+        try:
+            resummarize(document, None if calibration == "none" else calibration, n_bootstrap=bootstrap)
+            typed = BenchmarkResult.model_validate(document)
+        except (KeyError, TypeError, ValueError) as err:  # pydantic's ValidationError is a ValueError
+            raise InvalidResult(
+                f"{str(result_file)!r} is a malformed benchmark result ({type(err).__name__}: {err})"
+            ) from None
+        files = {k: str(v) for k, v in write_result_files(document, output or result_file).items()}
+    except (InvalidResult, InvalidCalibration) as err:
+        _exit_with(err)
+    except OSError as err:
+        err_console.print(f"[bold red]error[/]: cannot write the result: {escape(str(err))}")
+        raise typer.Exit(2) from None
+    _print_benchmark(document)
+    if report:
+        from service.reports import render_report
+
+        html_path = Path(files["json"]).with_suffix(".html")
+        html_path.write_text(render_report(typed), encoding="utf-8")
+        files["html"] = str(html_path)
+    for kind, path in files.items():
+        console.print(f"{kind}: {escape(path)}")
 
 
 def report_command(

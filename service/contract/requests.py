@@ -196,6 +196,14 @@ class BenchmarkRequest(_Request):
         default_factory=dict, description="standard suite: NAME -> backbone id to use for a published model."
     )
     n_bootstrap: StrictInt = Field(500, ge=0, le=100_000, description="Bootstrap replicates per target for the CIs.")
+    p_best: StrictInt = Field(
+        0,
+        ge=0,
+        le=MAX_BOOTSTRAP,
+        description="Half-sample replicates of the default order's p_best per target, to check how often the "
+        "backbone given p_best >= 0.5 is the best (0: not checked). Each refits the fusion's members for every "
+        "backbone, as `rank --bootstrap` does.",
+    )
     device: Device | None = None
     reuse: list[LocalPath] = Field(
         default_factory=list,

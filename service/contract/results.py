@@ -14,6 +14,7 @@ Versions: ``schema_version`` 1 is what the project wrote before the request/resu
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter
@@ -21,6 +22,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter
 from .requests import BenchmarkRequest, DatasetSpec, FinetuneRequest, RankingRequest
 
 __all__ = [
+    "PRODUCT_METHODS",
     "RESULT_SCHEMA_VERSION",
     "AnyResult",
     "BackboneRow",
@@ -28,6 +30,7 @@ __all__ = [
     "Environment",
     "FinetuneResult",
     "RankingResult",
+    "benchmark_score",
     "load_result",
     "result_kind",
 ]
@@ -335,6 +338,11 @@ class MetricSummary(_Model):
 
 class MethodSummary(_Model):
     is_baseline: bool
+    is_product: bool = Field(
+        False,
+        description="One of the product's own orders (PRODUCT_METHODS): default, what `rank` returns with default "
+        "settings, or predicted_accuracy.",
+    )
     weighted_tau: MetricSummary
     kendall_tau: MetricSummary
     pearson: MetricSummary
@@ -349,6 +357,39 @@ class SuiteInfo(_Model):
     definition: dict[str, Any]
 
 
+class TargetOrder(_Model):
+    """How the default order was made on one target: the fusion as applied there (the ranking's ``fusion`` block
+    less the calibration, which the result's ``default_order`` names once)."""
+
+    method: Literal["calibrated", "mean_rank"]
+    members: list[str]
+    weights: list[float] | None
+    normalisation: str
+    note: str
+
+
+#: The product's own orders a benchmark scores beside the estimators and baselines: ``default``, the order ``rank``
+#: returns with default settings (a row's ``default``: the calibrated fused score, or minus the mean rank without a
+#: usable calibration; higher = better), and ``predicted_accuracy`` (a row's predicted fine-tuned accuracy).
+PRODUCT_METHODS = ("default", "predicted_accuracy")
+
+
+def benchmark_score(row: Mapping[str, Any], method: str) -> float | None:
+    """A benchmark row's value for ``method`` (None: none recorded): an estimator's or baseline's score, or one of
+    :data:`PRODUCT_METHODS`, which a row keeps outside ``scores`` so that a calibration fitted on the result never
+    takes the product's own order for an estimator."""
+    if method == "default":
+        value = row.get("default")
+    elif method == "predicted_accuracy":
+        predicted = row.get("predicted_accuracy")
+        finetune = predicted.get("finetune") if isinstance(predicted, Mapping) else None
+        value = finetune.get("value") if isinstance(finetune, Mapping) else None
+    else:
+        scores = row.get("scores")
+        value = scores.get(method) if isinstance(scores, Mapping) else None
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+
 class BenchmarkTarget(_Loose):
     name: str
     dataset: str
@@ -357,7 +398,12 @@ class BenchmarkTarget(_Loose):
     n_classes: int
     n_rank_images: int
     n_test_images: int | None
-    backbones: list[dict[str, Any]] = Field(description="Per backbone: scores, baselines, accuracy, seconds.")
+    backbones: list[dict[str, Any]] = Field(
+        description="Per backbone: scores, baselines, accuracy, seconds; default (the default order's score), "
+        "predicted_accuracy and p_best where recorded."
+    )
+    default_order: TargetOrder | None = Field(None, description="How the default order was made here.")
+    p_best: PBestInfo | None = Field(None, description="The p_best resampling, when the benchmark ran it.")
     metrics: dict[str, dict[str, dict[str, Number]] | None] = Field(
         default_factory=dict,
         description="Per method and metric: value with its bootstrap CI on this target (null: not computable).",
@@ -385,6 +431,65 @@ class ZooProvenance(_Model):
     note: str | None = Field(None, description="How the block was obtained when not by the run itself.")
 
 
+class ProductColumn(_Model):
+    name: str
+    higher_is_better: bool
+    description: str
+
+
+class DefaultOrderInfo(_Model):
+    """The calibration the default order applied (null: none, the mean-rank order) and the product's methods."""
+
+    calibration: CalibrationInfo | None
+    fusion: dict[str, Any] | None = Field(
+        description="The calibration's fusion: members, weights, normalisation, higher_is_better (null: none)."
+    )
+    methods: list[ProductColumn]
+
+
+class PBestTarget(_Model):
+    target: str
+    top: str = Field(description="The backbone with the highest p_best.")
+    top_p_best: float
+    best: list[str] = Field(description="The best backbone(s) by fine-tuned accuracy.")
+    p_best_of_best: float = Field(description="The p_best of the best backbone(s), summed.")
+    top_is_best: bool
+
+
+class PBestCheck(_Model):
+    """Over the targets with p_best: how often the backbone given p >= 0.5 is the best (by fine-tuned accuracy)."""
+
+    n_bootstrap: int
+    n_targets: int
+    n_confident: int = Field(description="Targets where one backbone got p_best >= 0.5.")
+    n_confident_best: int = Field(description="Of those, targets where that backbone is the best.")
+    n_unconfident: int = Field(description="Targets where no backbone reached p_best 0.5.")
+    n_top_best: int = Field(description="Targets where the backbone with the highest p_best is the best.")
+    mean_top_p_best: Number = Field(description="Mean p_best of each target's most probable backbone.")
+    mean_p_best_of_best: Number = Field(
+        description="Mean p_best of each target's actual best (calibration: ~hit rate)."
+    )
+    seconds: float = Field(description="Resampling time, all targets.")
+    per_target: list[PBestTarget]
+
+
+class GroundTruthFlag(_Model):
+    """A backbone whose standing differs between the linear-probe and the fine-tuned ground truth."""
+
+    target: str
+    backbone: str
+    roles: list[str] = Field(description="Why it was checked: the default's pick, best by fine-tuning or probe.")
+    n_backbones: int
+    linear_probe: float
+    finetune: float
+    linear_probe_rank: float
+    finetune_rank: float
+    linear_probe_gap: float = Field(description="Best linear-probe accuracy minus this backbone's.")
+    finetune_gap: float = Field(description="Best fine-tuned accuracy minus this backbone's.")
+    strategy: str | None = Field(description="How the fine-tuned ground truth was trained (full, partial, linear).")
+    message: str
+
+
 class BenchmarkResult(_Model):
     """A benchmark run: every (target, backbone) pair scored and fine-tuned (or published), and how well each
     estimator's order matched the ground truth."""
@@ -403,6 +508,13 @@ class BenchmarkResult(_Model):
     targets: list[BenchmarkTarget]
     skipped: dict[str, list[dict[str, Any]]]
     summary: dict[str, MethodSummary]
+    default_order: DefaultOrderInfo | None = Field(
+        None, description="The product's orders scored beside the estimators, and the calibration they applied."
+    )
+    p_best_check: PBestCheck | None = Field(None, description="Is the backbone given p_best >= 0.5 the best?")
+    ground_truth_flags: list[GroundTruthFlag] | None = Field(
+        None, description="Picks good under one ground truth and bad under the other (null: not checked)."
+    )
     cost: dict[str, Any] | None = None
     seconds: TotalSeconds | None = None
     files: dict[str, str] | None = Field(None, description="Where the CLI wrote the JSON/CSV (and HTML).")

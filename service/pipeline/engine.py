@@ -225,5 +225,7 @@ def benchmark(
         n_bootstrap=request.n_bootstrap,
         progress=progress,
         reuse=[Path(p) for p in request.reuse],
+        calibration=runtime.calibration,
+        p_best=request.p_best,
     )
     return BenchmarkResult.model_validate(result)

@@ -14,7 +14,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from service.contract import BenchmarkResult
-from service.contract.results import BenchmarkTarget, Environment, MethodSummary, MetricSummary
+from service.contract.results import (
+    BenchmarkTarget,
+    Environment,
+    MethodSummary,
+    MetricSummary,
+    benchmark_score,
+)
 
 from . import figures
 from ._format import (
@@ -86,13 +92,23 @@ def _summary_cell(metric: str, stats: MethodSummary | None) -> dict[str, str]:
 
 
 def _benchmark_methods(benchmark: BenchmarkResult) -> list[dict[str, Any]]:
-    """Estimators then baselines, plus any method only the summary knows; sorted by mean τw (n/a last)."""
+    """The product's orders (default first), then estimators and baselines sorted by mean τw (n/a last), plus any
+    method only the summary knows."""
     summary = benchmark.summary
     methods: dict[str, dict[str, Any]] = {}
+    for column in benchmark.default_order.methods if benchmark.default_order is not None else []:
+        methods[column.name] = {
+            "name": column.name,
+            "is_baseline": False,
+            "is_product": True,
+            "higher_is_better": column.higher_is_better,
+            "about": column.description,
+        }
     for estimator in benchmark.estimators:
         methods[estimator.name] = {
             "name": estimator.name,
             "is_baseline": False,
+            "is_product": False,
             "higher_is_better": estimator.higher_is_better,
             "about": estimator.reference,
         }
@@ -101,14 +117,22 @@ def _benchmark_methods(benchmark: BenchmarkResult) -> list[dict[str, Any]]:
             methods[str(entry["name"])] = {
                 "name": str(entry["name"]),
                 "is_baseline": True,
+                "is_product": False,
                 "higher_is_better": entry.get("higher_is_better", True),
                 "about": entry.get("description") or "",
             }
     for name, info in summary.items():
         if name not in methods:
-            methods[name] = {"name": name, "is_baseline": info.is_baseline, "higher_is_better": True, "about": ""}
+            methods[name] = {
+                "name": name,
+                "is_baseline": info.is_baseline,
+                "is_product": info.is_product,
+                "higher_is_better": True,
+                "about": "",
+            }
         else:
             methods[name]["is_baseline"] = info.is_baseline
+            methods[name]["is_product"] = methods[name]["is_product"] or info.is_product
     order = list(methods)
     for method in methods.values():
         method["position"] = order.index(method["name"])
@@ -119,17 +143,23 @@ def _benchmark_methods(benchmark: BenchmarkResult) -> list[dict[str, Any]]:
         method["n_targets"] = str(stats.weighted_tau.n_targets) if stats is not None else NA
     return sorted(
         methods.values(),
-        key=lambda m: (m["mean_tau"] is None, -(m["mean_tau"] or 0.0), order.index(m["name"])),
+        key=lambda m: (
+            not m["is_product"],
+            order.index(m["name"]) if m["is_product"] else 0,  # the product's orders in their own order, default first
+            m["mean_tau"] is None,
+            -(m["mean_tau"] or 0.0),
+            order.index(m["name"]),
+        ),
     )
 
 
 def _honest_reading(methods: Sequence[Mapping[str, Any]], summary: Mapping[str, MethodSummary]) -> list[str]:
     """Plain statements read off the summary numbers; no adjectives, no claims the numbers do not carry."""
-    estimators = [m for m in methods if not m["is_baseline"]]
+    estimators = [m for m in methods if not m["is_baseline"] and not m["is_product"]]
     baselines = [m for m in methods if m["is_baseline"] and m["mean_tau"] is not None]
-    sentences: list[str] = []
+    sentences = _product_reading(methods, summary)
     if not estimators:
-        return ["The result has no estimator to compare."]
+        return [*sentences, "The result has no estimator to compare."]
     scored = [m for m in estimators if m["mean_tau"] is not None]
     missing = [m["name"] for m in estimators if m["mean_tau"] is None]
     if scored:
@@ -176,6 +206,57 @@ def _honest_reading(methods: Sequence[Mapping[str, Any]], summary: Mapping[str, 
     return sentences
 
 
+#: How the honest reading names the product's orders.
+_PRODUCT_LABELS = {
+    "default": "The default order (what `rank` returns with default settings)",
+    "predicted_accuracy": "The order by predicted accuracy",
+}
+
+
+def _product_reading(methods: Sequence[Mapping[str, Any]], summary: Mapping[str, MethodSummary]) -> list[str]:
+    """One sentence per product order: its mean τw (with interval) and mean top-1 regret."""
+    sentences = []
+    for method in (m for m in methods if m["is_product"]):
+        label = _PRODUCT_LABELS.get(method["name"], f"The product's {method['name']} order")
+        stats = summary.get(method["name"])
+        if stats is None or method["mean_tau"] is None:
+            sentences.append(f"{label} has no mean τw (n/a).")
+            continue
+        ci = method["cells"]["weighted_tau"]["ci"]
+        regret = stats.top1_regret.mean
+        sentences.append(
+            f"{label} has a mean τw of {method['mean_tau']:.3f}"
+            + (f" (95 % CI {ci})" if ci else "")
+            + (f" and a mean top-1 regret of {100 * regret:.1f} accuracy points" if regret is not None else "")
+            + f", over {method['n_targets']} target(s)."
+        )
+    return sentences
+
+
+def _checks_view(benchmark: BenchmarkResult) -> dict[str, Any]:
+    """The p(best) check in words, and the ground-truth disagreements as warnings."""
+    check = benchmark.p_best_check
+    p_best: list[str] = []
+    if check is not None:
+        p_best.append(
+            f"With {check.n_bootstrap} half-samples per target, a backbone got p_best ≥ 0.5 on {check.n_confident} of "
+            f"{check.n_targets} target(s) and was the best by fine-tuned accuracy on {check.n_confident_best} of them; "
+            f"no backbone reached 0.5 on {check.n_unconfident}."
+        )
+        p_best.append(
+            f"The most probable backbone was the best on {check.n_top_best} of {check.n_targets} target(s), with a "
+            f"mean p_best of {fmt_fixed(check.mean_top_p_best, 2)}; the actual best had a mean p_best of "
+            f"{fmt_fixed(check.mean_p_best_of_best, 2)} (a calibrated p_best gives the best about the share of "
+            "targets on which the most probable one is the best)."
+        )
+    flags = benchmark.ground_truth_flags
+    return {
+        "p_best": p_best,
+        "flags": [flag.message for flag in flags or []],
+        "flags_checked": flags is not None,
+    }
+
+
 def honest_reading(result: BenchmarkResult | Mapping[str, Any]) -> list[str]:
     """The "honest reading" of a benchmark result: factual sentences from its summary (no figures drawn).
 
@@ -205,14 +286,13 @@ def _target_view(target: BenchmarkTarget, methods: Sequence[Mapping[str, Any]], 
     actual_ranks = ranks_of(actual)
     method_ranks = {
         m["name"]: ranks_of(
-            [_mapping(b.get("scores")).get(m["name"]) for b in backbones],
-            higher_is_better=m["higher_is_better"] is not False,
+            [benchmark_score(b, m["name"]) for b in backbones], higher_is_better=m["higher_is_better"] is not False
         )
         for m in estimator_order
     }
+    has_p_best = any(as_float(b.get("p_best")) is not None for b in backbones)
     rows = []
     for position, backbone in enumerate(backbones):
-        scores = _mapping(backbone.get("scores"))
         accuracy = _accuracy(backbone)
         rows.append(
             {
@@ -221,12 +301,13 @@ def _target_view(target: BenchmarkTarget, methods: Sequence[Mapping[str, Any]], 
                 "accuracy": _mean_std_percent(accuracy.get("mean"), accuracy.get("std")),
                 "methods": [
                     {
-                        "score": fmt_number(scores.get(m["name"])),
+                        "score": fmt_number(benchmark_score(backbone, m["name"])),
                         "rank": fmt_rank(method_ranks[m["name"]][position]),
                         "top": method_ranks[m["name"]][position] == 1.0,
                     }
                     for m in estimator_order
                 ],
+                "p_best": fmt_fixed(backbone.get("p_best"), 2),
                 "linear_probe": fmt_percent(backbone.get("linear_probe_accuracy")),
                 "source_accuracy": fmt_percent(backbone.get("source_accuracy")),
                 "feature_dim": fmt_int(backbone.get("feature_dim")),
@@ -241,20 +322,30 @@ def _target_view(target: BenchmarkTarget, methods: Sequence[Mapping[str, Any]], 
             entry = stats.get(metric) or {}
             cells[metric] = _metric_cell(metric, entry.get("value"), entry.get("ci_low"), entry.get("ci_high"))
         tau = as_float((stats.get("weighted_tau") or {}).get("value"))
-        per_method.append({"name": method["name"], "is_baseline": method["is_baseline"], "cells": cells})
+        per_method.append(
+            {
+                "name": method["name"],
+                "is_baseline": method["is_baseline"],
+                "is_product": method["is_product"],
+                "cells": cells,
+            }
+        )
         panels.append(
             figures.ScatterPanel(
                 title=f"{method['name']} {method['direction']}   τw = {NA if tau is None else f'{tau:.2f}'}",
-                x=[_mapping(b.get("scores")).get(method["name"]) for b in backbones],
+                x=[benchmark_score(b, method["name"]) for b in backbones],
                 y=[None if a is None else 100 * a for a in actual],
                 labels=[labels[i] for i in ids],
                 is_baseline=method["is_baseline"],
+                is_product=method["is_product"],
             )
         )
     name = target.name
     notes = []
     if len(backbones) < 2:
         notes.append("Fewer than two backbones: rank correlations are undefined (n/a).")
+    if target.default_order is not None:
+        notes.append(f"Default order here: {target.default_order.note}.")
     scatter = (
         figures.scatter_panels_figure(panels, title=f"{name}: score vs actual accuracy", ylabel="actual accuracy (%)")
         if panels
@@ -272,6 +363,7 @@ def _target_view(target: BenchmarkTarget, methods: Sequence[Mapping[str, Any]], 
             ("backbones", str(len(backbones))),
         ],
         "estimators": estimator_order,
+        "has_p_best": has_p_best,
         "rows": rows,
         "per_method": per_method,
         "scatter": scatter,
@@ -327,6 +419,29 @@ def _cost_view(cost: Mapping[str, Any]) -> dict[str, Any] | None:
     }
 
 
+def _calibration_line(benchmark: BenchmarkResult) -> str | None:
+    """Which calibration the product's orders applied (None: the result does not score them)."""
+    order = benchmark.default_order
+    if order is None:
+        return None
+    if order.calibration is None:
+        return "The default order applied no calibration: it is the mean of the per-estimator ranks."
+    calibration = order.calibration
+    fusion = order.fusion or {}
+    members = ", ".join(str(m) for m in fusion.get("members") or []) or NA
+    line = (
+        f"The default order applied the calibration {calibration.path or NA} (created {calibration.created or NA}): "
+        f"a {fusion.get('normalisation', NA)} fusion of {members}."
+    )
+    fitted_on = [_mapping(entry) for entry in _sequence(calibration.source.get("results"))]
+    if any(e.get("created") == benchmark.created and e.get("suite") == benchmark.suite.name for e in fitted_on):
+        loto = calibration.loto.fused_mean_weighted_tau
+        line += " It was fitted on this result, so the product's numbers here are in-sample" + (
+            f"; its leave-one-target-out mean τw was {loto:.3f}." if loto is not None else "."
+        )
+    return line
+
+
 def _method_interval(method: Mapping[str, Any], stats: MethodSummary | None) -> figures.MethodInterval:
     """One bar of the τw figure: the method's mean over targets and its 95 % interval."""
     tau = stats.weighted_tau if stats is not None else None
@@ -336,6 +451,7 @@ def _method_interval(method: Mapping[str, Any], stats: MethodSummary | None) -> 
         low=tau.ci_low if tau is not None else None,
         high=tau.ci_high if tau is not None else None,
         is_baseline=method["is_baseline"],
+        is_product=method["is_product"],
     )
 
 
@@ -367,13 +483,15 @@ def render_benchmark_report(result: BenchmarkResult | Mapping[str, Any]) -> str:
         if methods
         else None
     )
-    estimators = [m for m in methods if not m["is_baseline"]]
+    products = [m for m in methods if m["is_product"]]
+    estimators = [m for m in methods if not m["is_baseline"] and not m["is_product"]]
     baselines = [m for m in methods if m["is_baseline"]]
     best_estimator = next((m for m in estimators if m["mean_tau"] is not None), None)
     best_baseline = next((m for m in baselines if m["mean_tau"] is not None), None)
     cost = _cost_view(benchmark.cost or {})
     n_backbones = len({str(b.get("id")) for t in benchmark.targets for b in t.backbones})
     ground_truth = {"finetune": "fine-tuned accuracy (measured here)", "published": "published accuracies"}
+    default = next((m for m in products if m["name"] == "default"), None)
     cards = [
         ("targets", str(len(targets))),
         ("backbones", str(n_backbones)),
@@ -381,6 +499,9 @@ def render_benchmark_report(result: BenchmarkResult | Mapping[str, Any]) -> str:
         ("best estimator τw", f"{best_estimator['mean_tau']:.3f} ({best_estimator['name']})" if best_estimator else NA),
         ("best baseline τw", f"{best_baseline['mean_tau']:.3f} ({best_baseline['name']})" if best_baseline else NA),
     ]
+    if default is not None:
+        tau = default["mean_tau"]
+        cards.insert(0, ("default order τw (what rank returns)", NA if tau is None else f"{tau:.3f}"))
     if cost and cost["ratio"] != NA:
         cards.append(("fine-tuning / ranking time", cost["ratio"]))
     skipped_lines = [  # loose: {"target"?, "backbone"?, "reason"} per skipped target or backbone
@@ -403,6 +524,8 @@ def render_benchmark_report(result: BenchmarkResult | Mapping[str, Any]) -> str:
         methods=methods,
         tau_figure=tau_figure,
         reading=_honest_reading(methods, summary),
+        checks=_checks_view(benchmark),
+        calibration=_calibration_line(benchmark),
         targets=targets,
         cost=cost,
         total_seconds=fmt_seconds(benchmark.seconds.total if benchmark.seconds is not None else None),

@@ -39,6 +39,8 @@ __all__ = [
 
 ESTIMATOR_COLOR = "#3b6ea8"
 BASELINE_COLOR = "#d08838"
+#: The product's own orders (the default ranking, predicted accuracy) in a benchmark's figures.
+PRODUCT_COLOR = "#6b46c1"
 HIGHLIGHT_COLOR = "#2f855a"
 MUTED_COLOR = "#a9b8c9"
 TEXT_COLOR = "#1f2933"
@@ -71,6 +73,7 @@ class MethodInterval:
     low: float | None
     high: float | None
     is_baseline: bool
+    is_product: bool = False  # the product's own order (default, predicted accuracy)
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,7 @@ class ScatterPanel:
     y: Sequence[float | None]
     labels: Sequence[str]
     is_baseline: bool = False
+    is_product: bool = False
 
 
 @dataclass(frozen=True)
@@ -239,6 +243,10 @@ def _place_labels(ax: Axes, xs: np.ndarray, ys: np.ndarray, labels: Sequence[str
         )
 
 
+def _method_color(is_baseline: bool, is_product: bool) -> str:
+    return PRODUCT_COLOR if is_product else BASELINE_COLOR if is_baseline else ESTIMATOR_COLOR
+
+
 def tau_interval_figure(methods: Sequence[MethodInterval], *, title: str) -> EmbeddedFigure:
     """Horizontal bars of each method's mean τw with its 95 % interval; best at the top, zero line."""
     n = max(1, len(methods))
@@ -259,7 +267,7 @@ def tau_interval_figure(methods: Sequence[MethodInterval], *, title: str) -> Emb
     _style_axes(ax, grid_axis="x")
     positions = np.arange(len(methods))[::-1]  # first method (best) at the top
     for y, method in zip(positions, methods, strict=True):
-        color = BASELINE_COLOR if method.is_baseline else ESTIMATOR_COLOR
+        color = _method_color(method.is_baseline, method.is_product)
         if method.mean is None:
             ax.text(0, y, "  n/a", va="center", ha="left", fontsize=8, color="#7b8794")
             continue
@@ -281,6 +289,8 @@ def tau_interval_figure(methods: Sequence[MethodInterval], *, title: str) -> Emb
         label.set_color(BASELINE_COLOR if method.is_baseline else TEXT_COLOR)
         if method.is_baseline:
             label.set_fontstyle("italic")
+        if method.is_product:
+            label.set_fontweight("bold")
     bounds = [v for m in methods for v in (m.low, m.high, m.mean) if v is not None]
     low, high = min([*bounds, 0.0]), max([*bounds, 0.0])
     pad = 0.08 * max(high - low, 0.2)
@@ -289,11 +299,13 @@ def tau_interval_figure(methods: Sequence[MethodInterval], *, title: str) -> Emb
     ax.set_xlabel("weighted Kendall τ (mean across targets, 95 % CI)", fontsize=8.5, color=TEXT_COLOR)
     ax.set_title(title, fontsize=10, color=TEXT_COLOR, loc="left")
     handles = [Patch(color=ESTIMATOR_COLOR, label="estimator"), Patch(color=BASELINE_COLOR, label="baseline")]
+    if any(m.is_product for m in methods):
+        handles.insert(0, Patch(color=PRODUCT_COLOR, label="product (default order)"))
     ax.legend(
         handles=handles,
         loc="lower right",
         bbox_to_anchor=(1.0, 1.0),
-        ncols=2,
+        ncols=len(handles),
         fontsize=7.5,
         frameon=False,
         borderaxespad=0.2,
@@ -310,7 +322,7 @@ def scatter_panels_figure(panels: Sequence[ScatterPanel], *, title: str, ylabel:
     figure, axes = grid.figure()
     for ax, panel in zip(axes, panels, strict=False):
         _style_axes(ax)
-        color = BASELINE_COLOR if panel.is_baseline else ESTIMATOR_COLOR
+        color = _method_color(panel.is_baseline, panel.is_product)
         ax.set_title(panel.title, fontsize=8.5, color=BASELINE_COLOR if panel.is_baseline else TEXT_COLOR)
         points = [
             (x, y, label)

@@ -262,7 +262,8 @@ def test_finetune_refuses_out_with_server_and_a_non_ranking_winner(recorded, tmp
 
 BENCHMARK_FIELDS = {
     "suite": "suite", "target": "targets", "per_class": "per_class", "data_dir": "data_dir",
-    "backbone_map": "backbone_map", "bootstrap": "n_bootstrap", "device": "device", "reuse": "reuse",
+    "backbone_map": "backbone_map", "bootstrap": "n_bootstrap", "p_best": "p_best", "device": "device",
+    "reuse": "reuse",
 }  # fmt: skip
 
 
@@ -271,8 +272,8 @@ def test_every_benchmark_option_reaches_the_request(recorded):
     assert set(BENCHMARK_FIELDS.values()) == set(BenchmarkRequest.model_fields)
     outcome = _invoke(
         "benchmark", "--suite", "standard", "-t", "pets", "-t", "dtd", "--per-class", "5", "--data-dir", "/d",
-        "-b", "googlenet=random:resnet10t", "--bootstrap", "50", "--device", "cpu", "--reuse", "a.json",
-        "--reuse", "b.json",
+        "-b", "googlenet=random:resnet10t", "--bootstrap", "50", "--p-best", "20", "--device", "cpu",
+        "--reuse", "a.json", "--reuse", "b.json",
     )  # fmt: skip
     assert outcome.exit_code == 2 and "recorded" in outcome.stderr
     assert recorded["local"].model_dump() == {
@@ -282,6 +283,7 @@ def test_every_benchmark_option_reaches_the_request(recorded):
         "data_dir": "/d",
         "backbone_map": {"googlenet": "random:resnet10t"},
         "n_bootstrap": 50,
+        "p_best": 20,
         "device": "cpu",
         "reuse": ["a.json", "b.json"],
     }

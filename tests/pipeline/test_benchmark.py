@@ -110,7 +110,9 @@ def test_published_suite_scores_every_pair_and_writes_json_and_csv(target_dir, w
         assert row["seconds"]["finetune"] is None and row["finetune"] is None
         # the size prior is counted on the loaded model; no test model has a published ImageNet accuracy
         assert 0.1 < row["scores"]["model_size"] < 5 and row["scores"]["imagenet_top1"] is None
-    assert set(target["metrics"]) == {*ESTIMATORS, *PRIORS, "feature_dim", "random"}
+    # the product's orders under the packaged calibration, beside the estimators and the baselines
+    assert set(target["metrics"]) == {"default", "predicted_accuracy", *ESTIMATORS, *PRIORS, "feature_dim", "random"}
+    assert result["summary"]["default"]["is_product"] and not result["summary"]["logme"]["is_product"]
     assert target["metrics"]["source_accuracy"] is None  # no backbone knows its source accuracy
     assert target["metrics"]["imagenet_top1"] is None and target["metrics"]["model_size"]["weighted_tau"]
     assert result["summary"]["model_size"]["is_baseline"] is True
@@ -364,3 +366,39 @@ def test_reuse_refuses_a_result_of_another_protocol(target_dir, weights, tmp_pat
     (tmp_path / "junk.json").write_text("[]")
     with pytest.raises(ValueError, match="not a benchmark result"):
         run_benchmark(suite, out_dir=None, device="cpu", reuse=[tmp_path / "junk.json"])
+
+
+def test_the_default_order_and_its_p_best_are_scored_beside_the_estimators(target_dir, weights, tmp_path):
+    from service.pipeline.calibration.model import AccuracyModel, Calibration, Fusion, fused_scores
+
+    calibration = Calibration(
+        accuracy={
+            "finetune": [AccuracyModel(("class_means",), (0.2, 1.1), (-0.4, 0.3), n_train=30)],
+            "linear_probe": None,
+        },
+        fusion=Fusion(("class_means", "logme"), (1.0, 1.0), "zscore", {"class_means": True, "logme": True}),
+        source={"results": []},
+        created="2026-12-06T00:00:00Z",
+    )
+    suite = _published_suite(target_dir, weights)
+    result = run_benchmark(suite, out_dir=tmp_path, n_bootstrap=20, device="cpu", calibration=calibration, p_best=4)
+    [target] = result["targets"]
+    rows = target["backbones"]
+    expected = fused_scores([r["scores"] for r in rows], calibration.fusion)
+    assert [r["default"] for r in rows] == pytest.approx(list(expected))
+    assert all(r["predicted_accuracy"]["finetune"]["inputs"] == ["class_means"] for r in rows)
+    assert sum(r["p_best"] for r in rows) == pytest.approx(1.0)
+    assert target["p_best"]["n_bootstrap"] == 4 and target["default_order"]["members"] == ["class_means", "logme"]
+    assert result["default_order"]["calibration"]["created"] == "2026-12-06T00:00:00Z"
+    assert result["summary"]["default"]["is_product"] and result["summary"]["predicted_accuracy"]["is_product"]
+    check = result["p_best_check"]
+    assert check["n_targets"] == 1 and check["n_bootstrap"] == 4 and check["seconds"] > 0
+    assert check["n_confident"] + check["n_unconfident"] == 1
+    assert result["ground_truth_flags"] == []  # published accuracies: no linear probe to compare with
+    with Path(result["files"]["csv"]).open(newline="") as handle:
+        table = list(csv.DictReader(handle))
+    assert [float(line["default"]) for line in table] == pytest.approx([r["default"] for r in rows])
+    assert [float(line["p_best"]) for line in table] == pytest.approx([r["p_best"] for r in rows])
+    from service.contract import BenchmarkResult
+
+    assert BenchmarkResult.model_validate(result).summary["default"].is_product

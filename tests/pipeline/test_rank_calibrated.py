@@ -170,3 +170,44 @@ def test_the_note_says_whether_the_zoo_ranked_is_the_one_the_calibration_was_fit
         "for them)"
     )
     assert _zoo_note(CALIBRATION, rows) == ""  # a calibration that names no zoo: nothing to compare
+
+
+def _as_benchmark(ranking: dict) -> dict:
+    """The ranking's scores laid out as a benchmark records them (priors among the scores, by member name)."""
+    rows = [
+        {
+            "id": row["id"],
+            "scores": {
+                **row["scores"],
+                "source_accuracy": row["source_accuracy"],
+                "model_size": row["params_m"],
+                "imagenet_top1": row["imagenet_top1"],
+            },
+        }
+        for row in reversed(ranking["backbones"])  # another order than the ranking's: the columns must not depend on it
+    ]
+    target = {"name": "blobs", "n_classes": 3, "n_rank_images": ranking["dataset"]["n_images"], "backbones": rows}
+    return {"estimators": ranking["estimators"], "targets": [target]}
+
+
+@pytest.mark.parametrize("calibration", [CALIBRATION, None], ids=["calibrated", "mean-rank"])
+def test_a_benchmarks_default_column_is_the_score_rank_orders_by(image_folder, tmp_path, calibration):
+    from service.pipeline.benchmark.default_order import add_default_order
+
+    ranking = _rank(image_folder, tmp_path, estimators=["class_means", "logme", "sfda"], calibration=calibration)
+    benchmark = add_default_order(_as_benchmark(ranking), calibration)
+    by_id = {row["id"]: row for row in benchmark["targets"][0]["backbones"]}
+    for row in ranking["backbones"]:
+        expected = row["fused_score"] if calibration is not None else -row["mean_rank"]
+        assert by_id[row["id"]]["default"] == pytest.approx(expected, rel=1e-12)
+        assert by_id[row["id"]]["predicted_accuracy"] == row["predicted_accuracy"]
+    defaults = [by_id[row["id"]]["default"] for row in ranking["backbones"]]  # the ranking's order, best first
+    assert defaults == sorted(defaults, reverse=True)
+    order = benchmark["targets"][0]["default_order"]
+    fusion = ranking["fusion"]
+    assert {k: order[k] for k in ("method", "members", "weights", "normalisation")} == {
+        k: fusion[k] for k in ("method", "members", "weights", "normalisation")
+    }
+    described = benchmark["default_order"]["calibration"]
+    assert described == fusion["calibration"]  # the same description of the same calibration
+    assert benchmark["default_order"]["fusion"] == (None if calibration is None else calibration.fusion.to_dict())

@@ -12,6 +12,7 @@ from scipy.stats import rankdata
 from service.contract import load_result
 from service.errors import InvalidResult
 from service.reports import honest_reading, render_benchmark_report, render_report
+from service.reports._format import fmt_number
 
 from .builders import BACKBONES, ESTIMATORS, TARGETS, benchmark_result, edge_benchmark_result
 from .htmltools import decode_png, facts, parse, table_rows
@@ -279,3 +280,79 @@ def test_the_page_of_the_typed_model_is_the_page_of_its_document(benchmark, benc
     assert render_benchmark_report(typed) == render_report(typed) == benchmark_html
     assert render_benchmark_report(benchmark) == benchmark_html
     assert honest_reading(typed) == honest_reading(benchmark)
+
+
+def _with_products() -> dict[str, Any]:
+    """The builder's result re-summarised with the product's orders (a hand-made calibration of logme and sfda) and
+    a random-init control that probes best but fine-tunes worst on the first target."""
+    from service.pipeline.benchmark.default_order import resummarize
+    from service.pipeline.calibration.model import AccuracyModel, Calibration, Fusion
+
+    calibration = Calibration(
+        accuracy={"finetune": [AccuracyModel(("logme",), (0.0, 0.5), (-0.2, 0.2), n_train=10)], "linear_probe": None},
+        fusion=Fusion(("logme", "sfda"), (1.0, 1.0), "rank", {"logme": True, "sfda": True}),
+        source={"results": [{"suite": "default", "created": "2026-11-23T12:00:00Z"}]},  # fitted on this result
+        created="2026-12-01T00:00:00Z",
+        path="/calibrations/hand.json",
+    )
+    result = copy.deepcopy(benchmark_result())
+    rows = result["targets"][0]["backbones"]
+    control = next(r for r in rows if r["id"] == "random:resnet10t")
+    control["linear_probe_accuracy"] = max(r["linear_probe_accuracy"] or 0.0 for r in rows) + 0.05
+    return resummarize(result, calibration, n_bootstrap=0)
+
+
+def test_the_products_orders_come_first_in_the_summary_and_in_every_target():
+    result = _with_products()
+    doc = parse(render_benchmark_report(result))
+    _, rows, nodes = table_rows(doc.find("table", id="summary-table"))
+    assert [n.attrs["data-method"] for n in nodes[:2]] == ["default", "predicted_accuracy"]
+    assert [row[1] for row in rows[:2]] == ["default", "product"] and "product" in nodes[0].classes
+    stats = result["summary"]["default"]["weighted_tau"]
+    tau, ci = stats["mean"], f"[{stats['ci_low']:.3f}, {stats['ci_high']:.3f}]"
+    assert rows[0][2] == f"{tau:.3f} {ci}"
+    labels = [card.find("div", class_="label").text for card in doc.find_all("div", class_="card")]
+    assert labels[0] == "default order τw (what rank returns)"
+    line = doc.find("p", id="default-calibration").text
+    assert line.startswith("The default order applied the calibration /calibrations/hand.json (created 2026-12-01")
+    assert "a rank fusion of logme, sfda." in line and "fitted on this result, so the product's numbers" in line
+    reading = _reading(render_benchmark_report(result))
+    regret = result["summary"]["default"]["top1_regret"]["mean"]
+    assert reading[0] == (
+        f"The default order (what `rank` returns with default settings) has a mean τw of {tau:.3f} (95 % CI {ci}) "
+        f"and a mean top-1 regret of {100 * regret:.1f} accuracy points, over 3 target(s)."
+    )
+    assert reading[1].startswith("The order by predicted accuracy has a mean τw of")
+    assert reading[2].startswith("The highest mean τw among the estimators is")  # products are not estimators
+    header, target_rows, _ = table_rows(doc.find("table", class_="ranking"))
+    assert header[3:5] == ["default ↑", "predicted_accuracy ↑"]
+    by_id = {row[1]: row for row in target_rows}
+    for backbone in result["targets"][0]["backbones"]:
+        assert by_id[backbone["id"]][3].split(" (")[0] == fmt_number(backbone["default"])
+    _, metric_rows, _ = table_rows(doc.find("table", class_="target-metrics"))
+    assert [row[0] for row in metric_rows[:2]] == ["default default", "predicted_accuracy product"]
+
+
+def test_ground_truth_disagreements_are_a_warning_in_words():
+    result = _with_products()
+    messages = [flag["message"] for flag in result["ground_truth_flags"]]
+    assert any(
+        m.startswith("random:resnet10t on glyphs-greek (best by linear probe): best by linear probe") for m in messages
+    )
+    doc = parse(render_benchmark_report(result))
+    warning = doc.find("div", id="ground-truth-flags")
+    assert "warning" in warning.classes
+    assert [li.text for li in warning.find_all("li")] == messages
+    assert "which backbone is best depends on how you transfer" in warning.text
+
+
+def test_a_result_recorded_without_the_products_orders_renders_as_before(benchmark, benchmark_html):
+    assert "default_order" not in benchmark and all(not s.get("is_product") for s in benchmark["summary"].values())
+    doc = parse(benchmark_html)
+    _, _, nodes = table_rows(doc.find("table", id="summary-table"))
+    assert not any("product" in node.classes for node in nodes)
+    labels = [card.find("div", class_="label").text for card in doc.find_all("div", class_="card")]
+    assert labels[0] == "targets"
+    assert "default-calibration" not in benchmark_html and "p-best-reading" not in benchmark_html
+    assert "which backbone is best depends on how you transfer" not in benchmark_html
+    assert not honest_reading(benchmark)[0].startswith("The default order")

@@ -8,6 +8,13 @@ over seeds, reported on the test split) or from a published table — and then, 
 method, measures how well the scores predict the accuracies (:mod:`service.pipeline.benchmark.metrics`: weighted
 Kendall τ as the literature uses, Kendall τ, Pearson r, top-1 regret, bootstrap intervals).
 
+Beside the estimators stand the product's own orders, what a user of ``rank`` gets: ``default``, the calibrated
+fused order ``rank`` returns with default settings, and ``predicted_accuracy``, both computed from the recorded
+scores with the ranking's own functions (:mod:`service.pipeline.benchmark.default_order`); with ``p_best`` the
+default order's p(best) is resampled per target as ``rank --bootstrap`` does, and the summary checks how often the
+backbone given p >= 0.5 is the best (:mod:`service.pipeline.benchmark.checks`, which also flags backbones good
+under the linear probe and bad after fine-tuning, or the other way round).
+
 Next to the estimators stand the baselines a skeptic asks for: the backbone's accuracy on its own
 source task, its size (parameters) and ImageNet-1k top-1 (the priors that "How NOT to benchmark your SITE
 metric", ICLR 2026, and "Back to the Basics", 2024, found hard to beat), its feature dimension (wide features
@@ -30,6 +37,7 @@ the checkpoint :mod:`service.pipeline.benchmark.checkpoint`.
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -39,9 +47,11 @@ from typing import Any, Literal
 from estimators import get_estimator
 from service.errors import BackboneRankError, DatasetNotFound, InvalidDataset, WeightsUnavailable
 from service.pipeline.benchmark.checkpoint import _Checkpoint
+from service.pipeline.benchmark.default_order import add_default_order
 from service.pipeline.benchmark.results import environment_info, summarize, write_results
 from service.pipeline.benchmark.reuse import plan_reuse, reused_record, seed_checkpoint
 from service.pipeline.benchmark.suites import Suite, SuiteBackbone, SuiteTarget, missing_data_hint
+from service.pipeline.calibration.model import Calibration, resolve_calibration
 from service.pipeline.data.datasets import load_dataset
 from service.pipeline.features.extract import extract_features, select_device
 from service.pipeline.models.backbones import LoadedBackbone, load_backbone
@@ -121,6 +131,8 @@ def run_benchmark(
     progress: BenchmarkCallback | None = None,
     request: Mapping[str, Any] | None = None,
     reuse: Sequence[str | Path] = (),
+    calibration: Calibration | str | os.PathLike[str] | None = "default",
+    p_best: int = 0,
 ) -> dict[str, Any]:
     """Run ``suite`` and return the benchmark result (written to ``out_dir`` unless it is None).
 
@@ -137,6 +149,14 @@ def run_benchmark(
         Run only these targets of the suite.
     build_zoo : bool
         Build the zoo models the suite uses and that are missing (``backbone-rank zoo build``).
+    n_bootstrap : int
+        Bootstrap replicates per target for the metrics' intervals (:func:`summarize`).
+    calibration : "default", a path, a Calibration or None
+        What the product's ``default`` order and ``predicted_accuracy`` apply, as ``rank`` does
+        (:func:`~service.pipeline.benchmark.default_order.add_default_order`); None: the mean-rank order.
+    p_best : int
+        Half-sample replicates of the default order's ``p_best`` per target, computed as ``rank --bootstrap``
+        does, for the p(best) check (0: not run; each refits the fusion's members for every backbone).
     request : mapping, optional
         The effective ``BenchmarkRequest`` (JSON) that asked for this run, recorded in the result.
     reuse : sequence of paths
@@ -160,6 +180,7 @@ def run_benchmark(
     chosen = _select_targets(suite, targets)
     # Datasets first: a missing one is reported before the zoo is built or any backbone is loaded.
     datasets = _load_targets(suite, chosen, roots=roots, builtin_dir=builtin_dir)
+    resolved = resolve_calibration(calibration)  # a bad calibration file fails before any work
     if build_zoo:
         _build_missing_zoo(suite)
     env = environment_info(str(select_device(device)))
@@ -199,7 +220,9 @@ def run_benchmark(
             _emit(progress, BenchmarkProgress("skip", target.name, None, done, total, e.detail))
             continue
         _emit(progress, BenchmarkProgress("rank", target.name, None, done, total))
-        ranking = _rank_target(dataset, loaded, suite, estimator_names, device, batch_size, checkpoint, target)
+        ranking = _rank_target(
+            dataset, loaded, suite, estimator_names, device, batch_size, checkpoint, target, resolved, p_best
+        )
         rows = []
         for suite_backbone, backbone in loaded:
             row = _pair(
@@ -231,6 +254,7 @@ def run_benchmark(
                 "n_rank_images": ranking["n_images"],
                 "n_test_images": _first(r.get("_n_test") for r in rows),
                 "backbones": rows,
+                "p_best": ranking.get("p_best"),
             }
         )
     if not target_results:
@@ -270,6 +294,7 @@ def run_benchmark(
             {(t["name"], row["id"]): row for t in target_results for row in t["backbones"]},
         ),
     }
+    add_default_order(result, resolved)
     summarize(result, n_bootstrap=n_bootstrap)
     result["seconds"] = {"total": time.perf_counter() - started}
     if out_dir is not None:
@@ -400,19 +425,31 @@ def _rank_target(
     batch_size: int,
     checkpoint: _Checkpoint,
     target: SuiteTarget,
+    calibration: Calibration | None,
+    n_p_best: int,
 ) -> dict[str, Any]:
-    """Scores and ranking seconds per backbone id (checkpointed as one piece per target).
+    """Scores and ranking seconds per backbone id, and with ``n_p_best`` the default order's p_best (checkpointed
+    as one piece per target).
 
     Only the backbones the checkpointed piece lacks are ranked (those of pairs reused from an earlier result
-    are in it already): each backbone's scores depend on its own features only.
+    are in it already): each backbone's scores depend on its own features only. p_best compares every backbone
+    on the same half-samples, so a piece without the p_best asked for is recomputed whole.
     """
     cached = checkpoint.get("rank", target.name, "*")
+    if n_p_best and cached is not None and cached.get("p_best_asked") != n_p_best:
+        cached = None
     backbones = [b for _, b in loaded if cached is None or b.spec.id not in cached["backbones"]]
     if cached is not None and not backbones:
         return cached
     feature_sets = extract_features(dataset, backbones, device=device, batch_size=batch_size, cache=None)
+    # p_best as `rank --bootstrap` computes it: the same fusion on the same features, with the benchmark's priors
     ranked = rank_feature_sets(
-        dataset, feature_sets, estimators=estimator_names or default_estimators(len(dataset), len(dataset.classes))
+        dataset,
+        feature_sets,
+        estimators=estimator_names or default_estimators(len(dataset), len(dataset.classes)),
+        calibration=calibration if n_p_best else None,
+        n_bootstrap=n_p_best,
+        source_accuracy={b.spec.id: _source_of(s, b)[1] for s, b in loaded},
     )
     by_id = dict(cached["backbones"]) if cached is not None else {}
     for row in ranked["backbones"]:
@@ -425,8 +462,15 @@ def _rank_target(
             "seconds": seconds["extract"] + seconds["score"],
             "extract_seconds": seconds["extract"],
             "estimator_seconds": seconds.get("per_estimator", {}),
+            "p_best": row["p_best"],
         }
-    piece = {"n_images": len(dataset), "backbones": by_id, "estimators": [e["name"] for e in ranked["estimators"]]}
+    piece = {
+        "n_images": len(dataset),
+        "backbones": by_id,
+        "estimators": [e["name"] for e in ranked["estimators"]],
+        "p_best": ranked["fusion"]["p_best"],
+        "p_best_asked": n_p_best,
+    }
     checkpoint.put("rank", target.name, "*", piece)
     return piece
 
@@ -464,6 +508,7 @@ def _pair(
         "source_accuracy": source_accuracy,
         "weights_sha256": backbone.weights_sha256,
         "scores": scores,
+        "p_best": ranked.get("p_best"),
         "linear_probe_accuracy": None,
         "finetune": None,
         "seconds": {

@@ -1,5 +1,5 @@
 """What a benchmark result adds up to and where it goes: the environment it records, the metrics and cost
-summary, and the JSON/CSV files.
+summary (with the checks of :mod:`service.pipeline.benchmark.checks`), and the JSON/CSV files.
 
 Separate from the run (:mod:`service.pipeline.benchmark.benchmark`) because none of it needs a dataset, a
 backbone or a fine-tuning: ``summarize`` recomputes the summary of any result (tests build fake ones), and the
@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,8 @@ import numpy as np
 
 import service
 from service.atomic import atomic_path, write_text_atomic
+from service.contract.results import benchmark_score
+from service.pipeline.benchmark.checks import ground_truth_flags, p_best_check
 from service.pipeline.benchmark.metrics import (
     aggregate_over_targets,
     as_higher_is_better,
@@ -29,7 +32,7 @@ from service.pipeline.benchmark.metrics import (
     target_metrics,
 )
 
-__all__ = ["environment_info", "summarize", "write_results"]
+__all__ = ["environment_info", "summarize", "write_result_files", "write_results"]
 
 
 # ------------------------------------------------------------------------------------------ environment
@@ -113,36 +116,53 @@ def _git_commit(source_root: Path | None = None) -> str | None:
 
 
 def summarize(result: dict[str, Any], *, n_bootstrap: int = 500) -> dict[str, Any]:
-    """Fill ``metrics`` of every target, ``summary`` and ``cost`` of a benchmark result (in place)."""
-    methods = [(e["name"], e["higher_is_better"], False) for e in result["estimators"]]
-    methods += [(b["name"], b["higher_is_better"], True) for b in result["baselines"]]
-    per_method: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in methods}
+    """Fill ``metrics`` of every target, ``summary``, ``cost`` and the checks of a benchmark result (in place).
+
+    Methods: the product's own orders first where the result records them (``default_order``, by
+    :func:`service.pipeline.benchmark.default_order.add_default_order`), then the estimators and the baselines.
+    Checks (:mod:`service.pipeline.benchmark.checks`): ``p_best_check`` (null unless p_best was run) and
+    ``ground_truth_flags`` (backbones good under one ground truth and bad under the other).
+    """
+    methods = [
+        _Method(c["name"], c["higher_is_better"], is_product=True)
+        for c in (result.get("default_order") or {}).get("methods") or []
+    ]
+    methods += [_Method(e["name"], e["higher_is_better"]) for e in result["estimators"]]
+    methods += [_Method(b["name"], b["higher_is_better"], is_baseline=True) for b in result["baselines"]]
+    per_method: dict[str, list[dict[str, Any]]] = {m.name: [] for m in methods}
     for index, target in enumerate(result["targets"]):
         rows = target["backbones"]
         metrics: dict[str, Any] = {}
-        for name, higher, _ in methods:
+        for method in methods:
+            name = method.name
             if name == "random":
                 if len(rows) < 2:  # one backbone: nothing to rank
                     metrics[name] = None
                     continue
                 metrics[name] = random_baseline_metrics([r["accuracy"]["per_seed"] for r in rows], seed=index)
             else:
-                usable = [r for r in rows if r["scores"].get(name) is not None]
-                if len(usable) < 2:
+                values = [(r, v) for r in rows if (v := benchmark_score(r, name)) is not None]
+                if len(values) < 2:
                     metrics[name] = None
                     continue
                 metrics[name] = target_metrics(
-                    as_higher_is_better([r["scores"][name] for r in usable], higher),
-                    [r["accuracy"]["per_seed"] for r in usable],
+                    as_higher_is_better([v for _, v in values], method.higher_is_better),
+                    [r["accuracy"]["per_seed"] for r, _ in values],
                     n_bootstrap=n_bootstrap,
                     seed=index,
                 )
             per_method[name].append(metrics[name])
         target["metrics"] = metrics
     result["summary"] = {
-        name: {"is_baseline": is_baseline, **aggregate_over_targets([m for m in per_method[name] if m])}
-        for name, _, is_baseline in methods
+        m.name: {
+            "is_baseline": m.is_baseline,
+            "is_product": m.is_product,
+            **aggregate_over_targets([x for x in per_method[m.name] if x]),
+        }
+        for m in methods
     }
+    result["p_best_check"] = p_best_check(result)
+    result["ground_truth_flags"] = ground_truth_flags(result)
     rank_seconds = [r["seconds"]["rank"] for t in result["targets"] for r in t["backbones"]]
     tune_seconds = [r["seconds"]["finetune"] for t in result["targets"] for r in t["backbones"]]
     per_backbone: dict[str, dict[str, float]] = {}
@@ -176,6 +196,16 @@ def summarize(result: dict[str, Any], *, n_bootstrap: int = 500) -> dict[str, An
     return result
 
 
+@dataclass(frozen=True)
+class _Method:
+    """A column of the summary: an estimator, a baseline, or one of the product's own orders."""
+
+    name: str
+    higher_is_better: bool
+    is_baseline: bool = False
+    is_product: bool = False
+
+
 # ---------------------------------------------------------------------------------------------- writing
 
 
@@ -183,30 +213,42 @@ def write_results(result: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     """Write ``benchmark-<suite>-<fingerprint>.json`` and ``.csv`` atomically; return their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"benchmark-{result['suite']['name']}-{result['environment']['fingerprint']}"
-    json_path = out_dir / f"{stem}.json"
-    csv_path = out_dir / f"{stem}.csv"
+    return write_result_files(result, out_dir / f"{stem}.json")
+
+
+def write_result_files(result: dict[str, Any], json_path: Path) -> dict[str, Path]:
+    """Write the result to ``json_path`` and its table to the ``.csv`` beside it, atomically; return their paths.
+
+    The CSV has one row per (target, backbone): the ground truth, the product's orders where recorded
+    (``default``, ``predicted_accuracy``; ``p_best`` where it was run), then every estimator and baseline score.
+    """
+    csv_path = json_path.with_suffix(".csv")
     write_text_atomic(json_path, json.dumps(result, indent=1, allow_nan=False, default=_json_default) + "\n")
+    rows = [(target, row) for target in result["targets"] for row in target["backbones"]]
+    products = [c["name"] for c in (result.get("default_order") or {}).get("methods") or []]
+    if any(row.get("p_best") is not None for _, row in rows):
+        products.append("p_best")
     methods = [e["name"] for e in result["estimators"]]
     methods += [b["name"] for b in result["baselines"] if b["name"] != "random"]
-    header = ["target", "backbone", "accuracy_mean", "accuracy_std", "n_seeds", "linear_probe_accuracy", *methods]
+    header = ["target", "backbone", "accuracy_mean", "accuracy_std", "n_seeds", "linear_probe_accuracy"]
     lines = []
-    for target in result["targets"]:
-        for row in target["backbones"]:
-            acc = row["accuracy"]
-            lines.append(
-                [
-                    target["name"],
-                    row["id"],
-                    acc["mean"],
-                    acc["std"],
-                    len(acc["per_seed"]),
-                    row.get("linear_probe_accuracy"),
-                    *(row["scores"].get(m) for m in methods),
-                ]
-            )
+    for target, row in rows:
+        acc = row["accuracy"]
+        lines.append(
+            [
+                target["name"],
+                row["id"],
+                acc["mean"],
+                acc["std"],
+                len(acc["per_seed"]),
+                row.get("linear_probe_accuracy"),
+                *(row.get("p_best") if name == "p_best" else benchmark_score(row, name) for name in products),
+                *(row["scores"].get(m) for m in methods),
+            ]
+        )
     with atomic_path(csv_path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
-        writer.writerow(header)
+        writer.writerow([*header, *products, *methods])
         writer.writerows([["" if v is None else v for v in line] for line in lines])
     return {"json": json_path, "csv": csv_path}
 

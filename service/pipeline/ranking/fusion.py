@@ -6,12 +6,15 @@ then applies a calibration (:mod:`service.pipeline.calibration.model`; ``p_best`
 also says whether the zoo models ranked are the builds the calibration was fitted with (weights sha256). Separate
 from the scoring because it is the one part of a ranking that depends on a calibration, and it only applies one
 (the ``ranking-applies-calibration`` import contract in pyproject.toml: no fitting or evaluation here).
+:func:`default_order` and :func:`predicted_accuracy` are also what a benchmark scores as the product's own
+orders (:mod:`service.pipeline.benchmark.default_order`), so that the benchmark measures the order ``rank`` gives.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,6 +24,77 @@ from estimators import Statistics, score
 from service.pipeline.calibration.model import PRIOR_FIELDS, Calibration, Fusion, fused_scores
 from service.pipeline.calibration.p_best import p_best
 from service.pipeline.features.extract import FeatureSet, ProgressCallback, ProgressEvent
+
+
+@dataclass(frozen=True)
+class DefaultOrder:
+    """The order a ranking with default settings gives one target's candidates, as scores (higher = better).
+
+    ``scores`` (one per candidate, in the order given) is the calibrated fused score, or, where the order is the
+    mean rank (no calibration, or none of its estimators computed), minus the mean rank; NaN for a candidate
+    the order has no value for (none of the fusion's members). ``fusion`` is the calibration's fusion restricted
+    to the members computed here (None: mean-rank order, ``note`` says why).
+    """
+
+    scores: NDArray[np.float64]
+    fusion: Fusion | None
+    note: str
+
+
+def default_order(
+    member_rows: Sequence[Mapping[str, float | None]],
+    mean_ranks: Sequence[float],
+    calibration: Calibration | None,
+    computed: Collection[str],
+) -> DefaultOrder:
+    """The default order of one target's candidates: what ``rank`` sorts by and a benchmark's ``default`` column.
+
+    Parameters
+    ----------
+    member_rows : one mapping per candidate, ``{estimator or prior name: value or None}`` (priors under the
+        fusion's member names, :data:`PRIOR_FIELDS`' keys)
+    mean_ranks : each candidate's mean per-estimator rank (1 = best; the order without a usable calibration)
+    calibration : the calibration to apply, or None
+    computed : the estimator names computed for this target (the priors count as computed)
+    """
+    by_mean_rank = -np.asarray(mean_ranks, dtype=float)
+    by_mean_rank[~np.isfinite(by_mean_rank)] = np.nan
+    if calibration is None:
+        return DefaultOrder(by_mean_rank, None, "no calibration: ordered by the mean of the per-estimator ranks")
+    spec = calibration.fusion
+    available = set(computed) | set(PRIOR_FIELDS)
+    values = [{m: _finite(row.get(m)) for m in spec.members} for row in member_rows]
+    used = [m for m in spec.members if m in available and any(row[m] is not None for row in values)]
+    if not [m for m in used if m not in PRIOR_FIELDS]:  # priors alone say nothing about this dataset
+        note = f"none of the fusion's estimators {list(spec.members)} was computed: ordered by mean rank"
+        return DefaultOrder(by_mean_rank, None, note)
+    members = Fusion(
+        tuple(used), tuple(w for m, w in zip(spec.members, spec.weights, strict=True) if m in used),
+        spec.normalisation, spec.higher_is_better,
+    )  # fmt: skip
+    note = "ordered by the calibrated fusion"
+    left_out = [m for m in spec.members if m not in used]
+    if left_out:
+        note += f"; members not computed here (left out): {', '.join(left_out)}"
+    return DefaultOrder(fused_scores([{m: row[m] for m in used} for row in values], members), members, note)
+
+
+def describe_calibration(calibration: Calibration) -> dict[str, Any]:
+    """What a result records of the calibration it applied: where from, when, fitted on what, its LOTO numbers."""
+    return {
+        "path": calibration.path,
+        "created": calibration.created,
+        "source": dict(calibration.source),
+        "loto": calibration.headline(),
+    }
+
+
+def predicted_accuracy(
+    calibration: Calibration, n_classes: int, scores: Mapping[str, float | None], n_images: int
+) -> dict[str, Any] | None:
+    """A candidate's predicted accuracy from its estimator scores on ``n_images`` ranked images (a ranking's
+    ``predicted_accuracy`` and a benchmark's): for fine-tuning on as many images per class as were ranked."""
+    return calibration.predict_accuracy(n_classes, scores, images_per_class=int(n_images) / max(n_classes, 1))
 
 
 def _fuse(
@@ -40,6 +114,9 @@ def _fuse(
         row["fused_score"] = None
         row["p_best"] = None
         row["predicted_accuracy"] = None
+    order = default_order(
+        [member_values(row) for row in rows], [row["mean_rank"] for row in rows], calibration, [i.name for i in infos]
+    )
     fallback = {
         "method": "mean_rank",
         "members": [info.name for info in infos],
@@ -49,42 +126,20 @@ def _fuse(
         "p_best": None,
     }
     if calibration is None:
-        return {**fallback, "note": "no calibration: ordered by the mean of the per-estimator ranks"}
-    described = {
-        "path": calibration.path,
-        "created": calibration.created,
-        "source": dict(calibration.source),
-        "loto": calibration.headline(),
-    }
+        return {**fallback, "note": order.note}
+    described = describe_calibration(calibration)
     for row in rows:
-        row["predicted_accuracy"] = calibration.predict_accuracy(
-            n_classes, row["scores"], images_per_class=int(row["n_images"]) / max(n_classes, 1)
-        )
+        row["predicted_accuracy"] = predicted_accuracy(calibration, n_classes, row["scores"], row["n_images"])
     zoo = _zoo_note(calibration, rows)
-    spec = calibration.fusion
-    computed = {info.name for info in infos} | set(PRIOR_FIELDS)
-    used = [m for m in spec.members if m in computed and any(_member(row, m) is not None for row in rows)]
-    if not [m for m in used if m not in PRIOR_FIELDS]:  # priors alone say nothing about this dataset
-        return {
-            **fallback,
-            "calibration": described,
-            "note": f"none of the fusion's estimators {list(spec.members)} was computed: ordered by mean rank{zoo}",
-        }
-    members = Fusion(
-        tuple(used), tuple(w for m, w in zip(spec.members, spec.weights, strict=True) if m in used),
-        spec.normalisation, spec.higher_is_better,
-    )  # fmt: skip
-    fused = fused_scores([{m: _member(row, m) for m in used} for row in rows], members)
-    for row, value in zip(rows, fused, strict=True):
+    members = order.fusion
+    if members is None:
+        return {**fallback, "calibration": described, "note": order.note + zoo}
+    for row, value in zip(rows, order.scores, strict=True):
         row["fused_score"] = float(value) if np.isfinite(value) else None
     rows.sort(key=lambda r: (r["fused_score"] is None, -(r["fused_score"] or 0.0), r["mean_rank"], r["_position"]))
     for position, row in enumerate(rows, start=1):
         row["rank"] = position
-    note = "ordered by the calibrated fusion"
-    left_out = [m for m in spec.members if m not in used]
-    if left_out:
-        note += f"; members not computed here (left out): {', '.join(left_out)}"
-    note += _setting_note(calibration, rows, n_classes) + zoo
+    note = order.note + _setting_note(calibration, rows, n_classes) + zoo
     resampling = None
     ordered = [feature_sets[row["_position"]] for row in rows]
     if n_bootstrap > 0:
@@ -95,7 +150,7 @@ def _fuse(
                 None if progress is None else lambda done: progress(ProgressEvent("p_best", "*", done, n_bootstrap))
             )
             probabilities = p_best(
-                _member_scorer(ordered, rows, used),
+                _member_scorer(ordered, rows, members.members),
                 ordered[0].labels,
                 members,
                 n_bootstrap=n_bootstrap,
@@ -168,8 +223,16 @@ def _zoo_note(calibration: Calibration, rows: Sequence[Mapping[str, Any]]) -> st
     return "".join(f"; {part}" for part in parts)
 
 
+def member_values(row: Mapping[str, Any]) -> dict[str, float | None]:
+    """A ranked row's estimator scores and its priors under the fusion's member names (:data:`PRIOR_FIELDS`)."""
+    return {**row["scores"], **{name: row.get(field) for name, field in PRIOR_FIELDS.items()}}
+
+
 def _member(row: Mapping[str, Any], name: str) -> float | None:
-    value = row.get(PRIOR_FIELDS[name]) if name in PRIOR_FIELDS else row["scores"].get(name)
+    return _finite(row.get(PRIOR_FIELDS[name]) if name in PRIOR_FIELDS else row["scores"].get(name))
+
+
+def _finite(value: float | None) -> float | None:
     return None if value is None or not np.isfinite(value) else float(value)
 
 

@@ -95,6 +95,7 @@ __all__ = [
     "TIE_RTOL",
     "check_estimators",
     "default_estimators",
+    "estimator_ranks",
     "rank_backbones",
     "rank_feature_sets",
     "tied_ranks",
@@ -437,21 +438,35 @@ def _published_facts(backbone_id: str, params_m: float | None) -> dict[str, floa
     }
 
 
+def estimator_ranks(
+    score_rows: Sequence[Mapping[str, float | None]], higher_is_better: Mapping[str, bool]
+) -> tuple[list[dict[str, float | None]], list[float]]:
+    """Each row's rank by every estimator of ``higher_is_better`` (1 = best, :func:`tied_ranks`; None where the
+    row has no score) and its mean rank over the estimators that scored it (inf: none did).
+
+    The order of a ranking without a usable calibration; a benchmark recomputes it from the recorded scores.
+    """
+    ranks: list[dict[str, float | None]] = [{} for _ in score_rows]
+    for name, higher in higher_is_better.items():
+        present = [(i, float(value)) for i, row in enumerate(score_rows) if (value := row.get(name)) is not None]
+        tied = tied_ranks([value for _, value in present], higher_is_better=higher)
+        for row_ranks in ranks:
+            row_ranks[name] = None
+        for (i, _), rank in zip(present, tied, strict=True):
+            ranks[i][name] = float(rank)
+    means = []
+    for row_ranks in ranks:
+        present_ranks = [r for r in row_ranks.values() if r is not None]
+        means.append(float(np.mean(present_ranks)) if present_ranks else float("inf"))
+    return ranks, means
+
+
 def _assign_ranks(rows: list[dict[str, Any]], infos: Sequence[Any]) -> None:
     """Per-estimator ranks (1 = best, ties averaged) and the fused mean rank; sorts ``rows``."""
-    for row in rows:
-        row["ranks"] = {}
-    for info in infos:
-        present = [row for row in rows if row["scores"][info.name] is not None]
-        values = [float(row["scores"][info.name]) for row in present]
-        ranks = tied_ranks(values, higher_is_better=info.higher_is_better)
-        for row in rows:
-            row["ranks"][info.name] = None
-        for row, rank in zip(present, ranks, strict=True):
-            row["ranks"][info.name] = float(rank)
-    for row in rows:
-        ranks = [r for r in row["ranks"].values() if r is not None]
-        row["mean_rank"] = float(np.mean(ranks)) if ranks else float("inf")
+    ranks, means = estimator_ranks([row["scores"] for row in rows], {i.name: i.higher_is_better for i in infos})
+    for row, row_ranks, mean in zip(rows, ranks, means, strict=True):
+        row["ranks"] = row_ranks
+        row["mean_rank"] = mean
     first = infos[0].name if infos else None
     rows.sort(key=lambda r: (r["mean_rank"], r["ranks"].get(first) or float("inf"), r["_position"]))
     for position, row in enumerate(rows, start=1):
