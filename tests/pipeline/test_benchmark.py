@@ -343,7 +343,11 @@ def test_reuse_computes_only_what_the_record_lacks_or_did_otherwise(target_dir, 
     [target] = result["targets"]
     assert target["kind"] == "shapes"
     rows = {r["id"]: r for r in target["backbones"]}
-    assert rows[same.id] == recorded[same.id]
+    # as recorded, but for the default order's score, which ranks a row among the target's other backbones
+    relative = {"default"}
+    assert {k: v for k, v in rows[same.id].items() if k not in relative} == {
+        k: v for k, v in recorded[same.id].items() if k not in relative
+    }
     assert rows[other.id]["input_size"] == 40
     assert [(p["backbone"]) for p in result["reused"]["pairs"]] == [same.id]
     [refused] = result["reused"]["refused"]
