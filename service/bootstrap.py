@@ -81,6 +81,7 @@ def _runtime(
         device=settings.device,
         batch_size=settings.batch_size,
         accepts_local_paths=accepts_local_paths,
+        uploads_dir=settings.uploads_dir,
     )
 
 

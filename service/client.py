@@ -11,14 +11,22 @@ or keyword arguments that build it), submit it, follow the job's server-sent eve
 polling, if the stream breaks) and return the typed result (:mod:`service.contract.results`); a failed
 or cancelled job raises
 :class:`ClientError` with the job's ``code`` and ``detail``. Every HTTP error is a :class:`ClientError`
-too, carrying the server's ``{code, detail}``.
+too, carrying the server's ``{code, detail}``. :meth:`Client.upload_dataset` sends a local folder (zipped into a
+temporary file first) or archive to the server, for a dataset the server cannot see:
+
+>>> with Client("http://127.0.0.1:8000") as client:                    # doctest: +SKIP
+...     uploaded = client.upload_dataset("pets/")
+...     result = client.rank(uploaded["ref"], ["@mobile"])
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import tempfile
 import time
+import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,7 +36,7 @@ import httpx
 from service.atomic import atomic_path
 from service.contract import FinetuneRequest, FinetuneResult, RankingRequest, RankingResult
 
-__all__ = ["Client", "ClientError", "dataset_ref"]
+__all__ = ["Client", "ClientError", "dataset_ref", "zip_folder"]
 
 ProgressCallback = Callable[[dict[str, Any]], None]
 _TERMINAL = ("succeeded", "failed", "cancelled")
@@ -139,6 +147,45 @@ class Client:
 
     def builtin_datasets(self) -> list[dict[str, Any]]:
         return self._json("GET", "/v1/datasets/builtin")["datasets"]
+
+    # --------------------------------------------------------------------------------------------- uploads
+
+    def upload_dataset(
+        self, path: str | os.PathLike[str], *, name: str | None = None, timeout: float = 600.0
+    ) -> dict[str, Any]:
+        """Upload a local dataset to the server; returns its summary (``ref``: ``upload:<id>``, usable as the
+        dataset of a ranking or fine-tune; ``classes``, ``class_counts``, ``skipped_files``).
+
+        ``path`` is a folder (one sub-folder of images per class, or a manifest with the images), zipped into a
+        temporary file first, or an archive (.zip, .tar, .tar.gz, ...) sent as it is. The file is streamed, never
+        read whole. Uploading the same archive again returns the same dataset. ``timeout``: seconds to wait for the
+        server to take and check the archive.
+        """
+        source = Path(path)
+        if not source.exists():
+            raise ClientError("dataset_not_found", f"{source} does not exist; give a folder or an archive")
+        with contextlib.ExitStack() as stack:
+            if source.is_dir():
+                archive = stack.enter_context(tempfile.TemporaryDirectory(prefix="backbone-rank-upload-"))
+                upload = zip_folder(source, Path(archive) / "dataset.zip")
+            else:
+                upload = source
+            shown = name or source.name
+            params = {"name": shown} if shown else {}
+            fh = stack.enter_context(open(upload, "rb"))
+            headers = {
+                "Content-Type": "application/zip" if upload.suffix.lower() == ".zip" else "application/octet-stream"
+            }
+            limits = httpx.Timeout(self._http.timeout.connect or 30.0, read=timeout, write=timeout, pool=timeout)
+            return self._json("POST", "/v1/datasets", content=fh, headers=headers, params=params, timeout=limits)
+
+    def uploaded_datasets(self) -> list[dict[str, Any]]:
+        """The server's uploaded datasets, newest first."""
+        return self._json("GET", "/v1/datasets")
+
+    def delete_dataset(self, upload_id: str) -> dict[str, Any]:
+        """Remove an uploaded dataset (its id, or its ``upload:<id>`` reference)."""
+        return self._json("DELETE", f"/v1/datasets/{upload_id.removeprefix('upload:')}")
 
     # ------------------------------------------------------------------------------------------- jobs
 
@@ -292,6 +339,27 @@ class Client:
         except httpx.TransportError as err:
             raise ClientError("connection_error", f"download of the weights of {job_id} failed: {err}") from err
         return target
+
+
+#: Already compressed: stored as they are (deflating them again costs time and saves nothing).
+_STORED_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp")
+
+
+def zip_folder(folder: str | os.PathLike[str], target: str | os.PathLike[str]) -> Path:
+    """Zip ``folder``'s content (names relative to it) into ``target``, file by file from disk: hidden files and
+    symbolic links are left out (the server would refuse links, and a link may lead outside the folder)."""
+    root = Path(folder)
+    out = Path(target)
+    with zipfile.ZipFile(out, "w", allowZip64=True) as archive:
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not os.path.islink(Path(dirpath, d)))
+            for filename in sorted(filenames):
+                path = Path(dirpath, filename)
+                if filename.startswith(".") or path.is_symlink() or not path.is_file():
+                    continue
+                method = zipfile.ZIP_STORED if path.suffix.lower() in _STORED_SUFFIXES else zipfile.ZIP_DEFLATED
+                archive.write(path, path.relative_to(root).as_posix(), compress_type=method)
+    return out
 
 
 def _ranking_request(

@@ -118,6 +118,34 @@ class Settings(BaseSettings):
         description="Service allowlist of backbone ids (fnmatch patterns, e.g. 'zoo:*'); empty: any timm id, "
         "zoo:* and random:*. local-dir:/@file ids are accepted only under weights_dirs.",
     )
+    uploads_dir: Path | None = Field(
+        None,
+        description="Uploaded datasets (POST /v1/datasets, used as upload:<id>), stored by the sha256 of their "
+        "archive, with the staging area of uploads in progress (default: <cache_dir>/uploads).",
+    )
+    max_upload_bytes: int = Field(
+        1 << 30,
+        ge=1024,
+        description="Archive uploads beyond this are refused while they stream (413 upload_too_large).",
+    )
+    max_upload_files: int = Field(
+        50_000, ge=1, description="Entries (files and folders) one uploaded archive may hold (413 too_many_files)."
+    )
+    max_upload_extracted_bytes: int = Field(
+        4 << 30, ge=1, description="What one uploaded archive may extract to (413 archive_bomb)."
+    )
+    max_upload_ratio: float = Field(
+        100.0,
+        gt=1,
+        description="Extracted bytes per archive byte beyond which an upload is a zip bomb (413 archive_bomb); an "
+        "archive that extracts to under 64 MiB is not held to it.",
+    )
+    upload_retention_days: float | None = Field(
+        30.0,
+        gt=0,
+        description="Uploads not uploaded again for this long are removed (checked at start-up and whenever the "
+        "uploads are listed); None: kept until deleted.",
+    )
     fault_progress_delay_s: float = Field(
         0.0, ge=0, description="Test hook: the worker sleeps this long at every progress event (slow jobs)."
     )
@@ -139,6 +167,8 @@ class Settings(BaseSettings):
             self.finetunes_dir = self.cache_dir / "finetunes"
         if self.benchmark_results_dir is None:
             self.benchmark_results_dir = self.cache_dir / "benchmarks"
+        if self.uploads_dir is None:
+            self.uploads_dir = self.cache_dir / "uploads"
         return self
 
     def hub_patterns(self, *, service: bool) -> tuple[list[str], list[str]]:

@@ -1,4 +1,4 @@
-"""FastAPI dependencies: the app's settings and job store, the caller's API key (``Annotated`` aliases)."""
+"""FastAPI dependencies: the app's settings, job store and uploads, the caller's API key (``Annotated`` aliases)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from fastapi.security import APIKeyHeader
 
 from service.config import Settings
 from service.jobs.store import JobStore
+from service.uploads.store import UploadStore
 
-__all__ = ["ApiKeyIdDep", "SettingsDep", "StoreDep", "api_key_scheme", "api_key_header"]
+__all__ = ["ApiKeyIdDep", "SettingsDep", "StoreDep", "UploadsDep", "api_key_scheme", "api_key_header"]
 
 api_key_header = APIKeyHeader(
     name="X-API-Key",
@@ -27,6 +28,10 @@ def get_store(request: Request) -> JobStore:
     return request.app.state.store
 
 
+def get_uploads(request: Request) -> UploadStore:
+    return request.app.state.uploads
+
+
 def get_api_key_id(request: Request) -> str | None:
     """The digest of the caller's API key (``service.middleware.key_id``), None when keys are off."""
     return getattr(request.state, "api_key_id", None)
@@ -35,6 +40,7 @@ def get_api_key_id(request: Request) -> str | None:
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
 ApiKeyIdDep = Annotated[str | None, Depends(get_api_key_id)]
+UploadsDep = Annotated[UploadStore, Depends(get_uploads)]
 
 
 def api_key_scheme(key: Annotated[str | None, Security(api_key_header)] = None) -> None:

@@ -10,7 +10,15 @@ Every error a user can cause carries a ``code`` (stable, documented, never rewor
     │   ├── InvalidDataset             invalid_dataset              422
     │   ├── EmptyDataset               empty_dataset                422
     │   ├── TooFewClasses              too_few_classes              422
-    │   └── TooFewSamplesPerClass      too_few_samples_per_class    422
+    │   ├── TooFewSamplesPerClass      too_few_samples_per_class    422
+    │   └── UploadError                (dataset uploads, POST /v1/datasets)
+    │       ├── UploadTooLarge         upload_too_large             413  (the archive is over max_upload_bytes)
+    │       ├── TooManyFiles           too_many_files               413  (more entries than max_upload_files)
+    │       ├── ArchiveBomb            archive_bomb                 413  (over the extracted-size or ratio budget)
+    │       ├── UnsafeArchiveEntry     unsafe_archive_entry         422  (names the entry: absolute, .., a link...)
+    │       ├── NotAnArchive           not_an_archive               415  (not a zip or tar, or one we cannot read)
+    │       ├── TruncatedArchive       truncated_archive            422  (ends early or is damaged)
+    │       └── NoImages               no_images                    422  (no image in an allowed format)
     ├── BackboneError
     │   ├── UnknownBackbone            unknown_backbone             422
     │   ├── WeightsUnavailable         weights_unavailable          422
@@ -66,6 +74,14 @@ __all__ = [
     "EmptyDataset",
     "TooFewClasses",
     "TooFewSamplesPerClass",
+    "UploadError",
+    "UploadTooLarge",
+    "TooManyFiles",
+    "ArchiveBomb",
+    "UnsafeArchiveEntry",
+    "NotAnArchive",
+    "TruncatedArchive",
+    "NoImages",
     "BackboneError",
     "UnknownBackbone",
     "WeightsUnavailable",
@@ -147,6 +163,61 @@ class TooFewClasses(DatasetError):
 
 class TooFewSamplesPerClass(DatasetError):
     code = "too_few_samples_per_class"
+
+
+class UploadError(DatasetError):
+    """An uploaded dataset archive that is refused (``POST /v1/datasets``); nothing of it is kept."""
+
+    code = "upload_error"
+
+
+class UploadTooLarge(UploadError):
+    """The archive is larger than ``max_upload_bytes`` (counted while it streams, whatever Content-Length said)."""
+
+    code = "upload_too_large"
+    status = 413
+
+
+class TooManyFiles(UploadError):
+    """The archive holds more entries (files and folders) than ``max_upload_files``."""
+
+    code = "too_many_files"
+    status = 413
+
+
+class ArchiveBomb(UploadError):
+    """The archive would extract to more than ``max_upload_extracted_bytes``, or expands more than
+    ``max_upload_ratio`` times its own size (a zip bomb): counted from its headers and again while extracting."""
+
+    code = "archive_bomb"
+    status = 413
+
+
+class UnsafeArchiveEntry(UploadError):
+    """An entry that could write outside the upload's folder or is no plain file or folder: an absolute path, a
+    ``..`` component, a link, a device or FIFO, a duplicate name. ``entry`` names it."""
+
+    code = "unsafe_archive_entry"
+
+
+class NotAnArchive(UploadError):
+    """The body is not a zip or tar (plain, .gz, .bz2, .xz) archive, or one this service cannot read
+    (encrypted entries, an unsupported compression method)."""
+
+    code = "not_an_archive"
+    status = 415
+
+
+class TruncatedArchive(UploadError):
+    """The archive ends before its end (an interrupted upload or copy) or its data is damaged (bad checksum)."""
+
+    code = "truncated_archive"
+
+
+class NoImages(UploadError):
+    """Nothing in the archive is an image in an allowed format (JPEG, PNG, BMP, GIF, TIFF, WEBP)."""
+
+    code = "no_images"
 
 
 class BackboneError(BackboneRankError):

@@ -26,13 +26,14 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.config import Settings, get_settings
-from service.errors import BackboneRankError, NotReady, QueueFull, QuotaExceeded
+from service.errors import BackboneRankError, NotReady, QueueFull, QuotaExceeded, UploadTooLarge
 from service.jobs.store import JobStore, json_safe
 from service.metrics import Metrics, MetricsMiddleware
 from service.middleware import ALWAYS_OPEN, ApiKeyMiddleware, BodyLimitMiddleware
-from service.routers import catalog, finetunes, health, rankings, reports
+from service.routers import catalog, datasets, finetunes, health, rankings, reports
 from service.routers.health import worker_max_age
 from service.schemas import ErrorBody
+from service.uploads.store import UploadStore
 
 __all__ = ["create_app"]
 
@@ -72,6 +73,8 @@ def _install_error_handlers(app: FastAPI) -> None:
         headers = None
         if isinstance(err, QueueFull | QuotaExceeded | NotReady):
             headers = {"Retry-After": "5" if isinstance(err, NotReady) else "30"}
+        elif isinstance(err, UploadTooLarge):
+            headers = {"Connection": "close"}  # the rest of the body is never read
         return _error_response(err.status, err.to_dict(), headers)
 
     @app.exception_handler(RequestValidationError)
@@ -159,8 +162,8 @@ async def _reaper(store: JobStore, every: float) -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The FastAPI application for ``settings`` (default: :func:`~service.config.get_settings`).
 
-    The lifespan opens (and creates) the job store at ``settings.database_path`` and runs the lease
-    reaper; nothing is opened at import time.
+    The lifespan opens (and creates) the job store at ``settings.database_path``, removes expired uploads and
+    runs the lease reaper; nothing is opened at import time.
     """
     settings = settings or get_settings()
 
@@ -173,6 +176,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         await anyio.to_thread.run_sync(store.initialize)
         app.state.store = store
+        await anyio.to_thread.run_sync(app.state.uploads.purge_expired)
         reaper = asyncio.create_task(_reaper(store, min(settings.job_lease_seconds / 2, 10.0)))
         _logger.info("API ready (store %s)", store.path)
         try:
@@ -193,14 +197,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.store = None
+    app.state.uploads = UploadStore(settings)
     app.open_paths = ALWAYS_OPEN | frozenset(settings.public_paths) if settings.api_keys else None
     app.state.metrics = Metrics(lambda: app.state.store, worker_max_age=worker_max_age(settings))
     _install_error_handlers(app)
-    for module in (health, catalog, rankings, finetunes, reports):
+    # catalog before datasets: its GET /v1/datasets/builtin is matched before /v1/datasets/{id}
+    for module in (health, catalog, datasets, rankings, finetunes, reports):
         app.include_router(module.router)
     # Added last = outermost: metrics see every response, the 401s and 413s included; the key is checked before
     # the body limit, so a client without a key learns nothing but 401.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware, max_bytes=settings.max_request_bytes, streamed_paths=[datasets.UPLOAD_PATH]
+    )
     app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys, public_paths=settings.public_paths)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app

@@ -7,7 +7,8 @@
   the per-key job quota.
 * :class:`BodyLimitMiddleware`: a declared ``Content-Length`` over the limit is refused before the body is
   read; a body without one (chunked) is counted while it streams and refused as soon as it passes the limit.
-  Either way the answer is ``413 {"code": "request_too_large", ...}``.
+  Either way the answer is ``413 {"code": "request_too_large", ...}``. Routes that stream their body to disk
+  under a budget of their own (dataset uploads, ``streamed_paths``) are left to enforce it.
 """
 
 from __future__ import annotations
@@ -73,12 +74,13 @@ class BodyTooLarge(HTTPException):
 
 
 class BodyLimitMiddleware:
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, streamed_paths: Iterable[str] = ()) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.streamed = frozenset(streamed_paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope.get("path") in self.streamed:
             await self.app(scope, receive, send)
             return
         declared = _content_length(scope)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from service.contract import (
     MAX_BACKBONES,
@@ -30,6 +30,8 @@ __all__ = [
     "FinetuneJob",
     "ErrorBody",
     "FieldError",
+    "SkippedFile",
+    "UploadedDataset",
     "timestamp",
 ]
 
@@ -95,6 +97,41 @@ class FinetuneJob(JobView):
 
     request: FinetuneRequest | None  # type: ignore[assignment]  # as RankingJob
     result: FinetuneResult | None  # type: ignore[assignment]  # as RankingJob
+
+
+class SkippedFile(BaseModel):
+    """A file of an uploaded archive that is not in the dataset, and why (``unsupported_format``: not an image;
+    ``corrupt_image``, ``too_many_pixels``, ``too_large_file``: an image outside the decoder's limits)."""
+
+    path: str
+    reason: str
+
+
+class UploadedDataset(BaseModel):
+    """A dataset uploaded as an archive (``POST /v1/datasets``). Use ``dataset`` (or its text form ``ref``) as the
+    ``dataset`` of a ranking or fine-tune request."""
+
+    id: str = Field(description="The sha256 of the archive: the same archive uploaded again is the same dataset.")
+    ref: str = Field(description="upload:<id>, the dataset reference (CLI, client).")
+    dataset: DatasetSpec = Field(description="The reference as a request's dataset: {kind: upload, name: <id>}.")
+    name: str | None = Field(description="The name given on upload (?name=), for people; not unique.")
+    format: str = Field(description="zip, tar, tar.gz, tar.bz2 or tar.xz (recognised by content).")
+    layout: Literal["folder", "manifest"] = Field(description="One folder per class, or a .csv/.jsonl manifest.")
+    manifest: str | None = Field(description="The manifest's name, for a manifest dataset.")
+    classes: list[str]
+    class_counts: dict[str, int] = Field(description="Usable images per class (all splits together).")
+    splits: dict[str, dict[str, int]] = Field(description="Per split (train/val/test folders), images per class.")
+    n_images: int
+    n_entries: int = Field(description="Entries (files and folders) in the archive.")
+    archive_bytes: int
+    extracted_bytes: int
+    sha256: str
+    skipped: dict[str, int] = Field(description="Files left out, by reason (hidden_file: dot files, __MACOSX).")
+    skipped_files: list[SkippedFile] = Field(description="The first 100 files left out, each with its reason.")
+    created_at: datetime
+    last_uploaded_at: datetime
+    expires_at: datetime | None = Field(description="When it is removed unless uploaded again (null: kept).")
+    url: str
 
 
 def timestamp(value: float | None) -> datetime | None:

@@ -48,6 +48,10 @@ def check_dataset(spec: DatasetSpec | dict[str, Any], settings: Settings) -> dic
         from service.pipeline.models.hub import check_allowed
 
         check_allowed(str(ref.name), settings.hub_patterns(service=True)[1], repo_type="dataset")
+    elif ref.kind == "upload":
+        from service.pipeline.data.upload import locate_upload
+
+        locate_upload(str(ref.name), settings.uploads_dir)
     else:
         # The service never falls back to "the dataset's own folder": no data roots, no paths.
         check_dataset_path(ref, list(settings.data_roots))

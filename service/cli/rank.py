@@ -28,17 +28,10 @@ from service.cli._common import (
     console,
     err_console,
 )
-from service.cli.server import _on_server, _refuse_offline_for_server
+from service.cli.server import _on_server, _refuse_offline_for_server, _upload_to_server
 
 
 def rank_command(
-    dataset: Annotated[
-        str,
-        typer.Argument(
-            help="An image folder (class per sub-folder), a manifest (.csv/.jsonl with path,label), hf:PATH "
-            "(a saved HuggingFace dataset) or builtin:NAME. Append #split to choose a split, e.g. data#val."
-        ),
-    ],
     backbone: Annotated[
         list[str],
         typer.Option(
@@ -50,6 +43,14 @@ def rank_command(
             "@top:10?max_params=30 (`backbone-rank models`). Repeat for each candidate.",
         ),
     ],
+    dataset: Annotated[
+        str | None,
+        typer.Argument(
+            help="An image folder (class per sub-folder), a manifest (.csv/.jsonl with path,label), hf:PATH "
+            "(a saved HuggingFace dataset), builtin:NAME or upload:ID (uploaded to the --server). Append #split to "
+            "choose a split, e.g. data#val. Leave out with --upload."
+        ),
+    ] = None,
     skip_unavailable: Annotated[
         bool | None,
         typer.Option(
@@ -103,6 +104,15 @@ def rank_command(
             "the dataset path is the server's. API key: $BACKBONE_RANK_API_KEY.",
         ),
     ] = None,
+    upload: Annotated[
+        Path | None,
+        typer.Option(
+            "--upload",
+            help="With --server: upload this local folder (one sub-folder per class; zipped to a temporary file) or "
+            "archive (.zip, .tar, .tar.gz) to the server, which cannot see this machine's files, and rank on it "
+            "(instead of DATASET). The same content uploaded again is not stored twice.",
+        ),
+    ] = None,
     offline: OfflineOption = False,
     image_column: ImageColumnOption = None,
     label_column: LabelColumnOption = None,
@@ -112,11 +122,10 @@ def rank_command(
     from service.errors import BackboneRankError
 
     try:
+        spec = _ranked_dataset(dataset, upload, server, image_column, label_column)
         request = _build_request(
             RankingRequest,
-            dataset=_dataset_spec(
-                dataset, for_server=server is not None, image_column=image_column, label_column=label_column
-            ),
+            dataset=spec,
             backbones=backbone,
             skip_unavailable=skip_unavailable,
             estimators=estimator or None,
@@ -131,6 +140,9 @@ def rank_command(
             weights_dirs=[str(path) for path in weights_dir or []],
         )
         _refuse_offline_for_server(offline, server)
+        if upload is not None and server is not None:
+            # After the request was built: a mistyped option costs no upload.
+            request = request.model_copy(update={"dataset": _upload_to_server(server, upload, json_output)})
         if server is not None:
             result: Any = _on_server(server, request, json_output)
         else:
@@ -141,6 +153,30 @@ def rank_command(
     except (BackboneRankError, ValueError) as err:
         _exit_with(err)
     _print_result(result, json_output, _print_ranking)
+
+
+def _ranked_dataset(
+    dataset: str | None, upload: Path | None, server: str | None, image_column: str | None, label_column: str | None
+) -> Any:
+    """The request's dataset: DATASET's spec, or for ``--upload`` a stand-in until the upload has its id."""
+    from service.contract import DatasetSpec
+    from service.errors import InvalidRequest
+
+    if upload is None:
+        if dataset is None:
+            raise InvalidRequest("give the DATASET to rank (or, with --server, a local folder to send with --upload)")
+        return _dataset_spec(
+            dataset, for_server=server is not None, image_column=image_column, label_column=label_column
+        )
+    if server is None:
+        raise InvalidRequest(
+            "--upload sends a local folder to a server: give --server URL too (locally, pass the folder)"
+        )
+    if dataset is not None:
+        raise InvalidRequest("give either DATASET or --upload PATH, not both")
+    if image_column or label_column:
+        raise InvalidRequest("--image-column/--label-column apply to hf://datasets/... references, not to --upload")
+    return DatasetSpec(kind="upload", name="0" * 64)
 
 
 #: Up to this many backbones the scores table has one column per backbone; beyond, a terminal cannot show the

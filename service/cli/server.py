@@ -1,10 +1,12 @@
 """``backbone-rank serve`` and ``worker``, and what ``rank``/``finetune`` ``--server`` do: send the request to a
-service (service/client.py) instead of running it here. Registered in service/cli/__init__.py.
+service (service/client.py) instead of running it here, after uploading a local dataset with ``--upload``.
+Registered in service/cli/__init__.py.
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -47,6 +49,32 @@ def _on_server(server: str, request: Any, json_output: bool) -> Any:
             return client.finetune(request)
     except ClientError as err:
         _exit_with(err)
+
+
+def _upload_to_server(server: str, path: Path, json_output: bool) -> Any:
+    """Upload a local folder or archive to ``server`` (``--upload``); its ``upload:<id>`` as a request's dataset. Says
+    what the server kept (classes, images, files left out) on stderr."""
+    import contextlib
+
+    from rich.markup import escape
+
+    from service.cli._common import err_console
+    from service.client import Client, ClientError
+    from service.contract import DatasetSpec
+
+    spinner = err_console.status(f"uploading {escape(str(path))}") if not json_output else contextlib.nullcontext()
+    try:
+        with Client(server) as client, spinner:
+            uploaded = client.upload_dataset(path)
+    except ClientError as err:
+        _exit_with(err)
+    skipped = sum(uploaded["skipped"].values())
+    err_console.print(
+        f"uploaded {escape(str(path))} as {uploaded['ref']}: {uploaded['n_images']} images, "
+        f"{len(uploaded['classes'])} classes" + (f", {skipped} files left out" if skipped else ""),
+        soft_wrap=True,
+    )
+    return DatasetSpec(**uploaded["dataset"])
 
 
 def serve_command(

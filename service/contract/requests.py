@@ -57,11 +57,14 @@ class _Request(BaseModel):
 class DatasetSpec(_Request):
     """Where the images are: ``{"kind": "folder", "path": "/data/pets"}``, ``{"kind": "builtin", "name":
     "glyphs-greek", "split": "test"}``, ``{"kind": "hub", "name": "ORG/NAME", "split": "train"}`` (downloaded
-    within the server's allowlist). On a server, paths must resolve under its data roots."""
+    within the server's allowlist), ``{"kind": "upload", "name": "<id>"}`` (an archive uploaded with POST
+    /v1/datasets). On a server, paths must resolve under its data roots."""
 
-    kind: Literal["folder", "manifest", "hf", "builtin", "hub"]
+    kind: Literal["folder", "manifest", "hf", "builtin", "hub", "upload"]
     path: str | None = Field(None, min_length=1, max_length=4096)
-    name: str | None = Field(None, min_length=1, max_length=200, description="builtin: its name; hub: ORG/NAME.")
+    name: str | None = Field(
+        None, min_length=1, max_length=200, description="builtin: its name; hub: ORG/NAME; upload: its id."
+    )
     split: str | None = Field(None, min_length=1, max_length=100)
     revision: str | None = Field(
         None, min_length=1, max_length=200, description="hub: a branch, tag or commit (a result records the commit)."

@@ -92,6 +92,7 @@ def rank(
         hub_datasets=runtime.hub_datasets(),
         hub=runtime.hub,
         skip_unavailable=bool(request.skip_unavailable),
+        uploads_dir=runtime.uploads_dir,
     )
     effective = request.model_copy(
         update={
@@ -150,6 +151,7 @@ def finetune(
         allowlist=runtime.allowlist,
         hub=runtime.hub,
         hub_datasets=runtime.hub_datasets(),
+        uploads_dir=runtime.uploads_dir,
     )
     effective = request.model_copy(
         update={

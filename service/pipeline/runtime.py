@@ -31,6 +31,8 @@ class Runtime:
         The feature cache (``<cache_dir>/features``, LRU-bounded).
     builtin_dir : Path
         Where built-in datasets are materialised.
+    uploads_dir : Path or None
+        Where the service stores uploaded datasets (``upload:<id>``); None: such references are an error.
     weights_dirs
         Where weights are searched (besides the providers registered at start-up and the HF cache).
     hub : HubAccess
@@ -60,6 +62,7 @@ class Runtime:
     device: str = "auto"
     batch_size: int = 64
     accepts_local_paths: bool = True
+    uploads_dir: Path | None = None
 
     @property
     def hf_cache_dir(self) -> Path | None:

@@ -92,7 +92,7 @@ def fmt_seconds(value: Any) -> str:
 def dataset_ref_label(ref: DatasetSpec) -> str:
     """A dataset reference as the user typed it: ``builtin:glyphs-greek#train``, ``/data/cats#val``, ``hf:PATH``."""
     base = ref.name or ref.path or NA
-    if ref.kind in ("builtin", "hf"):
+    if ref.kind in ("builtin", "hf", "upload"):
         base = f"{ref.kind}:{base}"
     return f"{base}#{ref.split}" if ref.split else base
 

@@ -130,6 +130,7 @@ RANK_FIELDS = {
     "skip_unavailable": "skip_unavailable", "seed": "seed", "image_column": "dataset", "label_column": "dataset",
     "device": "device", "batch_size": "batch_size", "cache": "cache", "layer": "layer",
     "streaming": "streaming", "bootstrap": "n_bootstrap", "weights_dir": "weights_dirs",
+    "upload": "dataset",  # a local folder sent to the server: its upload:<id> (tests/service/test_upload.py)
 }  # fmt: skip
 
 

@@ -1,6 +1,6 @@
 """Labelled image datasets: the public entry point, :func:`load_dataset`, and the :class:`Dataset` it returns.
 
-Four kinds of dataset reference (the request's ``DatasetSpec``, service/contract/requests.py; the grammar is
+The kinds of dataset reference (the request's ``DatasetSpec``, service/contract/requests.py; the grammar is
 in service/pipeline/data/refs.py):
 
 * ``folder``   -- one sub-directory per class; ``train/``, ``val/`` (``valid/``, ``validation/``) and
@@ -9,6 +9,8 @@ in service/pipeline/data/refs.py):
   per line); relative paths resolve against the manifest's directory.
 * ``hf``       -- a HuggingFace ``datasets`` dataset written with ``save_to_disk``.
 * ``builtin``  -- a name in the built-in registry, materialized on first use into an ImageFolder.
+* ``hub``      -- a dataset repo on the Hugging Face hub, sampled into a manifest (hub_dataset.py).
+* ``upload``   -- an archive uploaded to the service, stored as a folder or manifest dataset (upload.py).
 
 Each kind is listed by its own module in this package (folder.py, manifest.py, hf_disk.py; builtin.py
 materializes a built-in dataset for the folder lister), all returning the same ``Listing``
@@ -58,7 +60,8 @@ from service.pipeline.data.hub_dataset import HubDatasets, HubSample, materializ
 from service.pipeline.data.listing import Entry, HFSource, Limits, Lister, Listing, class_sample
 from service.pipeline.data.manifest import list_manifest
 from service.pipeline.data.paths import open_regular_file, realpath_roots, resolve_user_path
-from service.pipeline.data.refs import HUB_PREFIX, MANIFEST_SUFFIXES, DatasetRef, parse_dataset_ref
+from service.pipeline.data.refs import HUB_PREFIX, MANIFEST_SUFFIXES, UPLOAD_PREFIX, DatasetRef, parse_dataset_ref
+from service.pipeline.data.upload import locate_upload
 
 __all__ = ["Dataset", "ImageItem", "load_dataset"]
 
@@ -183,6 +186,7 @@ def load_dataset(
     max_image_bytes: int = 100 * 2**20,
     builtin_dir: str | Path | None = None,
     hub_datasets: HubDatasets | None = None,
+    uploads_dir: str | Path | None = None,
 ) -> Dataset:
     """List and check a dataset.
 
@@ -202,6 +206,8 @@ def load_dataset(
         builtin_dir: Where built-in datasets are materialized (default: ``<cache_dir>/builtin``).
         hub_datasets: How hub datasets (``hf://datasets/ORG/NAME``) are fetched and where their samples are
             materialised; without it a hub reference is an error. The returned ref records the commit.
+        uploads_dir: Where the service stores uploaded datasets (``upload:<id>``); without it an upload reference
+            is an error.
 
     Returns:
         The :class:`Dataset`, items sorted by ``(label, source)``.
@@ -246,6 +252,17 @@ def load_dataset(
         listing = dataclasses.replace(listing, split=sample.split, splits=sample.splits)
         listing.skipped.update(sample.skipped)
         ref = dataclasses.replace(ref, revision=sample.commit)
+    elif ref.kind == "upload":
+        # Trusted like a built-in (the service extracted and checked it), but listed confined to its own folder.
+        stored = locate_upload(cast(str, ref.name), uploads_dir)
+        user = f"{UPLOAD_PREFIX}{ref.name}"
+        listing_roots = (stored.directory,)
+        if stored.manifest is not None:
+            root = os.path.dirname(stored.manifest)
+            listing = list_manifest(stored.manifest, listing_roots, ref.split, user, limits)
+        else:
+            root = stored.root
+            listing = list_folder(root, listing_roots, ref.split, user, limits)
     else:
         user = cast(str, ref.path)
         real = resolve_user_path(user, roots)

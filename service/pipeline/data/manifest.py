@@ -19,7 +19,7 @@ from service.errors import InvalidDataset, PathOutsideRoots
 from service.pipeline.data.decode import ImageDecodeError
 from service.pipeline.data.listing import Entry, Limits, Listing, count_skip, natural_sorted, scan_file
 from service.pipeline.data.paths import inside, open_regular_file, stat_user_path
-from service.pipeline.data.refs import HUB_PREFIX, MANIFEST_SUFFIXES
+from service.pipeline.data.refs import HUB_PREFIX, MANIFEST_SUFFIXES, UPLOAD_PREFIX
 
 __all__ = ["list_manifest"]
 
@@ -27,9 +27,11 @@ _MAX_MANIFEST_BYTES = 1 << 30
 
 
 def list_manifest(real: str, roots: Sequence[str], split: str | None, user: str, limits: Limits) -> Listing:
-    # The name the user gave decides (a hub dataset's sample is named by its hf:// reference: its file then)
+    # The name the user gave decides (a hub dataset's sample and an upload are named by their reference: the file's
+    # name then)
     suffix = next((s for s in MANIFEST_SUFFIXES if user.lower().endswith(s)), None) or next(
-        (s for s in MANIFEST_SUFFIXES if user.startswith(HUB_PREFIX) and real.lower().endswith(s)), None
+        (s for s in MANIFEST_SUFFIXES if user.startswith((HUB_PREFIX, UPLOAD_PREFIX)) and real.lower().endswith(s)),
+        None,
     )
     if suffix is None:
         raise InvalidDataset(f"manifest {user!r} must end in .csv or .jsonl", path=user)

@@ -89,11 +89,12 @@ def check_dataset_path(ref: DatasetRef, roots: Sequence[str | Path]) -> None:
     """The cheap checks :func:`load_dataset` starts with, without listing anything: for a caller (the web
     API) that must refuse a bad path at once and leave the listing to a worker.
 
-    ``builtin`` refs are not checked here. Raises what ``load_dataset`` raises for the same path:
-    :class:`InvalidDataset` (NUL byte, a manifest that is no ``.csv``/``.jsonl`` file, a folder or hf
-    path that is no directory), :class:`PathOutsideRoots`, :class:`DatasetNotFound`.
+    ``builtin``, ``hub`` and ``upload`` refs name no path and are not checked here. Raises what
+    ``load_dataset`` raises for the same path: :class:`InvalidDataset` (NUL byte, a manifest that is no
+    ``.csv``/``.jsonl`` file, a folder or hf path that is no directory), :class:`PathOutsideRoots`,
+    :class:`DatasetNotFound`.
     """
-    if ref.kind == "builtin":
+    if ref.kind in ("builtin", "hub", "upload"):
         return
     user = cast(str, ref.path)
     real = resolve_user_path(user, roots)

@@ -14,9 +14,17 @@ from typing import Any, Literal, get_args
 
 from service.errors import InvalidDataset
 
-__all__ = ["HUB_PREFIX", "MANIFEST_SUFFIXES", "DatasetKind", "DatasetRef", "parse_dataset_ref"]
+__all__ = [
+    "HUB_PREFIX",
+    "MANIFEST_SUFFIXES",
+    "UPLOAD_ID",
+    "UPLOAD_PREFIX",
+    "DatasetKind",
+    "DatasetRef",
+    "parse_dataset_ref",
+]
 
-DatasetKind = Literal["folder", "manifest", "hf", "builtin", "hub"]
+DatasetKind = Literal["folder", "manifest", "hf", "builtin", "hub", "upload"]
 _KINDS: tuple[str, ...] = get_args(DatasetKind)
 #: A path with one of these endings is a manifest, any other path a folder.
 MANIFEST_SUFFIXES = (".csv", ".jsonl")
@@ -24,6 +32,9 @@ MANIFEST_SUFFIXES = (".csv", ".jsonl")
 HUB_PREFIX = "hf://datasets/"
 _HUB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
 _REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,199}")
+#: A dataset uploaded to the service (``POST /v1/datasets``): ``upload:<id>``, the id the sha256 of its archive.
+UPLOAD_PREFIX = "upload:"
+UPLOAD_ID = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -31,10 +42,11 @@ class DatasetRef:
     """Where a dataset lives; JSON round trip with :meth:`to_dict` / :meth:`from_dict`.
 
     Attributes:
-        kind: ``"folder"``, ``"manifest"``, ``"hf"`` (saved on disk), ``"builtin"`` or ``"hub"`` (a dataset repo
-            on the Hugging Face hub, downloaded on demand: service/pipeline/data/hub_dataset.py).
-        path: The folder, manifest file or saved HF dataset directory (not for ``builtin``/``hub``).
-        name: The built-in dataset's name, or the hub repo ``ORG/NAME``.
+        kind: ``"folder"``, ``"manifest"``, ``"hf"`` (saved on disk), ``"builtin"``, ``"hub"`` (a dataset repo
+            on the Hugging Face hub, downloaded on demand: service/pipeline/data/hub_dataset.py) or ``"upload"`` (an
+            archive uploaded to the service: service/pipeline/data/upload.py).
+        path: The folder, manifest file or saved HF dataset directory (not for ``builtin``/``hub``/``upload``).
+        name: The built-in dataset's name, the hub repo ``ORG/NAME``, or the upload's id.
         split: Which split of a split layout to load; ``None`` loads ``"train"`` when splits exist.
         revision: ``hub`` only: a branch, tag or commit (default ``main``); a result records the commit.
         image_column, label_column: ``hub`` only: the parquet columns to read (default: detected).
@@ -78,6 +90,14 @@ class DatasetRef:
                 raise InvalidDataset("a builtin dataset reference needs a name, e.g. 'builtin:NAME'")
             if self.path is not None:
                 raise InvalidDataset("a builtin dataset reference takes a name, not a path")
+        elif self.kind == "upload":
+            if self.name is None or not UPLOAD_ID.fullmatch(self.name):
+                raise InvalidDataset(
+                    f"an uploaded dataset is named by the id its upload returned ('{UPLOAD_PREFIX}<64 hex digits>'), "
+                    f"got {self.name!r}; see GET /v1/datasets"
+                )
+            if self.path is not None:
+                raise InvalidDataset("an uploaded dataset reference takes its id as the name, not a path")
         else:
             if self.path is None:
                 raise InvalidDataset(f"a {self.kind} dataset reference needs a path")
@@ -106,9 +126,9 @@ def parse_dataset_ref(text: str) -> DatasetRef:
     """Parse the text form of a dataset reference.
 
     ``hf://datasets/ORG/NAME[@REVISION]`` a dataset repo on the hub, ``hf:PATH`` a saved HF dataset,
-    ``builtin:NAME`` a built-in one, a path ending in ``.csv`` or ``.jsonl`` a manifest and anything else a
-    folder. A ``#split`` suffix selects a split (``/data/pets#val``); the last ``#`` counts, and only when no
-    ``/`` follows it, so directory names containing ``#`` still work.
+    ``builtin:NAME`` a built-in one, ``upload:ID`` one uploaded to the service, a path ending in ``.csv`` or
+    ``.jsonl`` a manifest and anything else a folder. A ``#split`` suffix selects a split (``/data/pets#val``);
+    the last ``#`` counts, and only when no ``/`` follows it, so directory names containing ``#`` still work.
 
     Raises:
         InvalidDataset: empty text, an empty name/path or an empty split.
@@ -131,5 +151,7 @@ def parse_dataset_ref(text: str) -> DatasetRef:
         return DatasetRef(kind="hf", path=body[3:] or None, split=split)
     if body.startswith("builtin:"):
         return DatasetRef(kind="builtin", name=body[8:] or None, split=split)
+    if body.startswith(UPLOAD_PREFIX):
+        return DatasetRef(kind="upload", name=body[len(UPLOAD_PREFIX) :] or None, split=split)
     kind: DatasetKind = "manifest" if body.lower().endswith(MANIFEST_SUFFIXES) else "folder"
     return DatasetRef(kind=kind, path=body, split=split)

@@ -155,6 +155,7 @@ def finetune(
     allowlist: Callable[[str], bool] | None = None,
     hub: HubAccess | None = None,
     hub_datasets: HubDatasets | None = None,
+    uploads_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Fine-tune ``backbone`` on ``dataset`` and report its test accuracy (schema: module docstring).
 
@@ -175,7 +176,7 @@ def finetune(
     batch_size : int
     max_per_class : int, optional
         Cap every split at this many images per class (seeded sample) for a quick run.
-    roots, builtin_dir
+    roots, builtin_dir, uploads_dir
         As :func:`~service.pipeline.data.datasets.load_dataset`.
     weights_dirs, hf_cache_dir, allowlist, hub
         As :func:`~service.pipeline.models.backbones.load_backbone` (``hub``: download missing weights).
@@ -214,7 +215,12 @@ def finetune(
     ref = _as_ref(dataset)
     report.load(0)
     splits = _load_splits(
-        ref, roots=roots, max_per_class=max_per_class, builtin_dir=builtin_dir, hub_datasets=hub_datasets
+        ref,
+        roots=roots,
+        max_per_class=max_per_class,
+        builtin_dir=builtin_dir,
+        hub_datasets=hub_datasets,
+        uploads_dir=uploads_dir,
     )
     report.load(1)
     loaded = load_backbone(backbone, weights_dirs=weights_dirs, hf_cache_dir=hf_cache_dir, allowlist=allowlist, hub=hub)

@@ -50,6 +50,7 @@ def _load_splits(
     max_per_class: int | None,
     builtin_dir: str | Path | None,
     hub_datasets: HubDatasets | None = None,
+    uploads_dir: str | Path | None = None,
 ) -> _Splits:
     """Load train (and val/test when the dataset has them), carve what is missing, align the class maps."""
     if ref.split is not None and _canonical_split(ref.split) in ("val", "test"):
@@ -65,6 +66,7 @@ def _load_splits(
         min_per_class=1,
         builtin_dir=builtin_dir,
         hub_datasets=hub_datasets,
+        uploads_dir=uploads_dir,
     )
     train = load(ref)
     train_split = train.ref.split

@@ -162,6 +162,7 @@ def rank_backbones(
     hub_datasets: HubDatasets | None = None,
     hub: HubAccess | None = None,
     skip_unavailable: bool = False,
+    uploads_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Rank ``backbones`` on ``dataset``; see the module docstring for the result schema.
 
@@ -188,6 +189,7 @@ def rank_backbones(
             min_per_class=min_per_class,
             builtin_dir=builtin_dir,
             hub_datasets=hub_datasets,
+            uploads_dir=uploads_dir,
         )
     loaded: list[LoadedBackbone] = []
     load_seconds: list[float] = []
