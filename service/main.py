@@ -30,7 +30,7 @@ from service.errors import BackboneRankError, NotReady, QueueFull, QuotaExceeded
 from service.jobs.store import JobStore, json_safe
 from service.metrics import Metrics, MetricsMiddleware
 from service.middleware import ALWAYS_OPEN, ApiKeyMiddleware, BodyLimitMiddleware
-from service.routers import catalog, datasets, finetunes, health, rankings, reports
+from service.routers import catalog, datasets, finetunes, health, page, rankings, reports
 from service.routers.health import worker_max_age
 from service.schemas import ErrorBody
 from service.uploads.store import UploadStore
@@ -202,7 +202,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = Metrics(lambda: app.state.store, worker_max_age=worker_max_age(settings))
     _install_error_handlers(app)
     # catalog before datasets: its GET /v1/datasets/builtin is matched before /v1/datasets/{id}
-    for module in (health, catalog, datasets, rankings, finetunes, reports):
+    for module in (health, catalog, datasets, rankings, finetunes, reports, page):
         app.include_router(module.router)
     # Added last = outermost: metrics see every response, the 401s and 413s included; the key is checked before
     # the body limit, so a client without a key learns nothing but 401.

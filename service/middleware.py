@@ -1,10 +1,11 @@
 """Pure ASGI middleware that answers before a request's body is read: the API-key check and the body limit.
 
-* :class:`ApiKeyMiddleware`: with API keys configured, every path but ``/healthz`` and the configured public
-  paths needs a known ``X-API-Key``; a missing or wrong one is ``401 {"code": "unauthorized", ...}`` before
-  the body is read or parsed (so a malformed body never tells an unauthenticated client more than 401). The
-  matched key's digest (:func:`key_id`, never the key) is left in the request's state as ``api_key_id``, for
-  the per-key job quota.
+* :class:`ApiKeyMiddleware`: with API keys configured, every path but ``/healthz``, the browser page's own files
+  (``/`` and its script and stylesheet, which hold no data: the page asks for the key, service/page/) and the
+  configured public paths needs a known ``X-API-Key``; a missing or wrong one is
+  ``401 {"code": "unauthorized", ...}`` before the body is read or parsed (so a malformed body never tells an
+  unauthenticated client more than 401). The matched key's digest (:func:`key_id`, never the key) is left in
+  the request's state as ``api_key_id``, for the per-key job quota.
 * :class:`BodyLimitMiddleware`: a declared ``Content-Length`` over the limit is refused before the body is
   read; a body without one (chunked) is counted while it streams and refused as soon as it passes the limit.
   Either way the answer is ``413 {"code": "request_too_large", ...}``. Routes that stream their body to disk
@@ -24,11 +25,12 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import Unauthorized
+from service.page import PAGE_PATHS
 
 __all__ = ["ALWAYS_OPEN", "ApiKeyMiddleware", "BodyLimitMiddleware", "BodyTooLarge", "key_id", "send_json"]
 
-#: Liveness probes never need a key.
-ALWAYS_OPEN = frozenset({"/healthz"})
+#: Liveness probes never need a key; nor does the page, which must load to ask for one.
+ALWAYS_OPEN = frozenset({"/healthz"}) | PAGE_PATHS
 _UNAUTHORIZED = Unauthorized("missing or wrong API key; send it in the X-API-Key header")
 
 
