@@ -91,6 +91,12 @@ def _archive(tmp: Path) -> Path:
     return archive
 
 
+def _newest(server: ServerProcess, kind: str) -> dict[str, Any]:
+    """The newest job of ``kind``, whole (a list may give summaries; one job's GET gives its result)."""
+    newest = httpx.get(f"{server.url}/v1/{kind}s?limit=1").json()[0]
+    return httpx.get(f"{server.url}/v1/{kind}s/{newest['id']}").json()
+
+
 def _shots(tmp: Path) -> Path:
     shots = tmp / "screenshots"
     shots.mkdir(exist_ok=True)
@@ -148,7 +154,7 @@ def test_upload_rank_and_finetune_the_winner_in_the_browser(
 
     rows = page.locator("#ranking-table tbody tr")
     assert rows.count() == 2
-    ranking = httpx.get(f"{server.url}/v1/rankings?limit=1").json()[0]
+    ranking = _newest(server, "ranking")
     result = ranking["result"]
     for i, row in enumerate(result["backbones"]):
         cells = rows.nth(i).locator("td, th").all_inner_texts()
@@ -182,7 +188,7 @@ def test_upload_rank_and_finetune_the_winner_in_the_browser(
     button.click()
     page.wait_for_selector("#finetune-links:not([hidden])", timeout=240_000)
     accuracy = page.inner_text("#finetune-accuracy")
-    finetune = httpx.get(f"{server.url}/v1/finetunes?limit=1").json()[0]
+    finetune = _newest(server, "finetune")
     measured = round(finetune["result"]["test_accuracy"]["mean"] * 100)
     assert accuracy.startswith(f"Measured accuracy on images kept aside for testing: {measured} %"), accuracy
     assert "the ranking expected about" in accuracy
@@ -235,6 +241,16 @@ def test_with_api_keys_the_page_asks_for_the_key_first(
     page.wait_for_selector("#ranking-list li .summary")
     assert "pets" in page.inner_text("#ranking-list")
     assert page.evaluate("sessionStorage.getItem('backbone-rank-api-key')") == KEY
+    # A folder, zipped in the browser and sent with the key; zipped the same way twice, it is the same upload.
+    folder = write_image_folder(tmp_path / "birds", {"crow": 3, "owl": 3, "wren": 2}, size=12)
+    uploaded = []
+    for _ in range(2):
+        page.set_input_files("#folder-input", str(folder))
+        page.wait_for_selector("#upload-status .ok")
+        assert "8 images in 3 classes: crow (3), owl (3), wren (2)" in page.inner_text("#upload-status")
+        uploaded.append(page.evaluate("state.upload"))
+    assert uploaded[0]["id"] == uploaded[1]["id"] and uploaded[0]["format"] == "zip"
+    assert uploaded[0]["name"] == "birds" and not uploaded[0]["skipped"]
     # A protected page opened from a link: fetched with the key, shown from a blob.
     with context.expect_page() as opened:
         page.get_by_role("link", name="Benchmark reports").click()

@@ -95,7 +95,8 @@ async function followJob(kind, id, onProgress, signal) {
         else if (event === "end") ended = true;
       }, signal);
     } catch (err) {
-      if (signal.aborted || (err instanceof ApiError && err.status !== 503)) throw err;
+      // A dropped connection, a busy service (503) or too many streams (429): read the job instead, retry later.
+      if (signal.aborted || (err instanceof ApiError && ![429, 503].includes(err.status))) throw err;
     }
     const job = await getJson(base);
     if (ended || ["succeeded", "failed", "cancelled"].includes(job.state)) return job;
