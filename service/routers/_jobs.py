@@ -118,11 +118,18 @@ def job_view(job: Job) -> JobView:
     return _validated(_VIEWS.get(job.kind, JobView), job, fields, ("request", "result"))
 
 
-def list_jobs(store: JobStore, kind: str, limit: int) -> list[JobSummary]:
+async def read_job(store: JobStore, kind: str, job_id: str) -> JobView:
+    """GET of one job: the store read in a worker thread, the view built on the event loop (one thread hop per
+    request, where a plain ``def`` endpoint takes two: FastAPI serialises its answer in the thread pool too)."""
+    return job_view(await anyio.to_thread.run_sync(get_job, store, kind, job_id))
+
+
+async def list_jobs(store: JobStore, kind: str, limit: int) -> list[JobSummary]:
     """The newest ``limit`` jobs of ``kind`` as list items: no request or result, a summary of a succeeded one's
-    result (only its parts are read from the store: service/schemas.py ``PATHS``)."""
+    result (only its parts are read from the store: service/schemas.py ``PATHS``); threads as :func:`read_job`."""
     view, paths = _SUMMARIES[kind]
-    return [job_summary(view, job) for job in store.list_jobs(kind, limit=limit, result_paths=paths)]
+    jobs = await anyio.to_thread.run_sync(lambda: store.list_jobs(kind, limit=limit, result_paths=paths))
+    return [job_summary(view, job) for job in jobs]
 
 
 def job_summary(view: type[JobSummary], job: Job) -> JobSummary:

@@ -41,14 +41,14 @@ def create_finetune(
 
 
 @router.get("", response_model=list[FinetuneJobSummary], responses=_ERRORS)
-def list_finetunes(store: StoreDep, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[JobSummary]:
+async def list_finetunes(store: StoreDep, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[JobSummary]:
     """The newest fine-tunes first, each with a summary of its result (backbone, strategy, test accuracy)."""
-    return _jobs.list_jobs(store, "finetune", limit)
+    return await _jobs.list_jobs(store, "finetune", limit)
 
 
 @router.get("/{job_id}", response_model=FinetuneJob, responses=_ERRORS)
-def get_finetune(job_id: str, store: StoreDep) -> JobView:
-    return _jobs.job_view(_jobs.get_job(store, "finetune", job_id))
+async def get_finetune(job_id: str, store: StoreDep) -> JobView:
+    return await _jobs.read_job(store, "finetune", job_id)
 
 
 @router.get("/{job_id}/events", response_class=EventSourceResponse, responses=_ERRORS)

@@ -45,16 +45,16 @@ def create_ranking(
 
 
 @router.get("", response_model=list[RankingJobSummary], responses=_ERRORS)
-def list_rankings(store: StoreDep, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[JobSummary]:
+async def list_rankings(store: StoreDep, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[JobSummary]:
     """The newest rankings first, each with a summary of its result (the winner and its predicted accuracy); the
     whole request and result: GET the job."""
-    return _jobs.list_jobs(store, "ranking", limit)
+    return await _jobs.list_jobs(store, "ranking", limit)
 
 
 @router.get("/{job_id}", response_model=RankingJob, responses=_ERRORS)
-def get_ranking(job_id: str, store: StoreDep) -> JobView:
+async def get_ranking(job_id: str, store: StoreDep) -> JobView:
     """State, progress and, once succeeded, the ranked result (schema: RankingResult)."""
-    return _jobs.job_view(_jobs.get_job(store, "ranking", job_id))
+    return await _jobs.read_job(store, "ranking", job_id)
 
 
 @router.get("/{job_id}/events", response_class=EventSourceResponse, responses=_ERRORS)
