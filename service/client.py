@@ -7,9 +7,9 @@
 ...     print([(b.rank, b.id) for b in result.backbones])
 
 :meth:`Client.rank` and :meth:`Client.finetune` take the request model (:mod:`service.contract.requests`;
-or keyword arguments that build it), submit it, follow the job's server-sent events (reconnecting, or
-polling, if the stream breaks) and return the typed result (:mod:`service.contract.results`); a failed
-or cancelled job raises
+or keyword arguments that build it), submit it, follow the job's server-sent events (reconnecting when the
+server ends a stream on its time bound or the stream breaks, polling while the server holds too many streams)
+and return the typed result (:mod:`service.contract.results`); a failed or cancelled job raises
 :class:`ClientError` with the job's ``code`` and ``detail``. Every HTTP error is a :class:`ClientError`
 too, carrying the server's ``{code, detail}``. :meth:`Client.upload_dataset` sends a local folder (zipped into a
 temporary file first) or archive to the server, for a dataset the server cannot see:
@@ -223,6 +223,19 @@ class Client:
         """The job (``kind``: ``"ranking"`` or ``"finetune"``)."""
         return self._json("GET", f"{_PREFIX[kind]}/{job_id}")
 
+    def list_jobs(self, kind: str, *, limit: int = 50) -> list[dict[str, Any]]:
+        """The newest ``limit`` jobs of ``kind``, newest first, as the API lists them (schemas
+        ``RankingJobSummary`` / ``FinetuneJobSummary``): state, progress, error and a ``summary`` of a succeeded
+        job's result (a ranking's ``winner`` and its ``predicted_accuracy``; a fine-tune's ``backbone`` and
+        ``test_accuracy``), never the whole request or result (:meth:`get` has them)."""
+        return self._json("GET", _PREFIX[kind], params={"limit": limit})
+
+    def list_rankings(self, *, limit: int = 50) -> list[dict[str, Any]]:
+        return self.list_jobs("ranking", limit=limit)
+
+    def list_finetunes(self, *, limit: int = 50) -> list[dict[str, Any]]:
+        return self.list_jobs("finetune", limit=limit)
+
     def get_ranking(self, job_id: str) -> dict[str, Any]:
         return self.get("ranking", job_id)
 
@@ -256,26 +269,36 @@ class Client:
         timeout: float | None = None,
     ) -> dict[str, Any]:
         """Follow the job until it ends; returns the final job. ``on_progress(progress)`` gets every progress
-        event. A broken stream is reopened (the job is read once in between, so nothing is missed)."""
+        event. A stream the server ended with ``reconnect`` (its time bound) is reopened at once, a broken one after
+        reading the job once (so nothing is missed); while the server refuses streams (``too_many_streams``) the job
+        is polled."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
+            reopen, pause = False, 0.5
             try:
                 for event, data in self.events(kind, job_id):
                     if event == "progress" and on_progress is not None:
                         on_progress(data)
                     elif event == "end":
                         return self.get(kind, job_id)
+                    elif event == "reconnect":
+                        reopen = True
+                        break
                     if deadline is not None and time.monotonic() > deadline:
                         break
             except ClientError as err:
-                if err.code not in ("connection_error", "timeout"):
+                if err.code not in ("connection_error", "timeout", "too_many_streams"):
                     raise
+                if err.code == "too_many_streams":
+                    pause = 2.0
+            if reopen and (deadline is None or time.monotonic() <= deadline):
+                continue
             job = self.get(kind, job_id)
             if job["state"] in _TERMINAL:
                 return job
             if deadline is not None and time.monotonic() > deadline:
                 raise ClientError("timeout", f"job {job_id} is still {job['state']} after {timeout} s", body=job)
-            time.sleep(0.5)
+            time.sleep(pause)
 
     def _result(self, job: dict[str, Any]) -> dict[str, Any]:
         if job["state"] == "succeeded":

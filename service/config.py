@@ -94,6 +94,24 @@ class Settings(BaseSettings):
         description="Jobs one API key may have queued or running; beyond: 429 quota_exceeded (so one client cannot "
         "fill the queue for everyone). Applies when api_keys are set; None: no per-key limit.",
     )
+    max_event_streams: int = Field(
+        200,
+        ge=1,
+        description="Open event streams (GET /v1/.../{id}/events) the service holds at once; beyond: 429 "
+        "too_many_streams (each stream is a connection and a task; all streams of one job share one poller).",
+    )
+    max_event_streams_per_key: int | None = Field(
+        20,
+        ge=1,
+        description="Open event streams one API key may hold; beyond: 429 too_many_streams. Applies when api_keys "
+        "are set; None: only max_event_streams.",
+    )
+    event_stream_max_seconds: float = Field(
+        600.0,
+        gt=0,
+        description="An event stream ends after this long with a `reconnect` event (data: the job's id, state and "
+        "events URL); clients open it again (the Python client does). Frees abandoned streams.",
+    )
     max_request_bytes: int = Field(1 << 20, ge=1024, description="Request bodies beyond this are refused (413).")
     job_lease_seconds: float = Field(
         60.0, gt=0, description="A running job whose worker sent no heartbeat for this long is reclaimed."

@@ -52,6 +52,7 @@ Every error a user can cause carries a ``code`` (stable, documented, never rewor
         ├── RequestTooLarge            request_too_large            413
         ├── QueueFull                  queue_full                   429
         ├── QuotaExceeded              quota_exceeded               429  (one API key's jobs queued or running)
+        ├── TooManyStreams             too_many_streams             429  (open event streams, per key or in all)
         └── NotReady                   not_ready                    503
 
 A failed job's ``error`` is ``{"code", "detail"}`` with one of the codes above or, for failures
@@ -114,6 +115,7 @@ __all__ = [
     "RequestTooLarge",
     "QueueFull",
     "QuotaExceeded",
+    "TooManyStreams",
     "NotReady",
 ]
 
@@ -412,6 +414,14 @@ class QuotaExceeded(ServiceError):
     queue for everyone."""
 
     code = "quota_exceeded"
+    status = 429
+
+
+class TooManyStreams(ServiceError):
+    """The service already holds ``max_event_streams`` open event streams (``GET .../events``), or this API key
+    ``max_event_streams_per_key``: close one (or follow the job by polling ``GET``) and retry."""
+
+    code = "too_many_streams"
     status = 429
 
 

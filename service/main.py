@@ -26,13 +26,14 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.config import Settings, get_settings
-from service.errors import BackboneRankError, NotReady, QueueFull, QuotaExceeded, UploadTooLarge
+from service.errors import BackboneRankError, NotReady, QueueFull, QuotaExceeded, TooManyStreams, UploadTooLarge
 from service.jobs.store import JobStore, json_safe
 from service.metrics import Metrics, MetricsMiddleware
 from service.middleware import ALWAYS_OPEN, ApiKeyMiddleware, BodyLimitMiddleware
 from service.routers import catalog, datasets, finetunes, health, page, rankings, reports
 from service.routers.health import worker_max_age
 from service.schemas import ErrorBody
+from service.streams import JobStreams
 from service.uploads.store import UploadStore
 
 __all__ = ["create_app"]
@@ -71,8 +72,8 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(BackboneRankError)
     async def typed_error(request: Request, err: BackboneRankError) -> JSONResponse:
         headers = None
-        if isinstance(err, QueueFull | QuotaExceeded | NotReady):
-            headers = {"Retry-After": "5" if isinstance(err, NotReady) else "30"}
+        if isinstance(err, QueueFull | QuotaExceeded | NotReady | TooManyStreams):
+            headers = {"Retry-After": "5" if isinstance(err, NotReady | TooManyStreams) else "30"}
         elif isinstance(err, UploadTooLarge):
             headers = {"Connection": "close"}  # the rest of the body is never read
         return _error_response(err.status, err.to_dict(), headers)
@@ -147,14 +148,26 @@ def _one_error_shape(schema: dict[str, Any], open_paths: frozenset[str] | None) 
                     response["content"] = content
 
 
+#: How often the web process looks for running jobs whose worker process died on this host (a read; a write only
+#: when there is one to take back).
+DEAD_WORKER_SWEEP_S = 1.0
+
+
 async def _reaper(store: JobStore, every: float) -> None:
-    """Expire stale leases even when no worker is alive to do it at its next claim: a job whose worker
-    died is requeued (or failed with ``worker_lost``) instead of showing ``running`` forever."""
+    """Expire stale leases (every ``every`` seconds) even when no worker is alive to do it at its next claim, and
+    take back the jobs of dead worker processes on this host every :data:`DEAD_WORKER_SWEEP_S`: a job whose worker
+    died is requeued (or failed with ``worker_lost``) instead of showing ``running`` until its lease ends."""
+    tick = min(every, DEAD_WORKER_SWEEP_S)
+    since_expiry = 0.0
     while True:
-        await asyncio.sleep(every)
+        await asyncio.sleep(tick)
+        since_expiry += tick
         try:
-            await anyio.to_thread.run_sync(store.expire_leases)
-            await anyio.to_thread.run_sync(store.prune_workers, 3600.0)  # forget workers gone for an hour
+            await anyio.to_thread.run_sync(store.reclaim_dead)
+            if since_expiry >= every:
+                since_expiry = 0.0
+                await anyio.to_thread.run_sync(store.expire_leases)
+                await anyio.to_thread.run_sync(store.prune_workers, 3600.0)  # forget workers gone for an hour
         except Exception:  # a busy store now is no reason to stop reaping later
             _logger.warning("lease reaper: store unavailable", exc_info=True)
 
@@ -162,8 +175,9 @@ async def _reaper(store: JobStore, every: float) -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The FastAPI application for ``settings`` (default: :func:`~service.config.get_settings`).
 
-    The lifespan opens (and creates) the job store at ``settings.database_path``, removes expired uploads and
-    runs the lease reaper; nothing is opened at import time.
+    The lifespan opens (and creates) the job store at ``settings.database_path``, removes expired uploads, runs
+    the lease reaper and holds the pollers of the jobs followed by event streams (service/streams.py); nothing is
+    opened at import time.
     """
     settings = settings or get_settings()
 
@@ -177,6 +191,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await anyio.to_thread.run_sync(store.initialize)
         app.state.store = store
         await anyio.to_thread.run_sync(app.state.uploads.purge_expired)
+        app.state.streams = JobStreams(
+            store,
+            max_streams=settings.max_event_streams,
+            max_streams_per_key=settings.max_event_streams_per_key if settings.api_keys else None,
+        )
         reaper = asyncio.create_task(_reaper(store, min(settings.job_lease_seconds / 2, 10.0)))
         _logger.info("API ready (store %s)", store.path)
         try:
@@ -185,6 +204,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reaper
+            await app.state.streams.close()
             app.state.store = None
             store.close()
 

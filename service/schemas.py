@@ -1,10 +1,12 @@
-"""Response models of the HTTP API (v1): job views and errors. The request bodies and the results are the
-contract's models (:mod:`service.contract`), the same ones the CLI, the client and the worker use."""
+"""Response models of the HTTP API (v1): job views, job summaries (lists) and errors. The request bodies and the
+results are the contract's models (:mod:`service.contract`), the same ones the CLI, the client and the worker use;
+a summary's fields are parts of its kind's result, each with its place in the result (``PATHS``), so a list reads
+those parts and never a whole result."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -17,6 +19,7 @@ from service.contract import (
     RankingRequest,
     RankingResult,
 )
+from service.contract.results import PredictedAccuracy
 
 __all__ = [
     "MAX_BACKBONES",
@@ -28,6 +31,11 @@ __all__ = [
     "JobView",
     "RankingJob",
     "FinetuneJob",
+    "JobSummary",
+    "RankingSummary",
+    "FinetuneSummary",
+    "RankingJobSummary",
+    "FinetuneJobSummary",
     "ErrorBody",
     "FieldError",
     "SkippedFile",
@@ -66,16 +74,11 @@ class JobCreated(BaseModel):
     events_url: str
 
 
-class JobView(BaseModel):
-    """A job: its state, progress while it runs, and its result (``succeeded``) or error (``failed``). A job whose
-    stored row cannot be read has ``error.code == "corrupt"`` and a null ``request``, ``progress`` and ``result``."""
-
+class _JobFields(BaseModel):
     id: str
     kind: str
     state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
-    request: dict[str, Any] | None
     progress: dict[str, Any] | None
-    result: dict[str, Any] | None
     error: dict[str, Any] | None
     attempts: int
     cancel_requested: bool
@@ -83,6 +86,14 @@ class JobView(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     links: dict[str, str]
+
+
+class JobView(_JobFields):
+    """A job: its state, progress while it runs, and its result (``succeeded``) or error (``failed``). A job whose
+    stored row cannot be read has ``error.code == "corrupt"`` and a null ``request``, ``progress`` and ``result``."""
+
+    request: dict[str, Any] | None
+    result: dict[str, Any] | None
 
 
 class RankingJob(JobView):
@@ -132,6 +143,57 @@ class UploadedDataset(BaseModel):
     last_uploaded_at: datetime
     expires_at: datetime | None = Field(description="When it is removed unless uploaded again (null: kept).")
     url: str
+
+
+class RankingSummary(BaseModel):
+    """What a succeeded ranking found, in a list: its winner (rank 1 of the fused order) and the winner's predictions
+    (fields of its :class:`RankingResult`'s first row; null where the result has none)."""
+
+    #: Where each field is in a RankingResult (SQLite JSON paths): ``backbones`` is best first.
+    PATHS: ClassVar[dict[str, str]] = {
+        "winner": "$.backbones[0].id",
+        "predicted_accuracy": "$.backbones[0].predicted_accuracy",
+        "p_best": "$.backbones[0].p_best",
+    }
+
+    winner: str | None = Field(None, description="The id of the best-ranked backbone.")
+    predicted_accuracy: PredictedAccuracy | None = Field(
+        None, description="The winner's predicted fine-tune and linear-probe accuracy, with their intervals."
+    )
+    p_best: float | None = Field(None, description="The winner's probability of being the best (when asked for).")
+
+
+class FinetuneSummary(BaseModel):
+    """What a succeeded fine-tune reached, in a list (fields of its :class:`FinetuneResult`)."""
+
+    #: As RankingSummary.PATHS, in a FinetuneResult.
+    PATHS: ClassVar[dict[str, str]] = {
+        "backbone": "$.backbone.id",
+        "strategy": "$.strategy",
+        "test_accuracy": "$.test_accuracy.mean",
+        "ranking_id": "$.ranking_id",
+    }
+
+    backbone: str | None = Field(None, description="The fine-tuned backbone's id.")
+    strategy: str | None = None
+    test_accuracy: float | None = Field(None, description="Mean test accuracy over the seeds.")
+    ranking_id: str | None = Field(None, description="The ranking whose winner this is, if any.")
+
+
+class JobSummary(_JobFields):
+    """A job in a list: a :class:`JobView` without its request and result, with a ``summary`` of the result once
+    succeeded (the whole result: GET ``links.self``). A job whose stored row cannot be read has
+    ``error.code == "corrupt"``."""
+
+    summary: dict[str, Any] | None
+
+
+class RankingJobSummary(JobSummary):
+    summary: RankingSummary | None  # type: ignore[assignment]  # narrows the generic summary to its kind's model
+
+
+class FinetuneJobSummary(JobSummary):
+    summary: FinetuneSummary | None  # type: ignore[assignment]  # as RankingJobSummary
 
 
 def timestamp(value: float | None) -> datetime | None:

@@ -3,19 +3,22 @@
 The web process imports no torch; each worker is a separate ``python -m service.jobs.worker`` process
 (so a crash or an out-of-memory kill of a worker never takes the API down). A worker that exits
 unexpectedly is restarted (with a growing pause if it keeps dying at start-up); its job is reclaimed
-once its lease expires. On SIGTERM/SIGINT uvicorn drains, then the workers get SIGTERM (each releases
-its running job to the queue) and, after a grace period, SIGKILL. Workers also exit on their own
-when this process dies (``--exit-with-parent``), so a ``kill -9`` of the server leaves no orphans.
+within a second or two, its process being provably dead (service/jobs/liveness.py). On SIGTERM/SIGINT
+uvicorn drains, then the workers get SIGTERM (each releases its running job to the queue) and, after a
+grace period, SIGKILL. Workers also exit on their own when this process dies (``--exit-with-parent
+--parent-pid <this pid>``, checked five times a second), so a ``kill -9`` of the server leaves no orphans.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 
 from service.config import Settings
 
@@ -27,20 +30,25 @@ _STOP_GRACE_S = 20.0
 _MAX_BACKOFF_S = 30.0
 
 
-class WorkerSupervisor:
-    """Keeps ``n`` worker processes running until :meth:`stop`."""
+#: How a worker process is started (``serve`` adds the arguments that tie it to this process).
+WORKER_COMMAND = (sys.executable, "-m", "service.jobs.worker")
 
-    def __init__(self, n: int) -> None:
+
+class WorkerSupervisor:
+    """Keeps ``n`` worker processes running until :meth:`stop`; ``command`` starts one (default
+    :data:`WORKER_COMMAND`; tests start stand-in workers)."""
+
+    def __init__(self, n: int, command: Sequence[str] = WORKER_COMMAND) -> None:
         self.n = n
+        self.command = list(command)
         self.processes: list[subprocess.Popen[bytes] | None] = [None] * n
         self._started_at = [0.0] * n
         self._backoff = [0.0] * n
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="worker-supervisor", daemon=True)
 
-    @staticmethod
-    def _spawn() -> subprocess.Popen[bytes]:
-        return subprocess.Popen([sys.executable, "-m", "service.jobs.worker", "--exit-with-parent"])
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([*self.command, "--exit-with-parent", "--parent-pid", str(os.getpid())])
 
     def start(self) -> None:
         for i in range(self.n):

@@ -21,8 +21,11 @@ from service.atomic import fsync_dir
 
 __all__ = ["SCHEMA_VERSION", "StoreCorrupt", "check_store_file", "create_store_file", "migrate"]
 
-#: 2 added ``jobs.owner`` (the per-key quota); a version-1 store is migrated in place.
-SCHEMA_VERSION = 2
+#: 2 added ``jobs.owner`` (the per-key quota), 3 the claiming process (``jobs.worker_host``, ``worker_pid``,
+#: ``worker_started``: service/jobs/liveness.py); an older store is migrated in place.
+SCHEMA_VERSION = 3
+#: Columns added after schema 1, with their types: :func:`migrate` adds the ones an older store lacks.
+_ADDED_COLUMNS = {"owner": "TEXT", "worker_host": "TEXT", "worker_pid": "INTEGER", "worker_started": "INTEGER"}
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
@@ -44,7 +47,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     max_attempts INTEGER NOT NULL,
     worker_id TEXT,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
-    owner TEXT
+    owner TEXT,
+    worker_host TEXT,
+    worker_pid INTEGER,
+    worker_started INTEGER
 );
 CREATE INDEX IF NOT EXISTS jobs_state_created ON jobs (state, created_at);
 CREATE INDEX IF NOT EXISTS jobs_owner_state ON jobs (owner, state);
@@ -121,8 +127,10 @@ def check_store_file(connect: Callable[[], sqlite3.Connection], path: Path) -> N
 
 def migrate(conn: sqlite3.Connection) -> None:
     """Bring a checked store to :data:`SCHEMA_VERSION` (idempotent), inside the caller's write transaction."""
-    if "owner" not in {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}:  # schema 1
-        conn.execute("ALTER TABLE jobs ADD COLUMN owner TEXT")
+    present = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+    for column, kind in _ADDED_COLUMNS.items():
+        if column not in present:
+            conn.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
     for statement in _SCHEMA.split(";"):
         if statement.strip():
             conn.execute(statement)

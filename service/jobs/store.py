@@ -12,6 +12,9 @@ cancelled directly). Research/reliability.md §3.4 is the design:
   asked for), and after ``max_attempts`` claims to ``failed`` with code ``worker_lost``. Leases are
   expired by every claim and by the web process's reaper, so no job stays ``running`` forever, with or
   without a live worker.
+* A claim records the claiming process (:mod:`service.jobs.liveness`); a job whose worker process is provably dead
+  (same host, pid gone or reused) is taken back the same way without waiting for its lease, by every claim and by
+  the reaper's sweep (:meth:`JobStore.reclaim_dead`) once a second.
 * The result (or error) is written in the same transaction as the terminal state, together with
   the counters behind ``/metrics``.
 * ``idempotency_key`` is UNIQUE: the database, not a check-then-insert, keeps one job per key.
@@ -20,6 +23,8 @@ cancelled directly). Research/reliability.md §3.4 is the design:
   stops start-up with ``StoreCorrupt``; only an absent file becomes a fresh store.
 * A row whose JSON cannot be read fails alone: it loads with ``error.code == "corrupt"`` (and the unreadable
   columns named in :attr:`Job.unreadable`), so its neighbours list, read and cancel as usual.
+* A listing can ask for parts of each result instead of the whole (``list_jobs(result_paths=...)``): SQLite extracts
+  them, so a list of 50 finished rankings neither reads nor parses 50 full results.
 
 Connections are per thread (the web process serves requests from a thread pool).
 """
@@ -37,18 +42,15 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from service.errors import IdempotencyKeyReused, JobCorrupt, JobFinished, JobNotFound, QueueFull, QuotaExceeded
+from service.errors import IdempotencyKeyReused, JobFinished, JobNotFound, QueueFull, QuotaExceeded
+from service.jobs.liveness import ProcessIdentity, host_identity, provably_dead
+from service.jobs.rows import JOB_KINDS, JOB_STATES, LISTED_COLUMNS, TERMINAL_STATES, Job, is_object
 from service.jobs.schema import check_store_file, create_store_file, migrate
 
 __all__ = [
-    "JOB_KINDS",
-    "JOB_STATES",
-    "TERMINAL_STATES",
-    "Job",
     "JobStore",
     "request_hash",
     "json_safe",
@@ -58,10 +60,18 @@ _logger = logging.getLogger(__name__)
 
 JobKind = Literal["ranking", "finetune"]
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-JOB_KINDS: tuple[str, ...] = ("ranking", "finetune")
-JOB_STATES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
-TERMINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 HeartbeatStatus = Literal["ok", "cancel", "lost"]
+
+#: What a job's row loses when its worker gives it up or is lost.
+_UNCLAIMED = "worker_id = NULL, lease_expires = NULL, worker_host = NULL, worker_pid = NULL, worker_started = NULL"
+#: What taking a lost job back reads of it.
+_LOST_COLUMNS = "id, attempts, max_attempts, cancel_requested, worker_id, worker_host, worker_pid, worker_started"
+def _dead(row: sqlite3.Row) -> bool:
+    pid, started = row["worker_pid"], row["worker_started"]
+    if pid is None or started is None:
+        return False
+    return provably_dead(ProcessIdentity(row["worker_host"], pid, started))
+
 
 def json_safe(value: Any) -> Any:
     """``value`` with non-finite floats as ``None`` and numpy scalars/arrays as Python values, so that
@@ -85,75 +95,9 @@ def _dumps(value: Any) -> str:
     return json.dumps(json_safe(value), sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
-def _loads(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
-
-
 def request_hash(kind: str, request: Mapping[str, Any]) -> str:
     """sha256 of the kind and the canonical JSON of the request: equal requests, equal hashes."""
     return hashlib.sha256(f"{kind}\n{_dumps(request)}".encode()).hexdigest()
-
-
-@dataclass(frozen=True)
-class Job:
-    """One row of the store (times are Unix seconds)."""
-
-    id: str
-    kind: str
-    state: str
-    request: dict[str, Any]
-    request_hash: str
-    idempotency_key: str | None
-    progress: dict[str, Any] | None
-    progress_seq: int
-    result: dict[str, Any] | None
-    error: dict[str, Any] | None
-    created_at: float
-    started_at: float | None
-    finished_at: float | None
-    heartbeat_at: float | None
-    lease_expires: float | None
-    attempts: int
-    max_attempts: int
-    worker_id: str | None
-    cancel_requested: bool
-    owner: str | None = None
-    #: The JSON columns of the row that could not be read (then None, the request ``{}``, and the error
-    #: ``{"code": "corrupt", ...}``); empty for a sound row.
-    unreadable: tuple[str, ...] = ()
-
-    @property
-    def terminal(self) -> bool:
-        return self.state in TERMINAL_STATES
-
-    @classmethod
-    def _from_row(cls, row: sqlite3.Row) -> Job:
-        data = dict(row)
-        unreadable = []
-        for name in ("request", "progress", "result", "error"):
-            try:
-                value = _loads(data[name])
-            except (ValueError, TypeError):  # invalid JSON text, or a non-text value in a JSON column
-                value = None
-                unreadable.append(name)
-            else:
-                if value is not None and not isinstance(value, dict):
-                    value = None
-                    unreadable.append(name)
-            data[name] = value
-        if data["request"] is None:
-            if "request" not in unreadable:
-                unreadable.append("request")
-            data["request"] = {}
-        if unreadable:
-            _logger.warning("job %s: stored %s cannot be read", data["id"], ", ".join(unreadable))
-            data["error"] = {
-                "code": JobCorrupt.code,
-                "detail": f"the stored {', '.join(unreadable)} of this job cannot be read (the job store's row is "
-                "damaged); this job cannot run or be reported: submit it again",
-            }
-        data["cancel_requested"] = bool(data["cancel_requested"])
-        return cls(**data, unreadable=tuple(unreadable))
 
 
 class JobStore:
@@ -307,7 +251,7 @@ class JobStore:
     @staticmethod
     def _get_by_key(conn: sqlite3.Connection, key: str) -> Job | None:
         row = conn.execute("SELECT * FROM jobs WHERE idempotency_key = ?", (key,)).fetchone()
-        return None if row is None else Job._from_row(row)
+        return None if row is None else Job.from_row(row)
 
     @staticmethod
     def _replay(existing: Job, digest: str) -> Job:
@@ -321,10 +265,23 @@ class JobStore:
     def get(self, job_id: str) -> Job | None:
         """The job, or None."""
         row = self._conn().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return None if row is None else Job._from_row(row)
+        return None if row is None else Job.from_row(row)
 
-    def list_jobs(self, kind: str | None = None, *, state: str | None = None, limit: int = 50) -> list[Job]:
-        """Newest first."""
+    def list_jobs(
+        self,
+        kind: str | None = None,
+        *,
+        state: str | None = None,
+        limit: int = 50,
+        result_paths: Mapping[str, str] | None = None,
+    ) -> list[Job]:
+        """Newest first.
+
+        With ``result_paths`` (name -> SQLite JSON path into the result, e.g. ``{"winner": "$.backbones[0].id"}``)
+        each job comes without its request and result: :attr:`Job.result_parts` holds those parts of the result
+        (None where absent), extracted by SQLite. A request or result that is not a JSON object still marks its job
+        ``corrupt``, checked in SQL without reading it into Python.
+        """
         clauses, args = [], []
         if kind is not None:
             clauses.append("kind = ?")
@@ -333,10 +290,23 @@ class JobStore:
             clauses.append("state = ?")
             args.append(state)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        columns, paths = "*", tuple(result_paths.values()) if result_paths is not None else ()
+        if result_paths is not None:
+            # CASE evaluates lazily: json_type and -> never see text that json_valid refused (they would raise).
+            parts = "".join(
+                f", CASE WHEN json_valid(result) THEN CASE json_type(result) WHEN 'object' THEN result -> ? END END "
+                f"AS part_{i}"
+                for i in range(len(paths))
+            )
+            columns = (
+                f"{LISTED_COLUMNS}, {is_object('request')} AS request_ok, "
+                f"result IS NULL OR {is_object('result')} AS result_ok{parts}"
+            )
         rows = self._conn().execute(
-            f"SELECT * FROM jobs {where} ORDER BY created_at DESC, rowid DESC LIMIT ?", (*args, int(limit))
+            f"SELECT {columns} FROM jobs {where} ORDER BY created_at DESC, rowid DESC LIMIT ?",
+            (*paths, *args, int(limit)),
         )
-        return [Job._from_row(row) for row in rows]
+        return [Job.from_row(row, tuple(result_paths or ())) for row in rows]
 
     def request_cancel(self, job_id: str) -> Job:
         """Cancel: a queued job is cancelled at once, a running one is asked to stop (its worker sees the
@@ -383,24 +353,27 @@ class JobStore:
 
     # --------------------------------------------------------------------------------------- workers
 
-    def claim(self, worker_id: str) -> Job | None:
-        """Expire stale leases, then take the oldest queued job for ``worker_id`` (or None)."""
+    def claim(self, worker_id: str, process: ProcessIdentity | None = None) -> Job | None:
+        """Expire stale leases and take back the jobs of dead workers, then take the oldest queued job for
+        ``worker_id`` (or None), recording its ``process`` (:func:`service.jobs.liveness.current_process`)."""
         now = time.time()
         with self._write() as conn:
             self._expire(conn, now)
+            self._reclaim_dead(conn, now)
             row = conn.execute(
                 "SELECT id FROM jobs WHERE state = 'queued' ORDER BY created_at, rowid LIMIT 1"
             ).fetchone()
             if row is None:
                 return None
+            host, pid, started = (process.host, process.pid, process.started) if process else (None, None, None)
             conn.execute(
                 "UPDATE jobs SET state = 'running', worker_id = ?, attempts = attempts + 1, "
-                "started_at = COALESCE(started_at, ?), heartbeat_at = ?, lease_expires = ? "
-                "WHERE id = ? AND state = 'queued'",
-                (worker_id, now, now, now + self.lease_seconds, row["id"]),
+                "started_at = COALESCE(started_at, ?), heartbeat_at = ?, lease_expires = ?, "
+                "worker_host = ?, worker_pid = ?, worker_started = ? WHERE id = ? AND state = 'queued'",
+                (worker_id, now, now, now + self.lease_seconds, host, pid, started, row["id"]),
             )
             claimed = conn.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone()
-        return Job._from_row(claimed)
+        return Job.from_row(claimed)
 
     def heartbeat(self, job_id: str, worker_id: str) -> HeartbeatStatus:
         """Extend the lease of a job this worker owns: ``"ok"``, ``"cancel"`` (stop: a cancel was asked
@@ -478,8 +451,7 @@ class JobStore:
             updated = conn.execute(
                 "UPDATE jobs SET state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END, "
                 "finished_at = CASE WHEN cancel_requested THEN ? ELSE NULL END, "
-                "attempts = max(attempts - 1, 0), worker_id = NULL, lease_expires = NULL "
-                "WHERE id = ? AND worker_id = ? AND state = 'running'",
+                f"attempts = max(attempts - 1, 0), {_UNCLAIMED} WHERE id = ? AND worker_id = ? AND state = 'running'",
                 (now, job_id, worker_id),
             ).rowcount
         return bool(updated)
@@ -491,41 +463,60 @@ class JobStore:
 
     def _expire(self, conn: sqlite3.Connection, now: float) -> int:
         stale = conn.execute(
-            "SELECT id, attempts, max_attempts, cancel_requested, worker_id FROM jobs "
-            "WHERE state = 'running' AND lease_expires < ?",
-            (now,),
+            f"SELECT {_LOST_COLUMNS} FROM jobs WHERE state = 'running' AND lease_expires < ?", (now,)
         ).fetchall()
         for row in stale:
-            if row["cancel_requested"]:
-                conn.execute(
-                    "UPDATE jobs SET state = 'cancelled', finished_at = ?, worker_id = NULL, lease_expires = NULL "
-                    "WHERE id = ?",
-                    (now, row["id"]),
-                )
-            elif row["attempts"] >= row["max_attempts"]:
-                error = {
-                    "code": "worker_lost",
-                    "detail": f"the worker running this job stopped responding {row['attempts']} time(s) "
-                    f"(max_job_attempts={row['max_attempts']}); see the worker logs, then submit the job again",
-                }
-                conn.execute(
-                    "UPDATE jobs SET state = 'failed', error = ?, finished_at = ?, worker_id = NULL, "
-                    "lease_expires = NULL WHERE id = ?",
-                    (_dumps(error), now, row["id"]),
-                )
-            else:
-                conn.execute(
-                    "UPDATE jobs SET state = 'queued', worker_id = NULL, lease_expires = NULL WHERE id = ?",
-                    (row["id"],),
-                )
-            _logger.warning(
-                "job %s: lease of worker %s expired (attempt %d of %d)",
-                row["id"],
-                row["worker_id"],
-                row["attempts"],
-                row["max_attempts"],
-            )
+            self._take_back(conn, row, now, "lease of worker %s expired")
         return len(stale)
+
+    def reclaim_dead(self) -> int:
+        """Take back (as :meth:`expire_leases` does) the running jobs whose worker process ran on this host and is
+        provably dead (service/jobs/liveness.py), without waiting for their leases; returns how many. Reads only,
+        unless there is one to take back."""
+        host = host_identity()
+        if host is None:
+            return 0
+        rows = self._conn().execute(
+            f"SELECT {_LOST_COLUMNS} FROM jobs WHERE state = 'running' AND worker_host = ?", (host,)
+        )
+        if not any(_dead(row) for row in rows):
+            return 0
+        with self._write() as conn:
+            return self._reclaim_dead(conn, time.time())
+
+    def _reclaim_dead(self, conn: sqlite3.Connection, now: float) -> int:
+        host = host_identity()
+        if host is None:
+            return 0
+        rows = conn.execute(f"SELECT {_LOST_COLUMNS} FROM jobs WHERE state = 'running' AND worker_host = ?", (host,))
+        dead = [row for row in rows if _dead(row)]
+        for row in dead:
+            self._take_back(conn, row, now, f"worker %s (pid {row['worker_pid']}) is dead")
+        return len(dead)
+
+    @staticmethod
+    def _take_back(conn: sqlite3.Connection, row: sqlite3.Row, now: float, why: str) -> None:
+        """A running job whose worker is lost: queued again, cancelled when a cancel was asked for, or failed with
+        ``worker_lost`` after ``max_attempts`` claims."""
+        if row["cancel_requested"]:
+            conn.execute(
+                f"UPDATE jobs SET state = 'cancelled', finished_at = ?, {_UNCLAIMED} WHERE id = ?", (now, row["id"])
+            )
+        elif row["attempts"] >= row["max_attempts"]:
+            error = {
+                "code": "worker_lost",
+                "detail": f"the worker running this job stopped responding {row['attempts']} time(s) "
+                f"(max_job_attempts={row['max_attempts']}); see the worker logs, then submit the job again",
+            }
+            conn.execute(
+                f"UPDATE jobs SET state = 'failed', error = ?, finished_at = ?, {_UNCLAIMED} WHERE id = ?",
+                (_dumps(error), now, row["id"]),
+            )
+        else:
+            conn.execute(f"UPDATE jobs SET state = 'queued', {_UNCLAIMED} WHERE id = ?", (row["id"],))
+        _logger.warning(
+            f"job %s: {why} (attempt %d of %d)", row["id"], row["worker_id"], row["attempts"], row["max_attempts"]
+        )
 
     @staticmethod
     def _add_counters(conn: sqlite3.Connection, counters: Mapping[str, float]) -> None:

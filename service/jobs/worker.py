@@ -16,8 +16,13 @@ Outcomes, always one transaction with the terminal state (:meth:`JobStore.finish
 * a cancel -> ``cancelled``; a shutdown -> the job is released to the queue; a lost lease -> nothing
   is written (the job is someone else's now).
 
-A worker started by ``backbone-rank serve`` exits with its parent (``exit_with_parent``), so a killed
-server leaves no orphan running jobs: the orphan releases its job and stops.
+A worker started by ``backbone-rank serve`` exits with its parent (``exit_with_parent``, the parent's pid given
+on the command line so that a parent dying during the worker's start-up is noticed too): a thread looks every
+``PARENT_CHECK_S`` seconds, so after a ``kill -9`` of the server the orphan stops within a second (its job is
+released to the queue at the job's next progress event), and exits regardless after ``ORPHAN_GRACE_S``.
+
+Each claim records this process (:func:`service.jobs.liveness.current_process`), so when a worker is killed outright
+its job is taken back within a second or two by whoever sweeps on the same host, not at the end of its lease.
 """
 
 from __future__ import annotations
@@ -38,7 +43,9 @@ from service.config import Settings, get_settings
 from service.errors import BackboneRankError
 
 from .executor import EXECUTORS, JobContext, JobInterrupted
-from .store import Job, JobStore
+from .liveness import ProcessIdentity, current_process
+from .rows import Job
+from .store import JobStore
 
 __all__ = ["Worker", "main"]
 
@@ -46,6 +53,12 @@ __all__ = ["Worker", "main"]
 _logger = logging.getLogger("service.jobs.worker")
 
 RunFunction = Callable[[Mapping[str, Any], JobContext], dict[str, Any]]
+
+#: How often a worker started by ``serve`` looks whether its parent is still alive.
+PARENT_CHECK_S = 0.2
+#: How long an orphaned worker may take to stop its job before it exits anyway (the job is then taken back as a dead
+#: worker's: service/jobs/liveness.py).
+ORPHAN_GRACE_S = 30.0
 
 
 class _JobControl:
@@ -79,7 +92,6 @@ class _JobControl:
     def _beat(self) -> None:
         interval = max(0.2, self.worker.store.lease_seconds / 3)
         while not self._done.wait(interval):
-            self.worker.check_parent()
             try:
                 self.apply(self.worker.store.heartbeat(self.job.id, self.worker.worker_id))
                 self.worker.store.worker_heartbeat(self.worker.worker_id, self.job.id)
@@ -100,7 +112,10 @@ class Worker:
         ``kind -> (run(request, ctx) -> result, counters(result) -> dict)``; default: rankings and
         fine-tunes (tests pass cheap stand-ins).
     exit_with_parent : bool
-        Stop when the parent process dies (workers started by ``backbone-rank serve``).
+        Stop when the parent process dies (workers started by ``backbone-rank serve``), and exit the process
+        ``ORPHAN_GRACE_S`` later if the running job has not stopped by then.
+    parent_pid : int, optional
+        The parent to outlive no longer (default: the parent now).
     """
 
     def __init__(
@@ -111,6 +126,7 @@ class Worker:
         worker_id: str | None = None,
         executors: Mapping[str, tuple[RunFunction, Callable[..., dict[str, Any]] | None]] | None = None,
         exit_with_parent: bool = False,
+        parent_pid: int | None = None,
     ) -> None:
         self.settings = settings or get_settings()
         self.store = store or JobStore(
@@ -126,18 +142,40 @@ class Worker:
         # waits for the registry thread's imports before it runs.
         self._imports_settled = threading.Event()
         self._imports_settled.set()
-        self._parent = os.getppid() if exit_with_parent else None
+        self._parent = (parent_pid or os.getppid()) if exit_with_parent else None
+        self._stopped = threading.Event()
+        #: This process as its claims record it (set by :meth:`run`).
+        self.process: ProcessIdentity | None = None
 
-    def check_parent(self) -> None:
-        """Shut down when the parent that started us is gone (we were re-parented)."""
-        if self._parent is not None and os.getppid() != self._parent and not self.shutting_down.is_set():
+    def check_parent(self) -> bool:
+        """Shut down when the parent that started us is gone (we were re-parented); True then."""
+        if self._parent is None or os.getppid() == self._parent:
+            return False
+        if not self.shutting_down.is_set():
             _logger.warning("worker %s: parent process %d is gone; shutting down", self.worker_id, self._parent)
             self.shutting_down.set()
+        return True
+
+    def _watch_parent(self) -> None:
+        while not self._stopped.wait(PARENT_CHECK_S):
+            if self.check_parent():
+                if not self._stopped.wait(ORPHAN_GRACE_S):
+                    _logger.error(
+                        "worker %s: its job did not stop %.0f s after the parent died; exiting",
+                        self.worker_id,
+                        ORPHAN_GRACE_S,
+                    )
+                    logging.shutdown()
+                    os._exit(3)
+                return
 
     def run(self, *, max_jobs: int | None = None, publish_registry: bool = True) -> int:
         """Loop until shut down (or ``max_jobs`` jobs ran); returns the number of jobs run."""
         self.store.initialize()
+        self.process = current_process()
         self.store.register_worker(self.worker_id, pid=os.getpid(), host=socket.gethostname())
+        if self._parent is not None:
+            threading.Thread(target=self._watch_parent, name="parent-watch", daemon=True).start()
         _logger.info("worker %s started (store %s)", self.worker_id, self.store.path)
         if publish_registry:
             # In the background: importing timm (and torch) takes seconds, during which the worker can already
@@ -147,13 +185,13 @@ class Worker:
         ran = 0
         try:
             while not self.shutting_down.is_set() and (max_jobs is None or ran < max_jobs):
-                self.check_parent()
                 if self.run_once():
                     ran += 1
                     continue
                 self.store.worker_heartbeat(self.worker_id)
                 self.shutting_down.wait(self.settings.worker_poll_seconds)
         finally:
+            self._stopped.set()
             try:
                 self.store.unregister_worker(self.worker_id)
             finally:
@@ -179,7 +217,7 @@ class Worker:
 
     def run_once(self) -> bool:
         """Claim one job and run it to its outcome; False when none was queued."""
-        job = self.store.claim(self.worker_id)
+        job = self.store.claim(self.worker_id, self.process)
         if job is None:
             return False
         self.store.worker_heartbeat(self.worker_id, job.id)
@@ -260,12 +298,19 @@ def _is_cuda_oom(err: BaseException) -> bool:
     return name == "OutOfMemoryError" and type(err).__module__.startswith("torch")
 
 
-def main(*, exit_with_parent: bool = False, settings: Settings | None = None) -> None:
-    """Run a worker in this process until SIGTERM/SIGINT (then the running job is released)."""
+def main(
+    *,
+    exit_with_parent: bool = False,
+    parent_pid: int | None = None,
+    settings: Settings | None = None,
+    executors: Mapping[str, tuple[RunFunction, Callable[..., dict[str, Any]] | None]] | None = None,
+) -> None:
+    """Run a worker in this process until SIGTERM/SIGINT (then the running job is released); ``executors`` as
+    :class:`Worker`'s (tests run stand-ins in real worker processes)."""
     from service.logs import configure_logging
 
     configure_logging()
-    worker = Worker(settings, exit_with_parent=exit_with_parent)
+    worker = Worker(settings, exit_with_parent=exit_with_parent, parent_pid=parent_pid, executors=executors)
 
     def stop(signum: int, _frame: Any) -> None:
         _logger.info("worker %s: signal %d, shutting down", worker.worker_id, signum)
@@ -273,7 +318,7 @@ def main(*, exit_with_parent: bool = False, settings: Settings | None = None) ->
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    worker.run()
+    worker.run(publish_registry=executors is None)  # stand-ins use no timm
     # Everything durable is in the (closed) store. Skip the interpreter's teardown of torch, which takes
     # seconds (C-level destructors) and would hold up `serve`'s shutdown and the supervisor's restarts.
     logging.shutdown()
@@ -282,5 +327,12 @@ def main(*, exit_with_parent: bool = False, settings: Settings | None = None) ->
     os._exit(0)
 
 
+def command_line(argv: list[str]) -> dict[str, Any]:
+    """:func:`main`'s arguments from a worker's command line: ``--exit-with-parent`` and ``--parent-pid N`` (what
+    ``serve`` starts its workers with, service/serve.py)."""
+    parent = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--parent-pid"]
+    return {"exit_with_parent": "--exit-with-parent" in argv, "parent_pid": int(parent[0]) if parent else None}
+
+
 if __name__ == "__main__":
-    main(exit_with_parent="--exit-with-parent" in sys.argv[1:])
+    main(**command_line(sys.argv[1:]))

@@ -1,23 +1,41 @@
-"""What the ranking and fine-tune routers share: reading a job, its JSON view, its SSE stream, cancelling."""
+"""What the ranking and fine-tune routers share: reading a job, its JSON view and list summary, its SSE stream,
+cancelling."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 from fastapi import Request, Response
 from fastapi.sse import ServerSentEvent
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from service.config import Settings
-from service.deps import StoreDep
+from service.deps import ApiKeyIdDep, StoreDep
 from service.errors import JobCorrupt, JobNotFound
-from service.jobs.store import Job, JobStore
-from service.schemas import ErrorBody, FinetuneJob, JobCreated, JobView, RankingJob, timestamp
+from service.jobs.rows import Job
+from service.jobs.store import JobStore
+from service.schemas import (
+    ErrorBody,
+    FinetuneJob,
+    FinetuneJobSummary,
+    FinetuneSummary,
+    JobCreated,
+    JobSummary,
+    JobView,
+    RankingJob,
+    RankingJobSummary,
+    RankingSummary,
+    timestamp,
+)
+from service.streams import JobStreams, Subscription
 
 _logger = logging.getLogger(__name__)
+_V = TypeVar("_V", bound=BaseModel)
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -25,12 +43,14 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: {"model": ErrorBody} for status in statuses}
 
 
-#: How often an SSE stream looks at the job row.
-POLL_SECONDS = 0.2
-
 _PREFIX = {"ranking": "/v1/rankings", "finetune": "/v1/finetunes"}
 #: Each kind's typed view: its request and result models (and so its OpenAPI schema).
 _VIEWS: dict[str, type[JobView]] = {"ranking": RankingJob, "finetune": FinetuneJob}
+#: Each kind's list item, and the parts of its result the summary is made of.
+_SUMMARIES: dict[str, tuple[type[JobSummary], dict[str, str]]] = {
+    "ranking": (RankingJobSummary, RankingSummary.PATHS),
+    "finetune": (FinetuneJobSummary, FinetuneSummary.PATHS),
+}
 
 
 def job_links(job: Job) -> dict[str, str]:
@@ -51,29 +71,12 @@ def get_job(store: JobStore, kind: str, job_id: str) -> Job:
     return job
 
 
-def job_dependency(kind: str) -> Callable[[str, JobStore], Job]:
-    """A dependency that resolves ``{job_id}`` to the job, so a 404 is answered before a stream starts."""
-
-    def dependency(job_id: str, store: StoreDep) -> Job:
-        return get_job(store, kind, job_id)
-
-    return dependency
-
-
-def job_view(job: Job) -> JobView:
-    """The job as its kind's typed view (the stored request and result validated into their models).
-
-    A job whose stored row cannot be read, or whose request or result no longer fits its model, is shown alone as
-    ``error.code == "corrupt"`` with ``request``/``progress``/``result`` null, never an error of the whole list.
-    """
-    view = _VIEWS.get(job.kind, JobView)
-    fields: dict[str, Any] = {
+def _fields(job: Job) -> dict[str, Any]:
+    return {
         "id": job.id,
         "kind": job.kind,
         "state": job.state,
-        "request": None if "request" in job.unreadable else job.request,
         "progress": job.progress,
-        "result": job.result,
         "error": job.error,
         "attempts": job.attempts,
         "cancel_requested": job.cancel_requested,
@@ -82,6 +85,11 @@ def job_view(job: Job) -> JobView:
         "finished_at": timestamp(job.finished_at),
         "links": job_links(job),
     }
+
+
+def _validated(view: type[_V], job: Job, fields: dict[str, Any], unread: tuple[str, ...]) -> _V:
+    """``view(**fields)``; a stored row that does not fit it is shown alone as ``error.code == "corrupt"`` with the
+    ``unread`` fields (and ``progress``) null, never an error of the whole list."""
     try:
         return view(**fields)
     except ValidationError as err:
@@ -93,7 +101,41 @@ def job_view(job: Job) -> JobView:
             "detail": f"the stored job does not fit its model ({where}: {first['msg']}); this job cannot run or be "
             "reported: submit it again",
         }
-        return view(**{**fields, "request": None, "progress": None, "result": None, "error": error})
+        return view(**{**fields, "progress": None, **dict.fromkeys(unread), "error": error})
+
+
+def job_view(job: Job) -> JobView:
+    """The job as its kind's typed view (the stored request and result validated into their models).
+
+    A job whose stored row cannot be read, or whose request or result no longer fits its model, is shown alone as
+    ``error.code == "corrupt"`` with ``request``/``progress``/``result`` null, never an error of the whole list.
+    """
+    fields = {
+        **_fields(job),
+        "request": None if "request" in job.unreadable else job.request,
+        "result": job.result,
+    }
+    return _validated(_VIEWS.get(job.kind, JobView), job, fields, ("request", "result"))
+
+
+async def read_job(store: JobStore, kind: str, job_id: str) -> JobView:
+    """GET of one job: the store read in a worker thread, the view built on the event loop (one thread hop per
+    request, where a plain ``def`` endpoint takes two: FastAPI serialises its answer in the thread pool too)."""
+    return job_view(await anyio.to_thread.run_sync(get_job, store, kind, job_id))
+
+
+async def list_jobs(store: JobStore, kind: str, limit: int) -> list[JobSummary]:
+    """The newest ``limit`` jobs of ``kind`` as list items: no request or result, a summary of a succeeded one's
+    result (only its parts are read from the store: service/schemas.py ``PATHS``); threads as :func:`read_job`."""
+    view, paths = _SUMMARIES[kind]
+    jobs = await anyio.to_thread.run_sync(lambda: store.list_jobs(kind, limit=limit, result_paths=paths))
+    return [job_summary(view, job) for job in jobs]
+
+
+def job_summary(view: type[JobSummary], job: Job) -> JobSummary:
+    """One list item (a job read with ``result_parts``); corrupt alone, as :func:`job_view`."""
+    summary = job.result_parts if job.state == "succeeded" and "result" not in job.unreadable else None
+    return _validated(view, job, {**_fields(job), "summary": summary}, ("summary",))
 
 
 def submit(
@@ -139,25 +181,55 @@ def _end_data(job: Job) -> dict[str, Any]:
     return {"id": job.id, "state": job.state, "error": job.error, "links": job_links(job)}
 
 
-async def job_events(store: JobStore, job: Job, request: Request) -> AsyncIterator[ServerSentEvent]:
-    """``state`` on every state change, ``progress`` on every new progress row, then ``end`` with the
-    terminal state (and error); stops early when the client goes away."""
+def streams_of(request: Request) -> JobStreams:
+    return request.app.state.streams
+
+
+def event_stream(kind: str) -> Callable[..., AsyncIterator[tuple[Job, JobStreams]]]:
+    """A dependency that resolves ``{job_id}`` to the job (404 first) and holds one of the open-stream slots for as long
+    as the stream lasts (429 ``too_many_streams`` beyond the caps, before the stream starts)."""
+
+    async def dependency(
+        job_id: str, request: Request, store: StoreDep, key: ApiKeyIdDep
+    ) -> AsyncIterator[tuple[Job, JobStreams]]:
+        job = await anyio.to_thread.run_sync(get_job, store, kind, job_id)
+        streams = streams_of(request)
+        streams.acquire(key)
+        try:
+            yield job, streams
+        finally:
+            streams.release(key)
+
+    return dependency
+
+
+async def job_events(job: Job, streams: JobStreams, max_seconds: float) -> AsyncIterator[ServerSentEvent]:
+    """``state`` on every state change, ``progress`` on every new progress row, then ``end`` with the terminal state
+    (and error); or, after ``max_seconds``, ``reconnect`` (open the stream again: nothing is missed, the next stream
+    starts with the job's state and latest progress). The job's rows come from its poller (service/streams.py)."""
+    deadline = asyncio.get_running_loop().time() + max_seconds
     last_state: str | None = None
     last_seq = -1
-    while True:
-        if job.state != last_state:
-            last_state = job.state
-            yield ServerSentEvent(event="state", data={"id": job.id, "state": job.state, "attempts": job.attempts})
-        if job.progress is not None and job.progress_seq != last_seq:
-            last_seq = job.progress_seq
-            yield ServerSentEvent(event="progress", data=job.progress, id=str(job.progress_seq))
-        if job.terminal:
-            yield ServerSentEvent(event="end", data=_end_data(job))
-            return
-        await anyio.sleep(POLL_SECONDS)
-        if await request.is_disconnected():
-            return
-        latest = await anyio.to_thread.run_sync(store.get, job.id)
-        if latest is None:  # cannot happen (jobs are never deleted); end the stream rather than spin
-            return
-        job = latest
+    async with contextlib.AsyncExitStack() as stack:
+        updates: Subscription | None = None  # subscribed once there is something to wait for
+        while True:
+            if job.state != last_state:
+                last_state = job.state
+                yield ServerSentEvent(event="state", data={"id": job.id, "state": job.state, "attempts": job.attempts})
+            if job.progress is not None and job.progress_seq > last_seq:
+                last_seq = job.progress_seq
+                yield ServerSentEvent(event="progress", data=job.progress, id=str(job.progress_seq))
+            if job.terminal:
+                yield ServerSentEvent(event="end", data=_end_data(job))
+                return
+            if updates is None:
+                updates = await stack.enter_async_context(streams.subscribe(job.id))
+            try:
+                latest = await updates.next(deadline - asyncio.get_running_loop().time())
+            except TimeoutError:
+                data = {"id": job.id, "state": job.state, "after_seconds": max_seconds, "url": job_links(job)["events"]}
+                yield ServerSentEvent(event="reconnect", data=data, retry=1000)
+                return
+            if latest is None:  # cannot happen (jobs are never deleted); end the stream rather than spin
+                return
+            job = latest

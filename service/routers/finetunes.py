@@ -6,15 +6,16 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import FileResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from service.contract import FinetuneRequest
 from service.deps import ApiKeyIdDep, SettingsDep, StoreDep, api_key_scheme
 from service.errors import ArtifactNotFound, JobNotSucceeded
-from service.jobs.store import Job
-from service.schemas import FinetuneJob, JobCreated, JobView
+from service.jobs.rows import Job
+from service.schemas import FinetuneJob, FinetuneJobSummary, JobCreated, JobSummary, JobView
+from service.streams import JobStreams
 from service.validate import finetune_request
 
 from . import _jobs
@@ -39,21 +40,23 @@ def create_finetune(
     return _jobs.submit(store, settings, "finetune", request, idempotency_key, api_key_id, response)
 
 
-@router.get("", response_model=list[FinetuneJob], responses=_ERRORS)
-def list_finetunes(store: StoreDep, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[JobView]:
-    return [_jobs.job_view(job) for job in store.list_jobs("finetune", limit=limit)]
+@router.get("", response_model=list[FinetuneJobSummary], responses=_ERRORS)
+async def list_finetunes(store: StoreDep, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[JobSummary]:
+    """The newest fine-tunes first, each with a summary of its result (backbone, strategy, test accuracy)."""
+    return await _jobs.list_jobs(store, "finetune", limit)
 
 
 @router.get("/{job_id}", response_model=FinetuneJob, responses=_ERRORS)
-def get_finetune(job_id: str, store: StoreDep) -> JobView:
-    return _jobs.job_view(_jobs.get_job(store, "finetune", job_id))
+async def get_finetune(job_id: str, store: StoreDep) -> JobView:
+    return await _jobs.read_job(store, "finetune", job_id)
 
 
 @router.get("/{job_id}/events", response_class=EventSourceResponse, responses=_ERRORS)
 async def finetune_events(
-    job: Annotated[Job, Depends(_jobs.job_dependency("finetune"))], request: Request, store: StoreDep
+    stream: Annotated[tuple[Job, JobStreams], Depends(_jobs.event_stream("finetune"))], settings: SettingsDep
 ) -> AsyncIterator[ServerSentEvent]:
-    async for event in _jobs.job_events(store, job, request):
+    """As the ranking's events (``state``, ``progress``, ``end`` or ``reconnect``; 429 ``too_many_streams``)."""
+    async for event in _jobs.job_events(*stream, settings.event_stream_max_seconds):
         yield event
 
 

@@ -15,7 +15,8 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz", summary="Liveness: the process answers")
-def healthz() -> dict[str, str]:
+async def healthz() -> dict[str, str]:
+    # async: answered on the event loop, never queued behind the thread pool's store reads under load
     return {"status": "ok"}
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from service.contract import RankingRequest
 from service.deps import ApiKeyIdDep, SettingsDep, StoreDep, api_key_scheme
-from service.jobs.store import Job
-from service.schemas import JobCreated, JobView, RankingJob
+from service.jobs.rows import Job
+from service.schemas import JobCreated, JobSummary, JobView, RankingJob, RankingJobSummary
+from service.streams import JobStreams
 from service.validate import ranking_request
 
 from . import _jobs
@@ -43,24 +44,27 @@ def create_ranking(
     return _jobs.submit(store, settings, "ranking", request, idempotency_key, api_key_id, response)
 
 
-@router.get("", response_model=list[RankingJob], responses=_ERRORS)
-def list_rankings(store: StoreDep, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[JobView]:
-    """The newest rankings first."""
-    return [_jobs.job_view(job) for job in store.list_jobs("ranking", limit=limit)]
+@router.get("", response_model=list[RankingJobSummary], responses=_ERRORS)
+async def list_rankings(store: StoreDep, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[JobSummary]:
+    """The newest rankings first, each with a summary of its result (the winner and its predicted accuracy); the
+    whole request and result: GET the job."""
+    return await _jobs.list_jobs(store, "ranking", limit)
 
 
 @router.get("/{job_id}", response_model=RankingJob, responses=_ERRORS)
-def get_ranking(job_id: str, store: StoreDep) -> JobView:
+async def get_ranking(job_id: str, store: StoreDep) -> JobView:
     """State, progress and, once succeeded, the ranked result (schema: RankingResult)."""
-    return _jobs.job_view(_jobs.get_job(store, "ranking", job_id))
+    return await _jobs.read_job(store, "ranking", job_id)
 
 
 @router.get("/{job_id}/events", response_class=EventSourceResponse, responses=_ERRORS)
 async def ranking_events(
-    job: Annotated[Job, Depends(_jobs.job_dependency("ranking"))], request: Request, store: StoreDep
+    stream: Annotated[tuple[Job, JobStreams], Depends(_jobs.event_stream("ranking"))], settings: SettingsDep
 ) -> AsyncIterator[ServerSentEvent]:
-    """Server-sent events: ``state``, ``progress`` (stage, backbone, done/total), then ``end``."""
-    async for event in _jobs.job_events(store, job, request):
+    """Server-sent events: ``state``, ``progress`` (stage, backbone, done/total), then ``end``; or ``reconnect`` when
+    the stream reached ``event_stream_max_seconds`` (open it again). 429 ``too_many_streams`` beyond
+    ``max_event_streams`` open streams (``max_event_streams_per_key`` per API key)."""
+    async for event in _jobs.job_events(*stream, settings.event_stream_max_seconds):
         yield event
 
 

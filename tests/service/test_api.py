@@ -521,15 +521,19 @@ def test_a_job_row_with_broken_json_fails_alone(client: TestClient, dataset: Pat
     listed = client.get("/v1/rankings")
     assert listed.status_code == 200 and [j["id"] for j in listed.json()] == ids[::-1]
     by_id = {j["id"]: j for j in listed.json()}
-    for bad in ids[:3]:
+    # A list checks what it reads (JSON the store cannot read); a request that no longer fits its model shows on GET.
+    for bad in ids[:2]:
         assert by_id[bad]["error"]["code"] == "corrupt", by_id[bad]
+    assert by_id[ids[0]]["state"] == "succeeded" and by_id[ids[0]]["summary"] is None
+    for bad in ids[:3]:
         one = client.get(f"/v1/rankings/{bad}")
         assert one.status_code == 200 and one.json()["error"]["code"] == "corrupt"
-    assert by_id[ids[1]]["request"] is None and by_id[ids[2]]["request"] is None
+    views = {i: client.get(f"/v1/rankings/{i}").json() for i in ids}
+    assert views[ids[1]]["request"] is None and views[ids[2]]["request"] is None
     # What can still be read is shown: the request of the job whose result was damaged.
-    assert by_id[ids[0]]["state"] == "succeeded" and by_id[ids[0]]["result"] is None
-    assert by_id[ids[0]]["request"]["seed"] == 0
-    assert by_id[ids[3]]["error"] is None and by_id[ids[3]]["request"]["seed"] == 3  # the neighbour is intact
+    assert views[ids[0]]["state"] == "succeeded" and views[ids[0]]["result"] is None
+    assert views[ids[0]]["request"]["seed"] == 0
+    assert by_id[ids[3]]["error"] is None and views[ids[3]]["request"]["seed"] == 3  # the neighbour is intact
 
     report = client.get(f"/reports/rankings/{ids[0]}")
     assert report.status_code == 409 and report.json()["code"] == "corrupt"
@@ -679,3 +683,61 @@ def test_each_api_key_has_its_own_quota_of_active_jobs(tmp_path: Path, data_root
         assert c.post("/v1/rankings", json=ranking(dataset, seed=9), headers=greedy).status_code == 202
         owners = {job.owner for job in c.app.state.store.list_jobs()}
     assert len(owners) == 2 and not owners & {"greedy", "polite"}  # a digest of the key, never the key
+
+
+def _stored_result(kind: str) -> dict:
+    """A real result of ``kind`` (``rank --json`` / ``finetune --json`` of an earlier version) as a worker stores it."""
+    from service.contract import load_result
+
+    saved = json.loads((REPO / "tests" / "contract" / "data" / f"{kind}-v1.json").read_text())
+    return load_result(saved).model_dump(mode="json")
+
+
+def test_lists_give_a_summary_of_each_result_and_get_the_whole(client: TestClient, dataset: Path) -> None:
+    store = client.app.state.store
+    result, finetune = _stored_result("ranking"), _stored_result("finetune")
+    winner = result["backbones"][0]
+    ids = []
+    for seed in range(50):
+        ids.append(client.post("/v1/rankings", json=ranking(dataset, seed=seed)).json()["id"])
+        store.claim("w1")
+        store.finish(ids[-1], "w1", "succeeded", result=result)
+    running = client.post("/v1/rankings", json=ranking(dataset, seed=99)).json()["id"]
+    finetune_id = client.post("/v1/finetunes", json={"ranking_id": ids[0], "strategy": "linear"}).json()["id"]
+    assert store.claim("w1").id == running and store.claim("w1").id == finetune_id
+    store.finish(finetune_id, "w1", "succeeded", result=finetune)
+
+    listed = client.get("/v1/rankings", params={"limit": 50})
+    assert listed.status_code == 200 and len(listed.json()) == 50
+    # 50 summaries, not 50 results (each result alone is ~10 KB here).
+    assert len(listed.content) < 50 * 1500, len(listed.content)
+    items = {item["id"]: item for item in listed.json()}
+    assert items[running]["summary"] is None and items[running]["state"] == "running"
+    item = items[ids[-1]]
+    assert "request" not in item and "result" not in item
+    assert set(item) == {
+        "id", "kind", "state", "progress", "error", "attempts", "cancel_requested", "created_at", "started_at",
+        "finished_at", "links", "summary",
+    }  # fmt: skip
+    assert item["summary"] == {
+        "winner": winner["id"],
+        "predicted_accuracy": winner["predicted_accuracy"],
+        "p_best": winner["p_best"],
+    }
+    assert item["links"]["report"] == f"/reports/rankings/{ids[-1]}"
+    # The whole result is on GET of the job.
+    assert client.get(item["links"]["self"]).json()["result"] == result
+    fine = client.get("/v1/finetunes").json()
+    assert [f["summary"] for f in fine] == [
+        {
+            "backbone": finetune["backbone"]["id"],
+            "strategy": finetune["strategy"],
+            "test_accuracy": finetune["test_accuracy"]["mean"],
+            "ranking_id": finetune["ranking_id"],
+        }
+    ]
+    # The documented list items are the summaries.
+    schema = client.get("/openapi.json").json()
+    listing = schema["paths"]["/v1/rankings"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert listing["items"]["$ref"] == "#/components/schemas/RankingJobSummary"
+    assert "result" not in schema["components"]["schemas"]["RankingJobSummary"]["properties"]

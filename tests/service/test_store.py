@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -12,7 +15,8 @@ from typing import Any
 import pytest
 
 from service.errors import IdempotencyKeyReused, JobFinished, JobNotFound, QueueFull, QuotaExceeded
-from service.jobs.schema import StoreCorrupt
+from service.jobs.liveness import ProcessIdentity, current_process, host_identity, process_identity
+from service.jobs.schema import SCHEMA_VERSION, StoreCorrupt
 from service.jobs.store import JobStore
 
 REQUEST = {"dataset": {"kind": "builtin", "name": "digits"}, "backbones": ["random:resnet10t"]}
@@ -263,16 +267,20 @@ def test_a_schema_1_store_is_migrated_with_its_jobs(tmp_path: Path) -> None:
     store = open_store(path)
     job, _ = store.submit("ranking", REQUEST)
     store.close()
-    with sqlite3.connect(path) as conn:  # back to schema 1: no owner column
+    with sqlite3.connect(path) as conn:  # back to schema 1: no owner column, no claiming process
         conn.execute("DROP INDEX jobs_owner_state")
-        conn.execute("ALTER TABLE jobs DROP COLUMN owner")
+        for column in ("owner", "worker_host", "worker_pid", "worker_started"):
+            conn.execute(f"ALTER TABLE jobs DROP COLUMN {column}")
         conn.execute("PRAGMA user_version=1")
     conn.close()
     migrated = open_store(path)
     assert migrated.get(job.id).request == REQUEST and migrated.get(job.id).owner is None
     assert migrated.submit("ranking", {**REQUEST, "seed": 1}, owner="k")[0].owner == "k"
     (version,) = migrated._conn().execute("PRAGMA user_version").fetchone()
-    assert version == 2
+    assert version == SCHEMA_VERSION == 3
+    me = current_process()
+    claimed = migrated.claim("w", me)
+    assert claimed is not None and claimed.worker_pid == (None if me is None else os.getpid())
 
 
 def test_per_owner_quota_counts_queued_and_running_jobs_of_that_owner(tmp_path: Path) -> None:
@@ -302,3 +310,80 @@ def test_a_row_with_broken_json_loads_alone_as_corrupt(tmp_path: Path) -> None:
     assert store.get(ids[0]).unreadable == () and store.get(ids[0]).error is None
     assert [j.id for j in store.list_jobs()] == ids[::-1]
     assert store.request_cancel(ids[1]).state == "cancelled"
+
+
+def _dead_child() -> ProcessIdentity:
+    """The identity a claim of a child process recorded, once that child was killed (a zombie: not reaped yet)."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    identity = process_identity(child.pid)
+    child.kill()
+    child.wait()
+    assert identity is not None
+    return identity
+
+
+@pytest.mark.skipif(host_identity() is None, reason="no /proc: a dead worker's job waits for its lease here")
+def test_a_claim_records_its_process_and_a_provably_dead_one_is_taken_back_at_once(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "jobs.db", lease_seconds=60.0, max_attempts=2)
+    me = current_process()
+    assert me is not None and me.pid == os.getpid()
+    alive, _ = store.submit("ranking", {**REQUEST, "seed": 0})
+    claimed = store.claim("w-alive", me)
+    assert claimed.id == alive.id and (claimed.worker_host, claimed.worker_pid, claimed.worker_started) == (
+        me.host,
+        me.pid,
+        me.started,
+    )
+    cases = {
+        "dead": _dead_child(),
+        "pid reused": ProcessIdentity(me.host, me.pid, me.started + 1),  # the pid now runs another process
+        "another host": ProcessIdentity("elsewhere/boot/pid:[1]", 999_999, 1),  # cannot be told: the lease decides
+    }
+    jobs = {}
+    for name in cases:
+        jobs[name], _ = store.submit("ranking", {**REQUEST, "seed": name})
+        assert store.claim(f"w-{name}", me).id == jobs[name].id
+    for name, identity in cases.items():  # as if ``identity`` had claimed it (its claim would sweep the others)
+        store._conn().execute(
+            "UPDATE jobs SET worker_host = ?, worker_pid = ?, worker_started = ? WHERE id = ?",
+            (identity.host, identity.pid, identity.started, jobs[name].id),
+        )
+    assert store.reclaim_dead() == 2 and store.reclaim_dead() == 0
+    for name, state in {"dead": "queued", "pid reused": "queued", "another host": "running"}.items():
+        job = store.get(jobs[name].id)
+        assert job.state == state and job.attempts == 1, name
+        assert (job.worker_id is None) == (state == "queued") and (job.worker_pid is None) == (state == "queued")
+    assert store.get(alive.id).state == "running"  # a live worker keeps its job
+    # Claims sweep too: the dead worker's job is taken back and claimed again in one transaction, and a job
+    # whose worker died on its last attempt fails with worker_lost.
+    again = store.claim("w-2", _dead_child())
+    assert again.id == jobs["dead"].id and again.attempts == 2
+    store.claim("w-3", me)
+    assert store.get(jobs["dead"].id).state == "failed"
+    assert store.get(jobs["dead"].id).error["code"] == "worker_lost"
+
+
+def test_a_listing_reads_parts_of_each_result_and_a_damaged_row_fails_alone(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    store = open_store(path)
+    result = {"backbones": [{"id": "a", "p_best": 0.75}, {"id": "b"}], "blob": "x" * 10_000}
+    ids = [store.submit("ranking", {**REQUEST, "seed": i})[0].id for i in range(4)]
+    for job_id in ids[:3]:
+        store.claim("w")
+        store.finish(job_id, "w", "succeeded", result=result)
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE jobs SET result = '{\"backbones\": [' WHERE id = ?", (ids[1],))
+        conn.execute("UPDATE jobs SET request = '[1]' WHERE id = ?", (ids[2],))
+    conn.close()
+    paths = {"winner": "$.backbones[0].id", "p_best": "$.backbones[0].p_best", "missing": "$.nothing"}
+    listed = {job.id: job for job in store.list_jobs("ranking", result_paths=paths)}
+    assert list(listed) == ids[::-1]
+    assert listed[ids[0]].result_parts == {"winner": "a", "p_best": 0.75, "missing": None}
+    assert listed[ids[0]].result is None and listed[ids[0]].request == {} and listed[ids[0]].error is None
+    assert listed[ids[1]].unreadable == ("result",) and listed[ids[1]].error["code"] == "corrupt"
+    assert listed[ids[1]].result_parts == {"winner": None, "p_best": None, "missing": None}
+    assert listed[ids[2]].unreadable == ("request",) and listed[ids[2]].result_parts["winner"] == "a"
+    assert listed[ids[3]].state == "queued" and listed[ids[3]].unreadable == ()
+    assert listed[ids[3]].result_parts == {"winner": None, "p_best": None, "missing": None}
+    # The full rows say the same about what is damaged.
+    assert [store.get(i).unreadable for i in ids] == [(), ("result",), ("request",), ()]
