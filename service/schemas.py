@@ -146,15 +146,21 @@ class UploadedDataset(BaseModel):
 
 
 class RankingSummary(BaseModel):
-    """What a succeeded ranking found, in a list: its winner (rank 1 of the fused order) and the winner's predictions
-    (fields of its :class:`RankingResult`'s first row; null where the result has none)."""
+    """A ranking in a list: what it ranks (from its request) and, once succeeded, what it found: its winner (rank 1
+    of the fused order) and the winner's predictions (fields of its :class:`RankingResult`'s first row; null where
+    there is none yet)."""
 
     #: Where each field is in a RankingResult (SQLite JSON paths): ``backbones`` is best first.
     PATHS: ClassVar[dict[str, str]] = {
+        "dataset": "request:$.dataset",
+        "backbones": "request:$.backbones",
         "winner": "$.backbones[0].id",
         "predicted_accuracy": "$.backbones[0].predicted_accuracy",
         "p_best": "$.backbones[0].p_best",
     }
+
+    dataset: DatasetSpec | None = Field(None, description="The ranked dataset (from the request).")
+    backbones: list[str] | None = Field(None, description="The candidates asked for (from the request).")
 
     winner: str | None = Field(None, description="The id of the best-ranked backbone.")
     predicted_accuracy: PredictedAccuracy | None = Field(
@@ -164,16 +170,19 @@ class RankingSummary(BaseModel):
 
 
 class FinetuneSummary(BaseModel):
-    """What a succeeded fine-tune reached, in a list (fields of its :class:`FinetuneResult`)."""
+    """A fine-tune in a list: its dataset (from its request) and, once succeeded, what it reached (fields of its
+    :class:`FinetuneResult`)."""
 
     #: As RankingSummary.PATHS, in a FinetuneResult.
     PATHS: ClassVar[dict[str, str]] = {
+        "dataset": "request:$.dataset",
         "backbone": "$.backbone.id",
         "strategy": "$.strategy",
         "test_accuracy": "$.test_accuracy.mean",
         "ranking_id": "$.ranking_id",
     }
 
+    dataset: DatasetSpec | None = Field(None, description="The dataset (from the request; null: a ranking's).")
     backbone: str | None = Field(None, description="The fine-tuned backbone's id.")
     strategy: str | None = None
     test_accuracy: float | None = Field(None, description="Mean test accuracy over the seeds.")
@@ -181,9 +190,9 @@ class FinetuneSummary(BaseModel):
 
 
 class JobSummary(_JobFields):
-    """A job in a list: a :class:`JobView` without its request and result, with a ``summary`` of the result once
-    succeeded (the whole result: GET ``links.self``). A job whose stored row cannot be read has
-    ``error.code == "corrupt"``."""
+    """A job in a list: a :class:`JobView` without its request and result, with a ``summary``: what the request
+    asked for and, once succeeded, what the result found (the whole job: GET ``links.self``). A job whose stored
+    row cannot be read has ``error.code == "corrupt"``."""
 
     summary: dict[str, Any] | None
 

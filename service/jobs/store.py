@@ -277,10 +277,10 @@ class JobStore:
     ) -> list[Job]:
         """Newest first.
 
-        With ``result_paths`` (name -> SQLite JSON path into the result, e.g. ``{"winner": "$.backbones[0].id"}``)
-        each job comes without its request and result: :attr:`Job.result_parts` holds those parts of the result
-        (None where absent), extracted by SQLite. A request or result that is not a JSON object still marks its job
-        ``corrupt``, checked in SQL without reading it into Python.
+        With ``result_paths`` (name -> SQLite JSON path into the result, e.g. ``{"winner": "$.backbones[0].id"}``,
+        or into the request with a ``request:`` prefix) each job comes without its request and result:
+        :attr:`Job.result_parts` holds those parts (None where absent), extracted by SQLite. A request or result
+        that is not a JSON object still marks its job ``corrupt``, checked in SQL without reading it into Python.
         """
         clauses, args = [], []
         if kind is not None:
@@ -291,12 +291,15 @@ class JobStore:
             args.append(state)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         columns, paths = "*", tuple(result_paths.values()) if result_paths is not None else ()
+        # a path "request:$.x" reads the stored request instead of the result
+        sources = ["request" if p.startswith("request:") else "result" for p in paths]
+        paths = tuple(p.removeprefix("request:") for p in paths)
         if result_paths is not None:
             # CASE evaluates lazily: json_type and -> never see text that json_valid refused (they would raise).
             parts = "".join(
-                f", CASE WHEN json_valid(result) THEN CASE json_type(result) WHEN 'object' THEN result -> ? END END "
+                f", CASE WHEN json_valid({col}) THEN CASE json_type({col}) WHEN 'object' THEN {col} -> ? END END "
                 f"AS part_{i}"
-                for i in range(len(paths))
+                for i, col in enumerate(sources)
             )
             columns = (
                 f"{LISTED_COLUMNS}, {is_object('request')} AS request_ok, "

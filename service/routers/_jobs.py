@@ -134,7 +134,14 @@ async def list_jobs(store: JobStore, kind: str, limit: int) -> list[JobSummary]:
 
 def job_summary(view: type[JobSummary], job: Job) -> JobSummary:
     """One list item (a job read with ``result_parts``); corrupt alone, as :func:`job_view`."""
-    summary = job.result_parts if job.state == "succeeded" and "result" not in job.unreadable else None
+    parts = dict(job.result_parts or {})
+    for name, path in _SUMMARIES[job.kind][1].items():
+        from_request = path.startswith("request:")
+        # the result's parts once succeeded; the request's always; neither from a column that cannot be read
+        column = "request" if from_request else "result"
+        if column in job.unreadable or not (from_request or job.state == "succeeded"):
+            parts[name] = None
+    summary = parts if job.result_parts is not None else None
     return _validated(view, job, {**_fields(job), "summary": summary}, ("summary",))
 
 

@@ -224,7 +224,7 @@ def test_with_api_keys_the_page_asks_for_the_key_first(
 
     context = browser.new_context(viewport={"width": 1000, "height": 800})
     page = context.new_page()
-    page.goto(server.url + "/")
+    page.goto(server.url + "/", wait_until="networkidle")  # the page has settled: its content can be read
     page.wait_for_selector("#key-section:not([hidden])")
     assert page.is_hidden("#main")
     assert job["id"] not in page.content() and page.locator("#ranking-list li").count() == 0
@@ -255,6 +255,8 @@ def test_with_api_keys_the_page_asks_for_the_key_first(
     with context.expect_page() as opened:
         page.get_by_role("link", name="Benchmark reports").click()
     report = opened.value
+    # the tab opens blank, then goes to the blob once the report is fetched: wait for that navigation to end
+    report.wait_for_url(re.compile(r"^blob:"))
     report.wait_for_load_state()
     assert "benchmark" in report.content().lower() and "unauthorized" not in report.content()
     page.screenshot(path=str(shots / "key-accepted.png"), full_page=True)

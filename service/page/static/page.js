@@ -770,10 +770,14 @@ async function loadJobs() {
   const rankingList = $("ranking-list");
   rankingList.replaceChildren();
   for (const job of rankings) {
-    const request = job.request || {};
-    const winner = job.result && job.result.backbones && job.result.backbones[0];
-    const summary = `${datasetWords(request.dataset)}, ${(request.backbones || []).length} networks` +
-      (winner ? `; best: ${winner.id}` : "");
+    // Lists give a summary of each job (its winner and that winner's prediction), not its request and result.
+    const found = job.summary || {};
+    const parts = [];
+    if (found.dataset) parts.push(`${datasetWords(found.dataset)}, ${(found.backbones || []).length} networks`);
+    if (found.winner) parts.push(`best: ${found.winner}`);
+    const expected = found.predicted_accuracy && found.predicted_accuracy.finetune;
+    if (expected) parts.push(`expected about ${pct(expected.value)}`);
+    const summary = parts.join("; ") || "no result yet";
     rankingList.append(jobItem(job, summary, async () => showRanking(await getJson(job.links.self))));
   }
   if (!rankings.length) rankingList.append(el("li", { class: "hint", text: "None yet." }));
@@ -781,9 +785,12 @@ async function loadJobs() {
   finetuneList.replaceChildren();
   for (const job of finetunes) {
     const request = job.request || {};
-    const accuracy = job.result && job.result.test_accuracy ? `; accuracy ${pct(job.result.test_accuracy.mean)}` : "";
-    const summary = `${request.backbone || "?"} on ${datasetWords(request.dataset)}${accuracy}`;
-    const rankingId = request.ranking_id;
+    const found = job.summary || {};
+    const accuracy = typeof found.test_accuracy === "number" ? `; accuracy ${pct(found.test_accuracy)}` : "";
+    const backbone = found.backbone || request.backbone || "a network";
+    const dataset = found.dataset || request.dataset;
+    const summary = dataset ? `${backbone} on ${datasetWords(dataset)}${accuracy}` : `${backbone}${accuracy}`;
+    const rankingId = found.ranking_id || request.ranking_id;
     // A fine-tune of a ranking's winner is shown under that ranking, next to its prediction; others by report.
     const open = rankingId ? async () => {
       const [full, ranking] = await Promise.all([getJson(job.links.self), getJson(`/v1/rankings/${rankingId}`)]);
