@@ -13,7 +13,7 @@ from sklearn.base import clone
 from sklearn.covariance import ledoit_wolf_shrinkage
 
 import estimators
-from estimators import Statistics, get_estimator, list_estimators, score
+from estimators import FAMILIES, Statistics, get_estimator, list_estimators, score
 from estimators._registry import register
 from estimators.hscore import ledoit_wolf_shrinkage_from_stats
 from estimators.sfda import adaptive_shrinkage
@@ -32,7 +32,7 @@ def test_public_names_are_pinned():
     assert sorted(estimators.__all__) == sorted(
         [
             "GBC", "KNN", "LEEP", "NCE", "NCTI", "NLEEP", "PARC", "SFDA", "ClassMeans", "ETranEnergy",
-            "EstimatorInfo", "HScore", "LinearProbe", "LogME", "PACTranDirichlet", "PACTranGauss",
+            "EstimatorInfo", "FAMILIES", "HScore", "LinearProbe", "LogME", "PACTranDirichlet", "PACTranGauss",
             "SamplesRequiredError", "ShrinkageHScore", "ShrinkageLDA", "Statistics", "StreamingStatistics",
             "TransRate", "TransferabilityEstimator", "class_means", "etran_energy", "gbc", "get_estimator",
             "h_score", "knn", "lda", "leep", "linear_probe", "list_estimators", "logme", "nce", "ncti", "nleep",
@@ -55,7 +55,15 @@ def test_registry_lists_every_estimator_with_metadata():
     assert infos["gbc"].params == {"gaussian_type": "spherical", "pca_dim": 64}
     assert infos["logme"].params == {"algorithm": "fixed_point", "regression": False}
     assert all(info.reference and info.summary for info in infos.values())
+    assert all(info.family in FAMILIES for info in infos.values())
+    assert {n for n, i in infos.items() if i.family == "source-head"} == {"leep", "nce", "pactran_dirichlet"}
+    assert {n for n, i in infos.items() if i.family == "sample"} == {"knn", "linear_probe", "parc"}
     assert get_estimator("sfda") is infos["sfda"]
+
+
+def test_an_estimator_without_a_known_family_is_refused():
+    with pytest.raises(ValueError, match="unknown family 'other'"):
+        register("brand_new", family="other", reference="x")(lambda **kw: 0.0)
 
 
 def test_registering_a_name_twice_is_refused():
