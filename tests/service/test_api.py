@@ -716,14 +716,19 @@ def test_lists_give_a_summary_of_each_result_and_get_the_whole(client: TestClien
     # 50 summaries, not 50 results (each result alone is ~10 KB here).
     assert len(listed.content) < 50 * 1500, len(listed.content)
     items = {item["id"]: item for item in listed.json()}
-    assert items[running]["summary"] is None and items[running]["state"] == "running"
+    asked = {"dataset": {"kind": "folder", "path": str(dataset)}, "backbones": ["random:resnet10t"]}
+    running_summary = items[running]["summary"]
+    assert items[running]["state"] == "running" and running_summary["winner"] is None  # no result yet
+    assert running_summary["dataset"]["path"] == str(dataset) and running_summary["backbones"] == asked["backbones"]
     item = items[ids[-1]]
     assert "request" not in item and "result" not in item
     assert set(item) == {
         "id", "kind", "state", "progress", "error", "attempts", "cancel_requested", "created_at", "started_at",
         "finished_at", "links", "summary",
     }  # fmt: skip
-    assert item["summary"] == {
+    summary = dict(item["summary"])
+    assert summary.pop("dataset")["path"] == str(dataset) and summary.pop("backbones") == asked["backbones"]
+    assert summary == {
         "winner": winner["id"],
         "predicted_accuracy": winner["predicted_accuracy"],
         "p_best": winner["p_best"],
@@ -734,6 +739,7 @@ def test_lists_give_a_summary_of_each_result_and_get_the_whole(client: TestClien
     fine = client.get("/v1/finetunes").json()
     assert [f["summary"] for f in fine] == [
         {
+            "dataset": client.get(f"/v1/finetunes/{finetune_id}").json()["request"]["dataset"],  # as stored
             "backbone": finetune["backbone"]["id"],
             "strategy": finetune["strategy"],
             "test_accuracy": finetune["test_accuracy"]["mean"],
