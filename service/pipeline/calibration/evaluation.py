@@ -25,9 +25,8 @@ from service.pipeline.calibration.selection import (
     _NOT_FUSABLE,
     _PRIOR,
     _PRIORS,
+    _fused_metric,
     _fusion_candidates,
-    _fusion_regret,
-    _fusion_tau,
     _regret,
     _select_accuracy_models,
     _select_fusion,
@@ -187,8 +186,8 @@ def _loto_fusion(
         candidates = _fusion_candidates(train, directions, max_member_seconds, fusable)
         fusion, train_tau, selection = _select_fusion(train, directions, candidates)
         held_groups = {key: rows for key, rows in groups.items() if key[0] == held}
-        tau = _fusion_tau(held_groups, fusion)[held]
-        regret = _fusion_regret(held_groups, fusion)[held]
+        tau = _fused_metric(held_groups, fusion)[held]
+        regret = _fused_metric(held_groups, fusion, _regret)[held]
         # the honest single-estimator analogue: the one best on the training targets
         train_targets = [t for t in targets if t != held]
         ranked_singles = sorted(
@@ -274,7 +273,7 @@ def _loko_fusion(
         candidates = _fusion_candidates(train, directions, max_member_seconds, fusable)
         fusion, _, selection = _select_fusion(train, directions, candidates)
         held_groups = {key: rows for key, rows in groups.items() if key[0] in members}
-        taus = _fusion_tau(held_groups, fusion)
+        taus = _fused_metric(held_groups, fusion)
         out.append(
             {
                 "kind": kind,

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -215,21 +215,16 @@ def _regret(scores: NDArray[np.float64], accuracy: NDArray[np.float64]) -> float
     return float(accuracy[keep].max() - accuracy[keep][int(np.argmax(scores[keep]))])
 
 
-def _fusion_tau(groups: Mapping[tuple[str, str], Sequence[Sample]], fusion: Fusion) -> dict[str, float | None]:
-    """Weighted τ of the fused score per target (the mean over its settings)."""
+def _fused_metric(
+    groups: Mapping[tuple[str, str], Sequence[Sample]],
+    fusion: Fusion,
+    metric: Callable[[NDArray[np.float64], NDArray[np.float64]], float | None] = _tau,
+) -> dict[str, float | None]:
+    """``metric(fused score, fine-tuned accuracy)`` per target (the mean over its settings): by default the
+    weighted τ, or :func:`_regret`."""
     return _per_target(
         {
-            key: _tau(fused_scores([s.scores for s in rows], fusion), np.array([s.finetune for s in rows], dtype=float))
-            for key, rows in groups.items()
-        }
-    )
-
-
-def _fusion_regret(groups: Mapping[tuple[str, str], Sequence[Sample]], fusion: Fusion) -> dict[str, float | None]:
-    """Top-1 regret of the fused score per target (the mean over its settings)."""
-    return _per_target(
-        {
-            key: _regret(
+            key: metric(
                 fused_scores([s.scores for s in rows], fusion), np.array([s.finetune for s in rows], dtype=float)
             )
             for key, rows in groups.items()
@@ -316,7 +311,7 @@ class _FusionScorer:
         self.targets = _targets(samples)
         self.kind = {s.target: s.kind or s.target for s in samples}
         self.single = {
-            name: _fusion_tau(self.groups, Fusion((name,), (1.0,), "rank", {name: directions[name]}))
+            name: _fused_metric(self.groups, Fusion((name,), (1.0,), "rank", {name: directions[name]}))
             for name in candidates
         }
         self._fused: dict[tuple[tuple[str, ...], str], dict[str, float | None]] = {}
@@ -336,7 +331,7 @@ class _FusionScorer:
     def fused(self, members: Sequence[str], normalisation: str) -> dict[str, float | None]:
         key = (tuple(members), normalisation)
         if key not in self._fused:
-            self._fused[key] = _fusion_tau(self.groups, self.fusion(members, normalisation))
+            self._fused[key] = _fused_metric(self.groups, self.fusion(members, normalisation))
         return self._fused[key]
 
     def held_out(self, rule: CommitteeRule, held: Collection[str]) -> float | None:
@@ -347,12 +342,17 @@ class _FusionScorer:
             return None
         return _mean([self.fused(members, rule.normalisation).get(t) for t in held])
 
+    def by_kind(self) -> dict[str, list[str]]:
+        """The targets of each kind (a target without a kind is a kind of its own)."""
+        out: dict[str, list[str]] = {}
+        for t in self.targets:
+            out.setdefault(self.kind[t], []).append(t)
+        return out
+
     def folds(self) -> tuple[list[list[str]], list[list[str]]]:
         """Leave-one-target-out and leave-one-kind-out folds (no kind folds when every target is its own kind)."""
-        by_kind: dict[str, list[str]] = {}
-        for t in self.targets:
-            by_kind.setdefault(self.kind[t], []).append(t)
-        kinds = list(by_kind.values()) if len(by_kind) > 1 and len(by_kind) < len(self.targets) else []
+        by_kind = self.by_kind()
+        kinds = list(by_kind.values()) if 1 < len(by_kind) < len(self.targets) else []
         return [[t] for t in self.targets], kinds
 
 
@@ -410,16 +410,9 @@ def _select_fusion(
     train_tau = _mean(list(scorer.fused(members, rule.normalisation).values()))
     selection = {
         "protocol": "committee rules scored by the mean of leave-one-target-out and leave-one-kind-out weighted tau",
-        "kinds": _kinds(scorer),
+        "kinds": scorer.by_kind(),
         "rules": table,
         "chosen": rule.to_dict(),
         "chosen_description": rule.describe(),
     }
     return fusion, train_tau, selection
-
-
-def _kinds(scorer: _FusionScorer) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for t in scorer.targets:
-        out.setdefault(scorer.kind[t], []).append(t)
-    return out
