@@ -165,3 +165,11 @@ def test_an_unreachable_hub_fails_within_seconds(tmp_path: Path) -> None:
             assert caught.value.code == "hub_unreachable" and endpoint in caught.value.detail
     finally:
         silent.close()
+
+
+def test_files_already_cached_are_served_whatever_the_disk_has_free(hub: FakeHub, tmp_path: Path) -> None:
+    fetch_repo_files("timm/tiny.tag", ["model.safetensors"], _access(hub, tmp_path))
+    downloads = len([r for r in hub.requests if "/resolve/" in r[1]])
+    got = fetch_repo_files("timm/tiny.tag", ["model.safetensors"], _access(hub, tmp_path, min_free_bytes=2**62))
+    assert got.paths["model.safetensors"].read_bytes() == WEIGHTS
+    assert len([r for r in hub.requests if "/resolve/" in r[1]]) == downloads

@@ -263,7 +263,8 @@ def download_files(
         raise _UNAVAILABLE[listing.repo_type](f"{what}: the hub repo {listing.repo_id} has no {', '.join(missing)}")
     cached = _cached_paths(listing, filenames, access)
     to_fetch = [name for name in filenames if name not in cached]
-    _check_room(sum(listing.sizes[name] for name in to_fetch), access, what)
+    if to_fetch:  # all cached: nothing is written, so the disk's free space is no reason to refuse
+        _check_room(sum(listing.sizes[name] for name in to_fetch), access, what)
     paths = dict(cached)
     total = sum(listing.sizes[name] for name in filenames)
     done = sum(listing.sizes[name] for name in cached)
