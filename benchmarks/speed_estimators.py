@@ -31,22 +31,10 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 from _results_dir import default_out_dir  # noqa: E402
+from _synthetic import SUITE, make_features  # noqa: E402
 from threadpoolctl import threadpool_info, threadpool_limits  # noqa: E402
 
 from estimators import Statistics, score, use_backend  # noqa: E402
-
-SUITE = ("logme", "h_score", "shrinkage_h_score", "gbc", "transrate", "sfda", "class_means", "lda")
-
-
-def make_features(n: int, d: int, c: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """ReLU-like float32 features with a class structure (what a CNN's pooled output looks like)."""
-    rng = np.random.default_rng(seed)
-    labels = np.arange(n) % c
-    centers = rng.normal(size=(c, d)).astype(np.float32)
-    features = rng.normal(size=(n, d)).astype(np.float32)
-    features += 0.7 * centers[labels]
-    np.maximum(features, 0.0, out=features)
-    return features, labels
 
 
 def measure(fn: Callable[[], object], repeats: int) -> tuple[float, float]:

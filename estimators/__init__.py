@@ -35,6 +35,7 @@ from .ncti import NCTI, ncti
 from .nleep import NLEEP, nleep
 from .pactran import PACTranDirichlet, PACTranGauss, pactran_dirichlet, pactran_gauss
 from .parc import PARC, parc
+from .ridge_probe import RidgeProbe, ridge_probe
 from .sfda import SFDA, ShrinkageLDA, lda, sfda
 from .transrate import TransRate, transrate
 
@@ -55,6 +56,7 @@ __all__ = [
     "LogME",
     "PACTranDirichlet",
     "PACTranGauss",
+    "RidgeProbe",
     "ShrinkageHScore",
     "ShrinkageLDA",
     "SamplesRequiredError",
@@ -80,6 +82,7 @@ __all__ = [
     "pactran_dirichlet",
     "pactran_gauss",
     "parc",
+    "ridge_probe",
     "score",
     "sfda",
     "shrinkage_h_score",

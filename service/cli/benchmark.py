@@ -65,7 +65,8 @@ def benchmark_command(
             metavar="RESULT.json",
             help="Take the (target, backbone) pairs of an earlier benchmark result as recorded instead of "
             "computing them, where they were produced under the same protocol (environment fingerprint, "
-            "fine-tuning, images per class, estimators, input size); a mismatch is refused and named. Repeatable.",
+            "fine-tuning, images per class, input size); a mismatch is refused and named. Pairs scored with other "
+            "estimators keep their fine-tuned ground truth and are ranked again (rescored). Repeatable.",
         ),
     ] = None,
     report: Annotated[bool, typer.Option("--report/--no-report", help="Also write the HTML report.")] = True,

@@ -212,7 +212,8 @@ class BenchmarkRequest(_Request):
         default_factory=list,
         max_length=64,
         description="Earlier benchmark result files whose (target, backbone) pairs are taken as recorded when "
-        "they were produced under the same protocol (environment, fine-tuning, sample size, estimators).",
+        "they were produced under the same protocol (environment, fine-tuning, sample size); pairs scored with "
+        "other estimators keep their ground truth and are ranked again.",
     )
 
 

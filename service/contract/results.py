@@ -521,8 +521,10 @@ class BenchmarkResult(_Model):
     reused: dict[str, Any] | None = Field(
         None,
         description="Pairs taken from earlier results (--reuse) instead of computed: 'pairs' lists each "
-        "(target, backbone, file); 'refused' each pair of those files not reused, with the protocol mismatch. "
-        "Reused pairs keep their recorded seconds. Null when nothing was offered for reuse.",
+        "(target, backbone, file, and rescored: true where only the ground truth was reused and the ranking "
+        "recomputed, because the recorded estimators differ); 'refused' each pair of those files not reused, "
+        "with the protocol mismatch. Reused pieces keep their recorded seconds. Null when nothing was offered "
+        "for reuse.",
     )
 
 

@@ -36,7 +36,8 @@ def test_public_names_are_pinned():
             "SamplesRequiredError", "ShrinkageHScore", "ShrinkageLDA", "Statistics", "StreamingStatistics",
             "TransRate", "TransferabilityEstimator", "class_means", "etran_energy", "gbc", "get_estimator",
             "h_score", "knn", "lda", "leep", "linear_probe", "list_estimators", "logme", "nce", "ncti", "nleep",
-            "pactran_dirichlet", "pactran_gauss", "parc", "score", "sfda", "shrinkage_h_score", "transrate",
+            "pactran_dirichlet", "pactran_gauss", "parc", "ridge_probe", "RidgeProbe", "score", "sfda",
+            "shrinkage_h_score", "transrate",
             "use_backend",
         ]
     )
@@ -49,7 +50,7 @@ def test_registry_lists_every_estimator_with_metadata():
     assert set(infos) == {
         "logme", "leep", "nce", "h_score", "shrinkage_h_score", "gbc", "transrate", "sfda", "lda", "knn",
         "linear_probe", "class_means", "nleep", "parc", "pactran_gauss", "pactran_dirichlet", "etran_energy",
-        "ncti",
+        "ncti", "ridge_probe",
     }
     assert infos["leep"].needs == ("source_probs",) and infos["nce"].needs == ("source_probs",)
     assert infos["gbc"].params == {"gaussian_type": "spherical", "pca_dim": 64}
@@ -57,7 +58,7 @@ def test_registry_lists_every_estimator_with_metadata():
     assert all(info.reference and info.summary for info in infos.values())
     assert all(info.family in FAMILIES for info in infos.values())
     assert {n for n, i in infos.items() if i.family == "source-head"} == {"leep", "nce", "pactran_dirichlet"}
-    assert {n for n, i in infos.items() if i.family == "sample"} == {"knn", "linear_probe", "parc"}
+    assert {n for n, i in infos.items() if i.family == "sample"} == {"knn", "linear_probe", "parc", "ridge_probe"}
     assert get_estimator("sfda") is infos["sfda"]
 
 

@@ -32,7 +32,7 @@ STREAMABLE = [
     ("nce", {}),
 ]
 #: Estimators whose value is a mean of a non-linear per-sample quantity: they need the samples.
-NEED_SAMPLES = ["knn", "linear_probe", "lda", "sfda", "class_means", "leep"]
+NEED_SAMPLES = ["knn", "linear_probe", "ridge_probe", "lda", "sfda", "class_means", "leep"]
 
 
 def _clusters(seed: int, n: int, d: int, c: int, *, offset: float = 0.0, counts=None):

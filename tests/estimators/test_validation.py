@@ -18,6 +18,7 @@ EXPECTED_NAMES = {
     "lda",
     "knn",
     "linear_probe",
+    "ridge_probe",
     "class_means",
 }
 SOURCE_PROB_NAMES = {"leep", "nce"}

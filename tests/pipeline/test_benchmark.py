@@ -354,6 +354,29 @@ def test_reuse_computes_only_what_the_record_lacks_or_did_otherwise(target_dir, 
     assert refused["backbone"] == other.id and refused["reason"] == "suite input_size 32 vs 40"
 
 
+def test_reuse_with_other_estimators_rescores_and_fine_tunes_nothing(target_dir, weights, tmp_path, monkeypatch):
+    suite = _finetune_suite(target_dir, weights)
+    first = run_benchmark(suite, out_dir=tmp_path / "a", n_bootstrap=20, device="cpu")
+    recorded = {r["id"]: r for r in first["targets"][0]["backbones"]}
+    added = Suite(**{**suite.__dict__, "estimators": (*ESTIMATORS, "ridge_probe")})
+    calls = _forbid_work(monkeypatch)
+    result = run_benchmark(added, out_dir=tmp_path / "b", n_bootstrap=20, device="cpu", reuse=[first["files"]["json"]])
+    # every backbone extracted and scored again (extraction names the canonical ids), none fine-tuned
+    assert len(calls) == 2 and all(c.startswith("extract ") for c in calls)
+    rows = {r["id"]: r for r in result["targets"][0]["backbones"]}
+    for backbone_id, row in rows.items():
+        was = recorded[backbone_id]
+        assert row["accuracy"] == was["accuracy"] and row["linear_probe_accuracy"] == was["linear_probe_accuracy"]
+        assert row["seconds"]["finetune"] == was["seconds"]["finetune"]
+        assert 0.0 <= row["scores"]["ridge_probe"] <= 1.0
+        assert {k: row["scores"][k] for k in ESTIMATORS} == pytest.approx({k: was["scores"][k] for k in ESTIMATORS})
+    reused = result["reused"]
+    assert reused["refused"] == [] and all(p["rescored"] is True for p in reused["pairs"])
+    assert len(reused["pairs"]) == 2 and reused["recorded_seconds"]["rank"] == 0.0
+    assert reused["recorded_seconds"]["finetune"] == pytest.approx(first["cost"]["finetune_seconds"])
+    assert result["summary"]["ridge_probe"]["weighted_tau"]["n_targets"] == 1
+
+
 def test_reuse_refuses_a_result_of_another_protocol(target_dir, weights, tmp_path):
     suite = _finetune_suite(target_dir, weights)
     first = run_benchmark(suite, out_dir=tmp_path, n_bootstrap=20, device="cpu")

@@ -524,6 +524,12 @@ def test_bad_model_numbers_are_refused(tmp_path):
         load_calibration(path)
 
 
+def test_the_packaged_default_is_named_by_its_place_in_the_package_not_the_install_path():
+    packaged = resolve_calibration("default")
+    assert packaged is not None and packaged.path == "packaged:service/builtin/calibration.json"
+    assert resolve_calibration(DEFAULT_CALIBRATION_PATH).path == str(Path(DEFAULT_CALIBRATION_PATH).resolve())
+
+
 def test_missing_packaged_default_means_no_calibration(tmp_path, monkeypatch):
     monkeypatch.setattr(cal_model, "DEFAULT_CALIBRATION_PATH", tmp_path / "absent.json")
     assert resolve_calibration("default") is None

@@ -21,7 +21,7 @@ from service.pipeline.ranking.rank import rank_backbones  # noqa: E402
 
 CLASSES = {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}
 MOMENT_BASED = ("logme", "h_score", "shrinkage_h_score", "gbc", "transrate", "nce")
-SAMPLE_BASED = ("knn", "linear_probe", "lda", "sfda", "class_means", "leep")
+SAMPLE_BASED = ("knn", "linear_probe", "ridge_probe", "lda", "sfda", "class_means", "leep")
 
 
 @pytest.fixture(scope="module")

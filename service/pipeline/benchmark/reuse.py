@@ -9,10 +9,15 @@ so the rows of reused pairs come out as recorded, seconds included (the cost sta
 A pair is reused only under the same protocol. What the whole file shares with this run is checked first
 and a mismatch refuses the file with an error naming it: the environment fingerprint
 (:func:`service.pipeline.benchmark.results.environment_info`), the ground truth, the fine-tuning
-(:class:`~service.pipeline.benchmark.suites.FinetuneSpec`), the images per class ranked and the suite's
-estimator list. Then each pair: same target dataset reference, classes and ranked images, same estimators
-scored, same backbone at the same input size; a pair that differs is not reused, logged and listed under
-``reused.refused`` of the result with the reason.
+(:class:`~service.pipeline.benchmark.suites.FinetuneSpec`) and the images per class ranked. Then each pair:
+same target dataset reference, classes and ranked images, same backbone at the same input size; a pair that
+differs is not reused, logged and listed under ``reused.refused`` of the result with the reason.
+
+When a target's recorded estimators differ from the ones this run scores (an estimator added, a default set
+changed), its pairs are *rescored*: the ground truth (fine-tuning, linear probe) is reused and the ranking is
+computed again — one feature extraction and the estimators, seconds where the fine-tuning took minutes — so a
+recorded benchmark gains a new estimator without fine-tuning anything. Such pairs are listed with
+``"rescored": true``.
 
 Separate from the run because it only reads result files and writes checkpoint pieces; nothing here loads a
 model or touches an image.
@@ -47,8 +52,10 @@ class ReusePlan:
     def __init__(self) -> None:
         #: ``(target, backbone id) -> (file, pieces)``; pieces: ``rank`` entry, ``finetune``, ``linear_probe``.
         self.pairs: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
-        #: Per target: ``n_images`` and ``estimators`` of the recorded ranking.
+        #: Per target whose recorded ranking is reused: ``n_images`` and ``estimators`` of that ranking.
         self.rankings: dict[str, dict[str, Any]] = {}
+        #: Targets whose pairs are rescored (ground truth reused, ranking recomputed): their recorded estimators.
+        self.rescored: dict[str, list[str]] = {}
         self.refused: list[dict[str, str]] = []
 
     def refuse(self, file: str, target: str, backbone: str, reason: str) -> None:
@@ -91,10 +98,6 @@ def _protocol_mismatch(data: Mapping[str, Any], suite: Suite, env: Mapping[str, 
         return "fine-tuning differs: " + ", ".join(differing)
     if definition.get("rank_max_per_class") != suite.rank_max_per_class:
         return f"rank_max_per_class {definition.get('rank_max_per_class')} vs {suite.rank_max_per_class}"
-    recorded_estimators = definition.get("estimators")
-    wanted = list(suite.estimators) if suite.estimators else None
-    if recorded_estimators != wanted:
-        return f"suite estimators {recorded_estimators} vs {wanted}"
     return None
 
 
@@ -130,7 +133,8 @@ def plan_reuse(
         for target in data["targets"]:
             name = target["name"]
             rows = target.get("backbones") or []
-            reason = _target_mismatch(target, by_target.get(name), datasets.get(name), recorded_estimators, estimators)
+            reason = _target_mismatch(target, by_target.get(name), datasets.get(name))
+            rescore = name in estimators and list(recorded_estimators) != list(estimators[name])
             if reason is not None:
                 for row in rows:
                     plan.refuse(file, name, row["id"], reason)
@@ -145,18 +149,19 @@ def plan_reuse(
                     plan.refuse(file, name, row["id"], reason)
                     continue
                 assert pair is not None
-                plan.pairs[name, row["id"]] = (file, _pieces(row, target, pair[1], recorded_estimators, suite))
-                plan.rankings.setdefault(name, {"n_images": target["n_rank_images"], "estimators": recorded_estimators})
+                pieces = _pieces(row, target, pair[1], recorded_estimators, suite)
+                if rescore:
+                    del pieces["rank"]
+                    plan.rescored.setdefault(name, list(recorded_estimators))
+                else:
+                    plan.rankings.setdefault(
+                        name, {"n_images": target["n_rank_images"], "estimators": recorded_estimators}
+                    )
+                plan.pairs[name, row["id"]] = (file, pieces)
     return plan
 
 
-def _target_mismatch(
-    recorded: Mapping[str, Any],
-    target: SuiteTarget | None,
-    dataset: Any,
-    recorded_estimators: Sequence[str],
-    estimators: Mapping[str, Sequence[str]],
-) -> str | None:
+def _target_mismatch(recorded: Mapping[str, Any], target: SuiteTarget | None, dataset: Any) -> str | None:
     if target is None or dataset is None:
         return "target not in this run"
     if recorded.get("dataset") != target.dataset:
@@ -166,8 +171,6 @@ def _target_mismatch(
             f"{recorded.get('n_classes')} classes / {recorded.get('n_rank_images')} ranked images recorded, "
             f"{len(dataset.classes)} / {len(dataset)} now"
         )
-    if list(recorded_estimators) != list(estimators[target.name]):
-        return f"estimators {list(recorded_estimators)} vs {list(estimators[target.name])}"
     return None
 
 
@@ -225,35 +228,41 @@ def seed_checkpoint(
     plan: ReusePlan, checkpoint: _Checkpoint, loaded: Sequence[tuple[SuiteBackbone, LoadedBackbone]]
 ) -> None:
     """Write the accepted pairs into ``checkpoint``. A pair the checkpoint already holds work of (a resumed run
-    that ranked or fine-tuned it itself) keeps that work and is not reused: rows never mix two runs."""
+    that ranked or fine-tuned it itself) keeps that work and is not reused: rows never mix two runs. Rescored
+    pairs seed their ground truth only; the run ranks them as it ranks a new pair."""
     spec_ids = {sb.id: b.spec.id for sb, b in loaded}
-    for target_name, ranking in plan.rankings.items():
+    targets = dict.fromkeys(target for target, _ in plan.pairs)
+    for target_name in targets:
+        ranking = plan.rankings.get(target_name)
         cached = checkpoint.get("rank", target_name, "*")
-        piece = (
-            {"n_images": ranking["n_images"], "backbones": {}, "estimators": list(ranking["estimators"])}
-            if cached is None
-            else {**cached, "backbones": dict(cached["backbones"])}
-        )
+        piece: dict[str, Any] | None = None
+        if ranking is not None:
+            piece = (
+                {"n_images": ranking["n_images"], "backbones": {}, "estimators": list(ranking["estimators"])}
+                if cached is None
+                else {**cached, "backbones": dict(cached["backbones"])}
+            )
         seeded = []
         for (target, backbone_id), (file, pieces) in plan.pairs.items():
-            if target != target_name:
-                continue
-            if checkpoint.get("reused", target, backbone_id) is not None:
-                continue  # seeded by an earlier attempt of this run
-            key = spec_ids[backbone_id]
-            if key in piece["backbones"] or checkpoint.get("finetune", target, backbone_id) is not None:
+            if target != target_name or checkpoint.get("reused", target, backbone_id) is not None:
+                continue  # another target, or seeded by an earlier attempt of this run
+            own_ranking = "rank" in pieces and piece is not None and spec_ids[backbone_id] in piece["backbones"]
+            if own_ranking or checkpoint.get("finetune", target, backbone_id) is not None:
                 plan.refuse(file, target, backbone_id, "this run's checkpoint already holds its own work for the pair")
                 continue
-            piece["backbones"][key] = pieces["rank"]
+            if "rank" in pieces and piece is not None:
+                piece["backbones"][spec_ids[backbone_id]] = pieces["rank"]
             seeded.append((backbone_id, file, pieces))
         if not seeded:
             continue
-        checkpoint.put("rank", target_name, "*", piece)
+        if piece is not None and any("rank" in pieces for _, _, pieces in seeded):
+            checkpoint.put("rank", target_name, "*", piece)
         for backbone_id, file, pieces in seeded:
             for stage in ("finetune", "linear_probe"):
                 if stage in pieces:
                     checkpoint.put(stage, target_name, backbone_id, pieces[stage])
-            checkpoint.put("reused", target_name, backbone_id, {"file": file})
+            marker = {"file": file} if "rank" in pieces else {"file": file, "rescored": True}
+            checkpoint.put("reused", target_name, backbone_id, marker)
 
 
 def reused_record(
@@ -263,21 +272,24 @@ def reused_record(
     rows: Mapping[tuple[str, str], Mapping[str, Any]],
 ) -> dict[str, Any] | None:
     """The result's ``reused`` block: pairs taken from earlier results (as the checkpoint marks them, so a resumed
-    run still says so), the refused ones, and what the reused pairs cost when they were computed."""
+    run still says so), the refused ones, and what the reused pieces cost when they were computed (a rescored
+    pair's ranking is this run's, so only its fine-tuning counts there)."""
     pairs = [
         {"target": target, "backbone": backbone, "file": data["file"]}
+        | ({"rescored": True} if data.get("rescored") else {})
         for (stage, target, backbone), data in checkpoint.done.items()
         if stage == "reused" and (target, backbone) in rows
     ]
     if not pairs and not offered:
         return None
     seconds = [rows[p["target"], p["backbone"]]["seconds"] for p in pairs]
+    ranked_then = [s for p, s in zip(pairs, seconds, strict=True) if not p.get("rescored")]  # rescored: ranked now
     return {
         "files": [str(p) for p in offered],
         "pairs": pairs,
         "refused": [dict(r) for r in refused],
         "recorded_seconds": {
-            "rank": float(sum(s.get("rank") or 0.0 for s in seconds)),
+            "rank": float(sum(s.get("rank") or 0.0 for s in ranked_then)),
             "finetune": float(sum(s.get("finetune") or 0.0 for s in seconds)),
         },
     }

@@ -66,7 +66,7 @@ import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +99,8 @@ _logger = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 #: The packaged calibration: package data of ``service`` (a file, not an import of ``service.builtin``).
 DEFAULT_CALIBRATION_PATH = Path(service.__file__).resolve().parent / "builtin" / "calibration.json"
+#: How results name the packaged calibration (``path`` of the default one).
+PACKAGED_CALIBRATION_NAME = "packaged:service/builtin/calibration.json"
 #: Ground truths a benchmark row records: the fine-tuned test accuracy and the linear-probe accuracy.
 GROUND_TRUTHS = ("finetune", "linear_probe")
 #: A further input of the accuracy model, entered as its logarithm: the images per class the ranking (and the
@@ -409,5 +411,6 @@ def resolve_calibration(
                 DEFAULT_CALIBRATION_PATH,
             )
             return None
-        return load_calibration(DEFAULT_CALIBRATION_PATH)
+        # Named by its place in the package, not this machine's install path: results are compared across hosts.
+        return replace(load_calibration(DEFAULT_CALIBRATION_PATH), path=PACKAGED_CALIBRATION_NAME)
     return load_calibration(calibration)

@@ -66,18 +66,19 @@ from service.pipeline.calibration.samples import Sample, _inputs_of, _mean, _per
 
 __all__ = ["ACCURACY_INPUTS", "FUSABLE_ESTIMATORS"]
 #: Accuracy-like scores (fractions in [0, 1]) the accuracy model may use; ``class_means`` is always one.
-ACCURACY_INPUTS = ("class_means", "knn", "linear_probe", "lda")
+ACCURACY_INPUTS = ("class_means", "knn", "linear_probe", "ridge_probe", "lda")
 #: Not fusion candidates: a dimension is not an estimate of transferability, and "random" is a reference.
 _NOT_FUSABLE = frozenset({"feature_dim", "random"})
 #: Estimators cheap enough to be recomputed n_bootstrap times per backbone for ``p_best`` (``--fusable`` of
 #: ``backbone-rank calibrate``; the packaged fit allows every estimator): none needs a D x D
-#: decomposition or a PCA (O(N D C), O(N^2 D) or O(N C_s C)), except the linear probe, a bounded logistic fit
-#: (100 L-BFGS iterations on a quarter of the images per half-sample) kept because it is the strongest single
-#: cheap estimator on the default benchmark (τw 0.860 over 20 and 10 images per class; kNN, next, 0.818). The
+#: decomposition or a PCA (O(N D C), O(N^2 D) or O(N C_s C)), except the two linear probes: the logistic one, a
+#: bounded fit (100 L-BFGS iterations on a quarter of the images per half-sample), and the ridge one (one
+#: eigendecomposition of the Gram or covariance), the strongest single cheap estimators on the default benchmark
+#: (τw 0.860 and 0.867 over 20 and 10 images per class; kNN, next, 0.818). The
 #: benchmark's recorded seconds cannot decide this alone: a shared Gram/eigh is charged to the first estimator
 #: that needs it, so h_score or logme look free there, and an eigh of D = 512 takes seconds on a loaded CPU.
 FUSABLE_ESTIMATORS = frozenset(
-    {"class_means", "knn", "leep", "nce", "etran_energy", "pactran_dirichlet", "linear_probe"}
+    {"class_means", "knn", "leep", "nce", "etran_energy", "pactran_dirichlet", "linear_probe", "ridge_probe"}
 )
 _PRIOR = "source_accuracy"
 #: Every prior may join a fusion whatever ``fusable`` says (nothing to recompute on resamples).

@@ -24,6 +24,7 @@ from estimators import Statistics, score
 from service.pipeline.calibration.model import PRIOR_FIELDS, Calibration, Fusion, fused_scores
 from service.pipeline.calibration.p_best import p_best
 from service.pipeline.features.extract import FeatureSet, ProgressCallback, ProgressEvent
+from service.pipeline.ranking.threads import scoring_threads
 
 
 @dataclass(frozen=True)
@@ -257,17 +258,18 @@ def _member_scorer(
             probs = fs.source_probs[subset] if fs.source_probs is not None else None
             stats = Statistics(fs.features[subset], fs.labels[subset], source_probs=probs)
             values: dict[str, float | None] = {}
-            for name in members:
-                if name in PRIOR_FIELDS:
-                    values[name] = _member(row, name)
-                    continue
-                if row["scores"].get(name) is None:  # not applicable to this backbone on the full data either
-                    values[name] = None
-                    continue
-                try:
-                    values[name] = score(name, stats=stats)
-                except ValueError:  # e.g. a degenerate subsample for this estimator: the member sits out
-                    values[name] = None
+            with scoring_threads(stats.n_samples, stats.n_features):
+                for name in members:
+                    if name in PRIOR_FIELDS:
+                        values[name] = _member(row, name)
+                        continue
+                    if row["scores"].get(name) is None:  # not applicable to this backbone on the full data either
+                        values[name] = None
+                        continue
+                    try:
+                        values[name] = score(name, stats=stats)
+                    except ValueError:  # e.g. a degenerate subsample for this estimator: the member sits out
+                        values[name] = None
             out.append(values)
         return out
 

@@ -89,6 +89,7 @@ from service.pipeline.models.backbones import LoadedBackbone, load_backbone
 from service.pipeline.models.hub import HubAccess
 from service.pipeline.models.spec import BackboneSpec, coerce_spec
 from service.pipeline.ranking.fusion import _fuse
+from service.pipeline.ranking.threads import scoring_threads
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -107,14 +108,16 @@ SCHEMA_VERSION = 1
 #: quadratic in N (PARC holds N x N matrices, ~1 GB at 5,000 samples).
 _DEFAULT_SAMPLE_LIMITS = {"knn": 20_000, "parc": 5_000}
 #: Iterative fits, available by name but not defaults: NLEEP's 5C-component Gaussian mixture (11-120 s per
-#: backbone at N = 2,000, C = 20, D = 512; 13-50 s at N = 272 on a busy 2-core CPU) and PACTran-Gauss's L-BFGS
-#: (6-14 s at N = 2,000). Every default estimator costs about a second or less per backbone.
-_OPT_IN = frozenset({"nleep", "pactran_gauss"})
+#: backbone at N = 2,000, C = 20, D = 512; 13-50 s at N = 272 on a busy 2-core CPU), PACTran-Gauss's L-BFGS
+#: (6-14 s at N = 2,000) and the logistic linear probe (100 L-BFGS iterations: 79 of the 140 s that ranking
+#: the built-in benchmark took), whose ranking ``ridge_probe`` matches at ~5 % of its cost.
+#: Every default estimator costs about a second or less per backbone.
+_OPT_IN = frozenset({"nleep", "pactran_gauss", "linear_probe"})
 
 
 def default_estimators(n_samples: int | None = None, n_classes: int | None = None) -> list[str]:
-    """Every registered estimator except the iterative fits (NLEEP, PACTran-Gauss: ask for them by name),
-    and the quadratic ones on large datasets (kNN above 20,000 samples, PARC above 5,000).
+    """Every registered estimator except the iterative fits (NLEEP, PACTran-Gauss, the logistic linear probe: ask
+    for them by name), and the quadratic ones on large datasets (kNN above 20,000 samples, PARC above 5,000).
 
     ``n_classes`` is accepted for callers that know it; no rule needs it today.
     """
@@ -173,7 +176,7 @@ def rank_backbones(
     calibration JSON (must be valid), a :class:`~service.pipeline.calibration.model.Calibration`, or None
     (mean-rank order, no predicted accuracy). ``n_bootstrap``: half-sample replicates for ``p_best``
     (0, the default: none; each replicate refits the fusion's members for every backbone, which for the
-    packaged linear-probe fusion costs ~0.1-1 s per backbone), seeded by ``seed``.
+    packaged fusion (ridge probe, PARC, NCTI) costs ~0.1-0.5 s per backbone), seeded by ``seed``.
     """
     started = time.perf_counter()
     requested = check_estimators(estimators) if estimators else None
@@ -300,23 +303,24 @@ def rank_feature_sets(
         scores: dict[str, float | None] = {}
         unscored: dict[str, str] = {}
         estimator_seconds: dict[str, float] = {}
-        for info in infos:
-            if "source_probs" in info.needs and not stats.has_source_probs:
-                scores[info.name] = None
-                unscored[info.name] = (
-                    "needs the source classifier's outputs; this backbone has no classifier head "
-                    "(or an intermediate layer was requested)"
-                )
-                continue
-            tick = time.perf_counter()
-            try:
-                scores[info.name] = score(info.name, stats=stats)
-            except SamplesRequiredError as err:  # streamed statistics: this estimator needs the samples
-                scores[info.name] = None
-                unscored[info.name] = str(err)
-                continue
-            # the first estimator to need a shared statistic (Gram, eigh) is charged for computing it
-            estimator_seconds[info.name] = time.perf_counter() - tick
+        with scoring_threads(stats.n_samples, stats.n_features):
+            for info in infos:
+                if "source_probs" in info.needs and not stats.has_source_probs:
+                    scores[info.name] = None
+                    unscored[info.name] = (
+                        "needs the source classifier's outputs; this backbone has no classifier head "
+                        "(or an intermediate layer was requested)"
+                    )
+                    continue
+                tick = time.perf_counter()
+                try:
+                    scores[info.name] = score(info.name, stats=stats)
+                except SamplesRequiredError as err:  # streamed statistics: this estimator needs the samples
+                    scores[info.name] = None
+                    unscored[info.name] = str(err)
+                    continue
+                # the first estimator to need a shared statistic (Gram, eigh) is charged for computing it
+                estimator_seconds[info.name] = time.perf_counter() - tick
         described = feature_set.backbone
         rows.append(
             {
