@@ -33,11 +33,12 @@ def ridge_probe(
 ) -> float:
     """Leave-one-out accuracy of a one-vs-all ridge classifier at its best regularisation.
 
-    A linear probe without an iterative fit: the ridge classifier (least squares on ±1 class targets, an
-    unpenalised intercept) has a closed-form exact leave-one-out prediction for every sample and every
-    regularisation strength from one eigendecomposition (of the Gram matrix when N <= D, of the covariance
-    otherwise), so all N samples are tested and all N - 1 others train each prediction. The score is the best
-    leave-one-out accuracy over ``grid``, as a cross-validated probe reports it.
+    A linear probe without an iterative fit: the ridge classifier (least squares on one-hot class targets, an
+    unpenalised intercept, the class of the largest output) has a closed-form exact leave-one-out prediction
+    for every sample and every regularisation strength from one eigendecomposition (of the Gram matrix when
+    N <= D, of the covariance otherwise), so all N samples are tested and all N - 1 others train each
+    prediction. The score is the best leave-one-out accuracy over ``grid``, as a cross-validated probe reports
+    it.
 
     Parameters
     ----------

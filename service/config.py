@@ -64,7 +64,8 @@ class Settings(BaseSettings):
     hub_timeout_s: float = Field(10.0, gt=0, description="Seconds to wait for any one answer of the hub.")
     max_download_bytes: int = Field(8 * 2**30, ge=1, description="Larger downloads are refused.")
     min_free_disk_bytes: int = Field(
-        2**30, ge=0, description="Free space the HF cache's disk must keep after a download."
+        2**30, ge=0, description="Free space the disks of the HF cache and of the uploads folder must keep after a "
+        "download or an upload."
     )
     max_image_pixels: int = Field(50_000_000, description="Images with more pixels are skipped, never decoded.")
     max_image_bytes: int = Field(100 * 2**20, description="Image files larger than this are skipped.")

@@ -180,6 +180,14 @@ class UploadTooLarge(UploadError):
     status = 413
 
 
+class UploadDiskFull(UploadError):
+    """Storing the archive (and then its extracted files) would leave the uploads folder's disk with less than
+    ``min_free_disk_bytes`` free."""
+
+    code = "upload_disk_full"
+    status = 507
+
+
 class TooManyFiles(UploadError):
     """The archive holds more entries (files and folders) than ``max_upload_files``."""
 

@@ -26,7 +26,15 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.config import Settings, get_settings
-from service.errors import BackboneRankError, NotReady, QueueFull, QuotaExceeded, TooManyStreams, UploadTooLarge
+from service.errors import (
+    BackboneRankError,
+    NotReady,
+    QueueFull,
+    QuotaExceeded,
+    TooManyStreams,
+    UploadDiskFull,
+    UploadTooLarge,
+)
 from service.jobs.store import JobStore, json_safe
 from service.metrics import Metrics, MetricsMiddleware
 from service.middleware import ALWAYS_OPEN, ApiKeyMiddleware, BodyLimitMiddleware
@@ -74,7 +82,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         headers = None
         if isinstance(err, QueueFull | QuotaExceeded | NotReady | TooManyStreams):
             headers = {"Retry-After": "5" if isinstance(err, NotReady | TooManyStreams) else "30"}
-        elif isinstance(err, UploadTooLarge):
+        elif isinstance(err, UploadTooLarge | UploadDiskFull):
             headers = {"Connection": "close"}  # the rest of the body is never read
         return _error_response(err.status, err.to_dict(), headers)
 
@@ -153,14 +161,21 @@ def _one_error_shape(schema: dict[str, Any], open_paths: frozenset[str] | None) 
 DEAD_WORKER_SWEEP_S = 1.0
 
 
-async def _reaper(store: JobStore, every: float) -> None:
+async def _reaper(store: JobStore, every: float, stop: asyncio.Event) -> None:
     """Expire stale leases (every ``every`` seconds) even when no worker is alive to do it at its next claim, and
     take back the jobs of dead worker processes on this host every :data:`DEAD_WORKER_SWEEP_S`: a job whose worker
-    died is requeued (or failed with ``worker_lost``) instead of showing ``running`` until its lease ends."""
+    died is requeued (or failed with ``worker_lost``) instead of showing ``running`` until its lease ends.
+
+    Stopped by ``stop``, never cancelled: a cancelled task does not wait for the store call its thread is making,
+    and closing the store's connections under that call crashes the process (a segfault in sqlite3, seen when a
+    test's app shut down mid-sweep)."""
     tick = min(every, DEAD_WORKER_SWEEP_S)
     since_expiry = 0.0
-    while True:
-        await asyncio.sleep(tick)
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), tick)
+        if stop.is_set():
+            return
         since_expiry += tick
         try:
             await anyio.to_thread.run_sync(store.reclaim_dead)
@@ -196,14 +211,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_streams=settings.max_event_streams,
             max_streams_per_key=settings.max_event_streams_per_key if settings.api_keys else None,
         )
-        reaper = asyncio.create_task(_reaper(store, min(settings.job_lease_seconds / 2, 10.0)))
+        stop_reaper = asyncio.Event()
+        reaper = asyncio.create_task(_reaper(store, min(settings.job_lease_seconds / 2, 10.0), stop_reaper))
         _logger.info("API ready (store %s)", store.path)
         try:
             yield
         finally:
-            reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reaper
+            stop_reaper.set()
+            await reaper  # its store call in flight finishes before the store is closed below
             await app.state.streams.close()
             app.state.store = None
             store.close()

@@ -97,6 +97,8 @@ class JobStreams:
         self.open = 0
         self._per_key: Counter[str] = Counter()
         self._feeds: dict[str, _Feed] = {}
+        #: Store reads running in threads; a cancelled poller does not wait for its read, :meth:`close` does.
+        self._reads: set[asyncio.Future[Job | None]] = set()
 
     @property
     def pollers(self) -> int:
@@ -170,8 +172,11 @@ class JobStreams:
             while feed.subscribers:
                 await asyncio.sleep(self.poll_seconds)
                 read_at = loop.time()
+                read = asyncio.ensure_future(anyio.to_thread.run_sync(self.store.get, job_id))
+                self._reads.add(read)
+                read.add_done_callback(self._reads.discard)
                 try:
-                    job = await anyio.to_thread.run_sync(self.store.get, job_id)
+                    job = await asyncio.shield(read)
                 except Exception:  # a busy store now: the next poll tries again
                     _logger.warning("job %s: poll for its event streams failed", job_id, exc_info=True)
                     continue
@@ -183,7 +188,8 @@ class JobStreams:
             self._drop(job_id, feed)
 
     async def close(self) -> None:
-        """Stop every poller (the app is shutting down)."""
+        """Stop every poller (the app is shutting down) and wait for the store reads they had in flight: the store
+        is closed next, and closing its connections under a read crashes the process."""
         tasks = [feed.task for feed in self._feeds.values() if feed.task is not None]
         self._feeds.clear()
         for task in tasks:
@@ -191,3 +197,5 @@ class JobStreams:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._reads:
+            await asyncio.gather(*self._reads, return_exceptions=True)

@@ -46,6 +46,10 @@ _UPLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody},
     413: {"model": ErrorBody, "description": "`upload_too_large`, `too_many_files` or `archive_bomb`"},
     415: {"model": ErrorBody, "description": "`not_an_archive`: not a zip or tar, or one that cannot be read"},
+    507: {
+        "model": ErrorBody,
+        "description": "`upload_disk_full`: storing or extracting it would leave the server's disk under its floor",
+    },
     422: {
         "model": ErrorBody,
         "description": "`unsafe_archive_entry` (its `entry` named), `truncated_archive`, `no_images`, "

@@ -34,7 +34,7 @@ import anyio
 
 from service.atomic import write_text_atomic
 from service.config import Settings
-from service.errors import InvalidDataset, NoImages, TooFewClasses, UploadTooLarge
+from service.errors import InvalidDataset, NoImages, TooFewClasses, UploadDiskFull, UploadTooLarge
 from service.pipeline.data.decode import ALLOWED_FORMATS
 from service.pipeline.data.folder import list_folder
 from service.pipeline.data.listing import SPLIT_ALIASES, Limits, Listing, count_skip, natural_sorted, scan_file
@@ -60,6 +60,7 @@ class UploadStore:
         self.directory = Path(settings.uploads_dir or settings.cache_dir / "uploads")
         self.staging = self.directory / ".staging"
         self.max_upload_bytes = settings.max_upload_bytes
+        self.min_free_bytes = settings.min_free_disk_bytes
         self.budget = Budget(settings.max_upload_files, settings.max_upload_extracted_bytes, settings.max_upload_ratio)
         self.limits = Limits(settings.max_image_pixels, settings.max_image_bytes)
         days = settings.upload_retention_days
@@ -74,6 +75,19 @@ class UploadStore:
             limit=self.max_upload_bytes,
         )
 
+    def no_room(self, needed: int, free: int, what: str) -> UploadDiskFull:
+        return UploadDiskFull(
+            f"{what} needs {needed / 2**20:.0f} MiB but the uploads folder's disk has {free / 2**20:.0f} MiB free "
+            f"(and {self.min_free_bytes / 2**20:.0f} MiB must stay free); upload fewer images, or ask the operator to "
+            "free space or move BACKBONE_RANK_UPLOADS_DIR",
+            free_bytes=free,
+            min_free_bytes=self.min_free_bytes,
+        )
+
+    def _room(self) -> int:
+        """Bytes that may still be written to the uploads folder's disk (free space less the floor)."""
+        return shutil.disk_usage(self.staging).free - self.min_free_bytes
+
     async def upload(
         self, chunks: AsyncIterator[bytes], *, declared_bytes: int | None, name: str | None
     ) -> tuple[dict[str, Any], bool]:
@@ -86,8 +100,11 @@ class UploadStore:
             raise self.too_large()
         workdir = Path(await anyio.to_thread.run_sync(self._new_staging))
         try:
+            room = self._room()
+            if (declared_bytes or 0) > room:  # before the first byte, when the client said how many come
+                raise self.no_room(declared_bytes or 0, room + self.min_free_bytes, "the archive")
             archive = workdir / "archive"
-            digest, size = await self._receive(chunks, archive)
+            digest, size = await self._receive(chunks, archive, room)
             return await anyio.to_thread.run_sync(self._store, workdir, archive, digest, size, name)
         finally:
             # Also when the client went away or the request was cancelled: nothing of a failed upload stays.
@@ -98,7 +115,7 @@ class UploadStore:
         self.staging.mkdir(parents=True, exist_ok=True)
         return tempfile.mkdtemp(prefix="upload-", dir=self.staging)
 
-    async def _receive(self, chunks: AsyncIterator[bytes], target: Path) -> tuple[str, int]:
+    async def _receive(self, chunks: AsyncIterator[bytes], target: Path, room: int) -> tuple[str, int]:
         digest = hashlib.sha256()
         size = 0
         pending = bytearray()
@@ -107,6 +124,8 @@ class UploadStore:
                 size += len(chunk)
                 if size > self.max_upload_bytes:
                     raise self.too_large()
+                if size > room:  # a stream without (or with a false) Content-Length
+                    raise self.no_room(size, room + self.min_free_bytes, "the archive")
                 pending += chunk
                 if len(pending) >= _WRITE_BYTES:
                     await anyio.to_thread.run_sync(_write, out, digest, bytes(pending))
@@ -125,6 +144,10 @@ class UploadStore:
         tree = workdir / "upload"
         data = tree / "data"
         data.mkdir(parents=True)
+        # Images do not compress: the extracted files take about the archive's size again (it is deleted after).
+        room = self._room()
+        if size > room:
+            raise self.no_room(size, room + self.min_free_bytes, "extracting the archive")
         extracted = extract_archive(archive, data, self.budget)
         archive.unlink()  # its content is in data/ now; do not hold the disk twice
         meta = {

@@ -14,6 +14,7 @@ import io
 import json
 import os
 import select
+import shutil
 import socket
 import struct
 import subprocess
@@ -397,6 +398,39 @@ def test_upload_too_large(settings: Settings, pets: Path) -> None:
     with TestClient(create_app(small)) as c:
         body = assert_refused(c, small, zip_of(pets), 413, "upload_too_large")
         assert "2048" in body["detail"]
+
+
+def test_an_upload_the_disk_cannot_hold_is_refused_before_the_first_byte(settings: Settings, pets: Path) -> None:
+    full = settings.model_copy(update={"min_free_disk_bytes": 2**62})
+    with TestClient(create_app(full)) as c:
+        body = assert_refused(c, full, zip_of(pets), 507, "upload_disk_full")
+        assert "MiB must stay free" in body["detail"] and body["min_free_bytes"] == 2**62
+
+
+def test_a_chunked_upload_the_disk_cannot_hold_is_refused_while_it_streams(settings: Settings, pets: Path) -> None:
+    full = settings.model_copy(update={"min_free_disk_bytes": 2**62})
+    with TestClient(create_app(full)) as c:
+        response = c.post("/v1/datasets", content=iter([zip_of(pets)]), headers={"Content-Type": "application/zip"})
+    assert (response.status_code, response.json()["code"]) == (507, "upload_disk_full")
+    assert_nothing_left(full)
+
+
+def test_an_archive_the_disk_cannot_hold_extracted_is_refused_before_extracting(
+    client: TestClient, settings: Settings, pets: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.uploads import store
+
+    archive = zip_of(pets)
+    real = shutil.disk_usage
+    answers = iter([len(archive) + 4096])  # room for the archive, then none for its files
+
+    def disk_usage(path: Any) -> Any:
+        free = next(answers, 0)
+        return real(path)._replace(free=free)
+
+    monkeypatch.setattr(store.shutil, "disk_usage", disk_usage)
+    body = assert_refused(client, settings, archive, 507, "upload_disk_full")
+    assert body["detail"].startswith("extracting the archive needs")
 
 
 @pytest.mark.parametrize("kind", ["zip", "tar", "tar-at-header", "tar.gz"])

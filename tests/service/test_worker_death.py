@@ -156,3 +156,37 @@ def test_a_worker_whose_parent_was_killed_stops_within_two_seconds_and_gives_its
     released = store.get(job.id)
     assert released.state == "queued" and released.attempts == 0 and not done.exists()
     assert "parent process" in log.read_text()
+
+
+def test_shutting_the_api_down_waits_for_the_reapers_store_call_before_closing_the_store(
+    settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Closing the store's connections under a sweep in flight crashed a test run (a segfault in sqlite3)."""
+    import threading
+
+    from fastapi.testclient import TestClient
+
+    from service import main
+    from service.jobs.store import JobStore
+
+    events: list[str] = []
+    sweeping = threading.Event()
+    real_reclaim, real_close = JobStore.reclaim_dead, JobStore.close
+
+    def slow_reclaim(self: JobStore) -> int:
+        sweeping.set()
+        time.sleep(0.5)
+        count = real_reclaim(self)
+        events.append("sweep done")
+        return count
+
+    def close(self: JobStore) -> None:
+        events.append("close")
+        real_close(self)
+
+    monkeypatch.setattr(main, "DEAD_WORKER_SWEEP_S", 0.05)
+    monkeypatch.setattr(JobStore, "reclaim_dead", slow_reclaim)
+    monkeypatch.setattr(JobStore, "close", close)
+    with TestClient(main.create_app(settings)):
+        assert sweeping.wait(10)
+    assert events[:2] == ["sweep done", "close"]
