@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 
 from service.config import Settings
 from service.errors import EmptyDataset
+from service.pipeline.calibration.model import DEFAULT_CALIBRATION_PATH, PRIOR_FIELDS, load_calibration
 from service.jobs.executor import JobContext
 from service.jobs.store import JobStore
 from service.jobs.worker import Worker
@@ -192,11 +193,17 @@ def test_real_ranking_through_the_api(api: TestClient, settings: Settings, data_
     assert "backbone_rank_feature_cache_misses_total 2.0" in metrics
 
 
+def _a_fused_estimator() -> str:
+    """An estimator of the packaged fusion (p_best needs the calibrated order, which needs one of its members)."""
+    return next(m for m in load_calibration(DEFAULT_CALIBRATION_PATH).fusion.members if m not in PRIOR_FIELDS)
+
+
 def test_p_best_on_request(api: TestClient, settings: Settings, data_root: Path) -> None:
     dataset = write_image_folder(data_root / "shapes", {"a": 8, "b": 8, "c": 8}, size=16)
     backbones = ["random:test_resnet", "random:test_vit"]
-    plain = submit(api, dataset, backbones, estimators=["class_means", "linear_probe"])
-    asked = submit(api, dataset, backbones, estimators=["class_means", "linear_probe"], n_bootstrap=6, seed=3)
+    estimators = ["class_means", _a_fused_estimator()]
+    plain = submit(api, dataset, backbones, estimators=estimators)
+    asked = submit(api, dataset, backbones, estimators=estimators, n_bootstrap=6, seed=3)
     run_jobs(settings, 2)
     results = [api.get(f"/v1/rankings/{job_id}").json()["result"] for job_id in (plain, asked)]
     assert all(b["p_best"] is None for b in results[0]["backbones"]) and results[0]["fusion"]["p_best"] is None
@@ -211,7 +218,7 @@ def test_cancel_reaches_a_ranking_in_its_p_best_replicates(
 ) -> None:
     dataset = write_image_folder(data_root / "shapes", {"a": 8, "b": 8, "c": 8}, size=16)
     job_id = submit(
-        api, dataset, ["random:test_resnet", "random:test_vit"], estimators=["linear_probe"], n_bootstrap=200
+        api, dataset, ["random:test_resnet", "random:test_vit"], estimators=[_a_fused_estimator()], n_bootstrap=200
     )
     thread = threading.Thread(target=run_jobs, args=(settings,))
     thread.start()
