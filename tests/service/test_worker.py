@@ -15,11 +15,11 @@ from fastapi.testclient import TestClient
 
 from service.config import Settings
 from service.errors import EmptyDataset
-from service.pipeline.calibration.model import DEFAULT_CALIBRATION_PATH, PRIOR_FIELDS, load_calibration
 from service.jobs.executor import JobContext
 from service.jobs.store import JobStore
 from service.jobs.worker import Worker
 from service.main import create_app
+from service.pipeline.calibration.model import DEFAULT_CALIBRATION_PATH, PRIOR_FIELDS, load_calibration
 
 from .conftest import write_image_folder
 
