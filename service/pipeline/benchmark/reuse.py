@@ -54,8 +54,6 @@ class ReusePlan:
         self.pairs: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
         #: Per target whose recorded ranking is reused: ``n_images`` and ``estimators`` of that ranking.
         self.rankings: dict[str, dict[str, Any]] = {}
-        #: Targets whose pairs are rescored (ground truth reused, ranking recomputed): their recorded estimators.
-        self.rescored: dict[str, list[str]] = {}
         self.refused: list[dict[str, str]] = []
 
     def refuse(self, file: str, target: str, backbone: str, reason: str) -> None:
@@ -150,9 +148,8 @@ def plan_reuse(
                     continue
                 assert pair is not None
                 pieces = _pieces(row, target, pair[1], recorded_estimators, suite)
-                if rescore:
+                if rescore:  # the ground truth only: this run ranks the pair again
                     del pieces["rank"]
-                    plan.rescored.setdefault(name, list(recorded_estimators))
                 else:
                     plan.rankings.setdefault(
                         name, {"n_images": target["n_rank_images"], "estimators": recorded_estimators}
