@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,23 +34,17 @@ def _features(per_class: int, targets: list[str] | None) -> tuple[dict[str, Any]
     """The default suite's features, one (target, backbone) pair at a time, and the run's environment."""
     from service import bootstrap
     from service.config import get_settings
+    from service.pipeline.benchmark.benchmark import load_suite_backbones
     from service.pipeline.benchmark.results import environment_info
     from service.pipeline.benchmark.suites import get_suite
     from service.pipeline.data.datasets import load_dataset
     from service.pipeline.features.extract import extract_features
-    from service.pipeline.models.backbones import load_backbone
     from service.pipeline.plugins import prepare_backbones
 
     bootstrap.start(get_settings())
     suite = get_suite("default")
     prepare_backbones([b.id for b in suite.backbones])
-    loaded = []
-    for suite_backbone in suite.backbones:
-        backbone = load_backbone(suite_backbone.id)
-        if suite_backbone.input_size is not None:
-            size = int(suite_backbone.input_size)
-            backbone = replace(backbone, data_config={**backbone.data_config, "input_size": (3, size, size)})
-        loaded.append(backbone)
+    loaded = [backbone for _, backbone in load_suite_backbones(suite, (), None)[0]]
     pairs = []
     chosen = [t for t in suite.targets if targets is None or t.name in targets]
     for target in chosen:

@@ -52,9 +52,13 @@ from service.jobs.schema import check_store_file, create_store_file, migrate
 
 __all__ = [
     "JobStore",
+    "REQUEST_PATH_PREFIX",
     "request_hash",
     "json_safe",
 ]
+
+#: A ``result_paths`` path with this prefix reads the stored request instead of the result (:meth:`JobStore.list_jobs`).
+REQUEST_PATH_PREFIX = "request:"
 
 _logger = logging.getLogger(__name__)
 
@@ -291,9 +295,8 @@ class JobStore:
             args.append(state)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         columns, paths = "*", tuple(result_paths.values()) if result_paths is not None else ()
-        # a path "request:$.x" reads the stored request instead of the result
-        sources = ["request" if p.startswith("request:") else "result" for p in paths]
-        paths = tuple(p.removeprefix("request:") for p in paths)
+        sources = ["request" if p.startswith(REQUEST_PATH_PREFIX) else "result" for p in paths]
+        paths = tuple(p.removeprefix(REQUEST_PATH_PREFIX) for p in paths)
         if result_paths is not None:
             # CASE evaluates lazily: json_type and -> never see text that json_valid refused (they would raise).
             parts = "".join(

@@ -18,7 +18,7 @@ from service.config import Settings
 from service.deps import ApiKeyIdDep, StoreDep
 from service.errors import JobCorrupt, JobNotFound
 from service.jobs.rows import Job
-from service.jobs.store import JobStore
+from service.jobs.store import REQUEST_PATH_PREFIX, JobStore
 from service.schemas import (
     ErrorBody,
     FinetuneJob,
@@ -136,7 +136,7 @@ def job_summary(view: type[JobSummary], job: Job) -> JobSummary:
     """One list item (a job read with ``result_parts``); corrupt alone, as :func:`job_view`."""
     parts = dict(job.result_parts or {})
     for name, path in _SUMMARIES[job.kind][1].items():
-        from_request = path.startswith("request:")
+        from_request = path.startswith(REQUEST_PATH_PREFIX)
         # the result's parts once succeeded; the request's always; neither from a column that cannot be read
         column = "request" if from_request else "result"
         if column in job.unreadable or not (from_request or job.state == "succeeded"):

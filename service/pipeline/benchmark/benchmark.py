@@ -62,6 +62,7 @@ __all__ = [
     "BASELINES",
     "BenchmarkProgress",
     "SCHEMA_VERSION",
+    "load_suite_backbones",
     "run_benchmark",
 ]
 
@@ -190,7 +191,7 @@ def run_benchmark(
         else None,
         resume,
     )
-    loaded, skipped = _load_backbones(suite, weights_dirs, hf_cache_dir)
+    loaded, skipped = load_suite_backbones(suite, weights_dirs, hf_cache_dir)
     estimator_names = list(suite.estimators) if suite.estimators else None
     refused: list[dict[str, str]] = []
     if reuse:
@@ -363,10 +364,11 @@ def _build_missing_zoo(suite: Suite) -> None:
     prepare_backbones([b.id for b in suite.backbones])
 
 
-def _load_backbones(
+def load_suite_backbones(
     suite: Suite, weights_dirs: Sequence[Path], hf_cache_dir: Path | None
 ) -> tuple[list[tuple[SuiteBackbone, LoadedBackbone]], list[dict[str, str]]]:
-    """Load every backbone; published suites skip (and report) the unavailable ones."""
+    """Load every backbone of ``suite`` at the suite's input size; published suites skip (and report) the
+    unavailable ones."""
     loaded: list[tuple[SuiteBackbone, LoadedBackbone]] = []
     skipped: list[dict[str, str]] = []
     for suite_backbone in suite.backbones:

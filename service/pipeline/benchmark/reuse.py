@@ -109,7 +109,8 @@ def plan_reuse(
     estimators: Mapping[str, Sequence[str]],
     env: Mapping[str, Any],
 ) -> ReusePlan:
-    """The pairs of the results at ``paths`` that this run may take as they are.
+    """The pairs of the results at ``paths`` that this run may take as they are (or, rescored, their ground
+    truth only).
 
     ``datasets``: the loaded target datasets by name; ``estimators``: the estimator names this run scores on
     each target; ``env``: this run's :func:`~service.pipeline.benchmark.results.environment_info`.
@@ -132,11 +133,11 @@ def plan_reuse(
             name = target["name"]
             rows = target.get("backbones") or []
             reason = _target_mismatch(target, by_target.get(name), datasets.get(name))
-            rescore = name in estimators and list(recorded_estimators) != list(estimators[name])
             if reason is not None:
                 for row in rows:
                     plan.refuse(file, name, row["id"], reason)
                 continue
+            rescore = list(recorded_estimators) != list(estimators[name])
             for row in rows:
                 if (name, row["id"]) in plan.pairs:
                     plan.refuse(file, name, row["id"], f"already taken from {plan.pairs[name, row['id']][0]}")
