@@ -88,12 +88,21 @@ def rank_command(
             "number of images); estimators that need the samples (kNN, linear probe, ...) are left unscored.",
         ),
     ] = False,
+    layer_scores: Annotated[
+        bool,
+        typer.Option(
+            "--layer-scores",
+            help="Also score every stage of each backbone (same forward pass) and say which layer to extract "
+            "features from and how many stages to freeze when fine-tuning.",
+        ),
+    ] = False,
     bootstrap: Annotated[
         int,
         typer.Option(
             min=0,
             help="Half-sample replicates for each backbone's probability of being best (0: none). Each one refits "
-            "the fusion's members (the packaged fusion is the linear probe: ~0.1-1 s per backbone and replicate).",
+            "the fusion's members (the packaged fusion, ridge probe + PARC + NCTI: ~0.1-0.5 s per backbone and "
+            "replicate).",
         ),
     ] = 0,
     server: Annotated[
@@ -133,6 +142,7 @@ def rank_command(
             seed=seed,
             layer=layer,
             streaming=streaming,
+            layer_scores=layer_scores,
             n_bootstrap=bootstrap,
             device=device,
             batch_size=batch_size,
@@ -264,6 +274,7 @@ def _print_ranking(result: dict[str, Any]) -> None:
     if fusion.get("note"):  # what the order rests on, and which sample size the predictions are for
         console.print(escape(fusion["note"]), style="dim", soft_wrap=True)
     _print_left_out(result.get("unavailable") or [])
+    _print_layers(result["backbones"])
     if len(result["backbones"]) > _SCORE_COLUMNS_MAX:
         _print_rank_matrix(result)
         return
@@ -279,6 +290,26 @@ def _print_ranking(result: dict[str, Any]) -> None:
         arrow = "↑" if info["higher_is_better"] else "↓"
         scores.add_row(f"{info['name']} {arrow}", *cells)
     console.print(scores)
+
+
+def _print_layers(rows: list[dict[str, Any]]) -> None:
+    """The layer advice of each backbone (``--layer-scores``), with the per-layer accuracy it reads."""
+    advised = [row for row in rows if row.get("layers")]
+    if not advised:
+        return
+    table = Table(title="Layers", caption="accuracy = leave-one-out ridge probe on each layer's pooled output")
+    for column in ("backbone", "extract from", "advice", "accuracy by layer (input → head)"):
+        table.add_column(column, no_wrap=column == "backbone")
+    for row in advised:
+        layers = row["layers"]
+        by_layer = " · ".join(
+            f"{layer['module']} {_number(layer['scores'].get(layers['decided_by']), '.2f')}"
+            for layer in layers["layers"]
+        )
+        table.add_row(
+            row["id"], layers["best_layer"], escape(layers.get("advice") or layers.get("note") or "-"), by_layer
+        )
+    console.print(table)
 
 
 def _print_left_out(unavailable: list[dict[str, str]]) -> None:

@@ -111,13 +111,18 @@ class RankingRequest(_Request):
         description="Accumulate sufficient statistics batch by batch instead of keeping the features (memory "
         "independent of the number of images); estimators that need the samples are then left unscored.",
     )
+    layer_scores: StrictBool = Field(
+        False,
+        description="Also score every stage of each backbone (same forward pass) and give each row its layer "
+        "advice: the best layer for feature extraction and how many stages to freeze. Not with layer or streaming.",
+    )
     n_bootstrap: StrictInt = Field(
         0,
         ge=0,
         le=MAX_BOOTSTRAP,
         description="Half-sample replicates for each backbone's probability of being best (p_best; 0: none). "
-        "Each replicate refits the fused ranking's members for every backbone (the packaged fusion is the "
-        "linear probe: ~0.1-1 s per backbone and replicate on a CPU).",
+        "Each replicate refits the fused ranking's members for every backbone (the packaged fusion, ridge probe + "
+        "PARC + NCTI: ~0.1-0.5 s per backbone and replicate on a CPU).",
     )
     device: Device | None = None
     batch_size: StrictInt | None = Field(None, ge=1, le=4096, description="Images per batch (default: settings).")
@@ -145,6 +150,14 @@ class RankingRequest(_Request):
         if expanded.get("skip_unavailable") is None:
             expanded["skip_unavailable"] = True
         return expanded
+
+    @model_validator(mode="after")
+    def _layer_scores_alone(self) -> RankingRequest:
+        if self.layer_scores and self.layer is not None:
+            raise ValueError("layer_scores scores every layer; leave 'layer' out (it picks one)")
+        if self.layer_scores and self.streaming:
+            raise ValueError("layer_scores needs the features of every layer; it cannot stream (set streaming false)")
+        return self
 
 
 class FinetuneRequest(_Request):

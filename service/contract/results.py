@@ -120,6 +120,31 @@ class RowSeconds(_Model):
     extract: float
     score: float
     per_estimator: dict[str, float]
+    layers: float | None = Field(None, description="Scoring every layer (layer_scores); null: not asked.")
+
+
+class LayerScore(_Model):
+    """One layer of a backbone scored on the target."""
+
+    index: int | None = Field(description="timm forward_intermediates index (0 = first stage); null: the pre-logits.")
+    module: str = Field(description="The module whose output it is (timm's feature_info), or 'pre_logits'.")
+    dim: int
+    scores: dict[str, Number]
+
+
+class LayerAdvice(_Model):
+    """What the layer scores say: the best layer for feature extraction and how many stages to freeze."""
+
+    layers: list[LayerScore] = Field(description="Every stage in forward order, then the pre-logits.")
+    decided_by: str = Field(description="The estimator the advice reads (an accuracy comparable across widths).")
+    best_layer: str = Field(description="The module whose output scores best: the layer to extract features from.")
+    n_stages: int
+    freeze_stages: int | None = Field(
+        description="Stages to freeze, counted from the input (the earliest layer within one standard error of "
+        "the best and all before it); n_stages: train only a new head. Null: the model gives no stages."
+    )
+    advice: str | None = Field(description="The same in words.")
+    note: str | None = None
 
 
 class BackboneRow(_Model):
@@ -152,6 +177,7 @@ class BackboneRow(_Model):
     n_failed_images: int
     from_cache: bool
     seconds: RowSeconds
+    layers: LayerAdvice | None = Field(None, description="Per-layer scores and advice (layer_scores); null: not asked.")
 
 
 class CalibrationHeadline(_Model):

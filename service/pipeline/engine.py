@@ -84,6 +84,7 @@ def rank(
         device=device,
         batch_size=batch_size,
         layer=request.layer,
+        layer_scores=request.layer_scores,
         progress=progress,
         builtin_dir=runtime.builtin_dir,
         streaming=request.streaming,

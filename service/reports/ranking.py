@@ -131,7 +131,29 @@ def render_ranking_report(result: RankingResult | Mapping[str, Any]) -> str:
         winner=rows[0]["id"] if rows else None,
         bars=bars,
         prediction=_prediction_table(ranking, backbones),
+        layers=_layer_table(backbones),
     )
+
+
+def _layer_table(backbones: Sequence[BackboneRow]) -> list[dict[str, Any]]:
+    """Each backbone's layer advice (a ranking with ``layer_scores``), with the per-layer accuracy it reads."""
+    table = []
+    for backbone in backbones:
+        advice = backbone.layers
+        if advice is None:
+            continue
+        table.append(
+            {
+                "id": backbone.id,
+                "best_layer": advice.best_layer,
+                "advice": advice.advice or advice.note or NA,
+                "layers": [
+                    {"module": layer.module, "accuracy": fmt_percent(layer.scores.get(advice.decided_by))}
+                    for layer in advice.layers
+                ],
+            }
+        )
+    return table
 
 
 def _predicted(prediction: Prediction | None) -> dict[str, str]:

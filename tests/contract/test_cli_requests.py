@@ -122,6 +122,7 @@ RANK_EXPECTED = {
     "cache": False,
     "layer": 2,
     "streaming": True,
+    "layer_scores": False,
     "n_bootstrap": 4,
 }
 #: option (parameter name) -> the request field it sets
@@ -129,7 +130,7 @@ RANK_FIELDS = {
     "dataset": "dataset", "backbone": "backbones", "estimator": "estimators", "max_per_class": "max_per_class",
     "skip_unavailable": "skip_unavailable", "seed": "seed", "image_column": "dataset", "label_column": "dataset",
     "device": "device", "batch_size": "batch_size", "cache": "cache", "layer": "layer",
-    "streaming": "streaming", "bootstrap": "n_bootstrap", "weights_dir": "weights_dirs",
+    "streaming": "streaming", "layer_scores": "layer_scores", "bootstrap": "n_bootstrap", "weights_dir": "weights_dirs",
     "upload": "dataset",  # a local folder sent to the server: its upload:<id> (tests/service/test_upload.py)
 }  # fmt: skip
 
@@ -150,6 +151,16 @@ def test_rank_options_reach_the_request(recorded, where):
     assert request.weights_dirs == ([] if where == "server" else ["/w"])
     # --json prints the result model's document, the API's schema
     assert RankingResult.model_validate_json(outcome.stdout) == _ranking()
+
+
+@pytest.mark.parametrize("where", ["local", "server"])
+def test_layer_scores_reach_the_request_and_refuse_a_single_layer(recorded, where):
+    extra = ["--server", "http://127.0.0.1:9"] if where == "server" else []
+    outcome = _invoke("rank", "builtin:digits", "-b", "random:resnet10t", "--layer-scores", *extra, "--json")
+    assert outcome.exit_code == 0, outcome.output
+    assert recorded[where].layer_scores is True
+    refused = _invoke("rank", "builtin:digits", "-b", "random:resnet10t", "--layer-scores", "--layer", "2", *extra)
+    assert refused.exit_code != 0 and "leave 'layer' out" in refused.output
 
 
 @pytest.mark.parametrize("where", ["local", "server"])

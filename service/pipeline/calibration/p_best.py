@@ -85,13 +85,20 @@ def p_best(
     return counts / n_bootstrap
 
 
-@functools.cache
 def _suite_source_accuracies() -> dict[str, float]:
     """Source accuracies the known suites record (published ImageNet top-1 of the real backbones)."""
-    from service.pipeline.benchmark.suites import get_suite, suite_names
+    from service.pipeline.benchmark.suites import suite_names
+
+    # Keyed by the registered suites: one looked up before the host registered its suites must not stay empty.
+    return _source_accuracies_of_suites(tuple(suite_names()))
+
+
+@functools.cache
+def _source_accuracies_of_suites(names: tuple[str, ...]) -> dict[str, float]:
+    from service.pipeline.benchmark.suites import get_suite
 
     known: dict[str, float] = {}
-    for name in suite_names():
+    for name in names:
         for backbone in get_suite(name).backbones:
             if backbone.source_accuracy is not None and not backbone.id.startswith(("zoo:", "unavailable:")):
                 known[backbone.id] = float(backbone.source_accuracy)

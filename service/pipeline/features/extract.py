@@ -5,6 +5,11 @@ Images are decoded once per distinct preprocessing: backbones that share a data 
 in the cache are never recomputed. Decode failures (corrupt or truncated files) are skipped
 and reported; they are the same for every backbone of a preprocessing group.
 
+With ``stages=True`` the same pass also keeps every stage's spatially averaged feature map (timm's
+``forward_intermediates``): the layer scores of :mod:`service.pipeline.ranking.layers` need one forward
+pass, not one per layer. Each stage is cached under its own layer key, the key a single-layer extraction
+(``layer=i``) uses, so either fills the cache for the other.
+
 With ``streaming=True`` the features are never held: each batch is added to an
 :class:`estimators.StreamingStatistics` and dropped, so memory does not grow with the number of
 images (only the labels and item indices are kept, 16 bytes per image).
@@ -31,12 +36,13 @@ from estimators import Statistics, StreamingStatistics
 from service.pipeline.data.datasets import Dataset
 from service.pipeline.data.decode import ImageDecodeError
 from service.pipeline.models._timm import timm_api
+from service.pipeline.models.backbones import pool_map
 
 if TYPE_CHECKING:
     from service.pipeline.features.cache import FeatureCache
     from service.pipeline.models.backbones import LoadedBackbone
 
-__all__ = ["FeatureSet", "ProgressEvent", "extract_features", "select_device", "transform_key"]
+__all__ = ["FeatureSet", "ProgressEvent", "StageFeatures", "extract_features", "select_device", "transform_key"]
 
 _logger = logging.getLogger(__name__)
 
@@ -44,6 +50,15 @@ _logger = logging.getLogger(__name__)
 EXTRACTION_VERSION = 1
 #: Streaming keeps each class's D x D scatter matrix (TransRate, GBC's PCA) while C·D² floats fit in this.
 STREAMING_CLASS_SCATTER_BYTES = 512 * 2**20
+
+
+@dataclass
+class StageFeatures:
+    """One stage's output averaged over space, for every row of its :class:`FeatureSet`."""
+
+    index: int  # forward_intermediates index (0 = the first stage)
+    module: str  # the module whose output it is (timm's feature_info), e.g. "layer2" or "blocks.5"
+    features: NDArray[np.float32]  # (N, D_i)
 
 
 @dataclass
@@ -65,6 +80,8 @@ class FeatureSet:
     seconds: float = 0.0
     layer: int | None = None
     stats: Statistics | None = None  # streamed statistics (features is None then)
+    #: With ``stages=True``: every stage, in forward order ([] when the model cannot return its stages).
+    stages: list[StageFeatures] | None = None
 
     @property
     def dim(self) -> int:
@@ -133,10 +150,13 @@ class _Runner:
         layer: int | None,
         precision: str,
         n_classes: int | None = None,
+        stages: bool = False,
     ) -> None:
         self.backbone = backbone
         self.device = device
         self.layer = layer
+        self.stage_modules = backbone.stage_modules() if stages else []
+        self.stage_chunks: list[list[NDArray[np.float32]]] = [[] for _ in self.stage_modules]
         # channels_last is the main speed lever for CNNs on CPU as well as GPU (1.5-3x here).
         self.model = backbone.model.to(device).to(memory_format=torch.channels_last)
         self.autocast_dtype: torch.dtype | None = None
@@ -157,7 +177,7 @@ class _Runner:
 
     def _run_chunk(self, x: torch.Tensor, labels: NDArray[np.int64] | None = None) -> None:
         try:
-            pre, logits = self._forward(x)
+            pre, logits, stages = self._forward(x)
         except torch.cuda.OutOfMemoryError:
             if x.shape[0] == 1:
                 raise
@@ -170,6 +190,8 @@ class _Runner:
             return
         features = pre.float().cpu().numpy()
         probs = None if logits is None else torch.softmax(logits.float(), dim=1).cpu().numpy()
+        for chunks, stage in zip(self.stage_chunks, stages, strict=True):
+            chunks.append(stage.float().cpu().numpy())
         if self.n_classes is None:
             self.features.append(features)
             if probs is not None:
@@ -184,7 +206,7 @@ class _Runner:
         assert labels is not None  # streaming (n_classes set): _extract_group passes every batch's labels
         self.stream.update(features, labels, probs)
 
-    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor]]:
         x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         autocast = (
             torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
@@ -192,10 +214,19 @@ class _Runner:
             else contextlib.nullcontext()
         )
         with torch.inference_mode(), autocast:
+            if self.stage_modules:
+                return self.backbone.forward_stages(x)
             if self.layer is None:
-                return self.backbone.forward(x)
+                return (*self.backbone.forward(x), [])
             (maps,) = timm_api(self.model).forward_intermediates(x, indices=[self.layer], intermediates_only=True)
-            return maps.mean(dim=(2, 3)) if maps.ndim == 4 else maps.mean(dim=1), None
+            return pool_map(maps), None, []
+
+    def stage_features(self) -> list[StageFeatures]:
+        return [
+            StageFeatures(index, module, np.ascontiguousarray(np.concatenate(chunks), dtype=np.float32))
+            for index, (module, chunks) in enumerate(zip(self.stage_modules, self.stage_chunks, strict=True))
+            if chunks
+        ]
 
 
 def extract_features(
@@ -210,6 +241,7 @@ def extract_features(
     precision: str = "auto",
     num_threads: int | None = None,
     streaming: bool = False,
+    stages: bool = False,
 ) -> list[FeatureSet]:
     """Extract pooled pre-logit features (and source-head softmax) of every backbone.
 
@@ -238,6 +270,10 @@ def extract_features(
         then carry ``stats`` and no ``features``/``source_probs``; the cache is neither read nor
         written (there are no features to store). Only the moment-based estimators can score
         them (see :class:`estimators.StreamingStatistics`).
+    stages : bool, default=False
+        Also keep every stage's spatially averaged output (``FeatureSet.stages``) from the same forward
+        pass; a backbone whose model cannot return its stages gets ``stages=[]``. Not with ``layer`` or
+        ``streaming``.
 
     Returns
     -------
@@ -245,6 +281,10 @@ def extract_features(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    if stages and (layer is not None or streaming):
+        raise ValueError(
+            "stages=True extracts every stage and the pre-logits; it cannot be combined with layer or streaming"
+        )
     if num_threads:
         torch.set_num_threads(num_threads)
     torch_device = select_device(device)
@@ -255,7 +295,10 @@ def extract_features(
     pending: dict[str, list[int]] = {}
     for position, backbone in enumerate(backbones):
         cached = cache.get(_cache_key(backbone, dataset, layer)) if cache is not None else None
-        if cached is not None:
+        cached_stages: list[StageFeatures] | None = []
+        if stages and cache is not None and cached is not None:
+            cached_stages = _cached_stages(cache, backbone, dataset)
+        if cached is not None and cached_stages is not None:
             arrays = cached.arrays
             results[position] = FeatureSet(
                 backbone=backbone.describe(),
@@ -266,6 +309,7 @@ def extract_features(
                 failed=[int(i) for i in cached.metadata.get("failed", [])],
                 from_cache=True,
                 layer=layer,
+                stages=cached_stages if stages else None,
             )
             if progress:
                 progress(ProgressEvent("cached", backbone.spec.id, len(dataset), len(dataset)))
@@ -276,7 +320,7 @@ def extract_features(
         group = [backbones[p] for p in positions]
         for position, feature_set in zip(
             positions,
-            _extract_group(dataset, group, torch_device, batch_size, progress, layer, precision, streaming),
+            _extract_group(dataset, group, torch_device, batch_size, progress, layer, precision, streaming, stages),
             strict=True,
         ):
             results[position] = feature_set
@@ -289,12 +333,31 @@ def extract_features(
                 }
                 if feature_set.source_probs is not None:
                     arrays["source_probs"] = feature_set.source_probs
-                cache.put(
-                    _cache_key(backbones[position], dataset, layer),
-                    arrays,
-                    {"failed": feature_set.failed, "backbone": feature_set.backbone, "seconds": feature_set.seconds},
-                )
+                metadata = {
+                    "failed": feature_set.failed,
+                    "backbone": feature_set.backbone,
+                    "seconds": feature_set.seconds,
+                }
+                cache.put(_cache_key(backbones[position], dataset, layer), arrays, metadata)
+                for stage in feature_set.stages or []:
+                    stage_arrays: dict[str, NDArray[Any]] = {
+                        "features": stage.features,
+                        "labels": feature_set.labels,
+                        "indices": feature_set.indices,
+                    }
+                    cache.put(_cache_key(backbones[position], dataset, stage.index), stage_arrays, metadata)
     return [results[p] for p in range(len(backbones))]
+
+
+def _cached_stages(cache: FeatureCache, backbone: LoadedBackbone, dataset: Dataset) -> list[StageFeatures] | None:
+    """Every stage of ``backbone`` from the cache, or None when one is missing (the pass then runs again)."""
+    found = []
+    for index, module in enumerate(backbone.stage_modules()):
+        entry = cache.get(_cache_key(backbone, dataset, index))
+        if entry is None:
+            return None
+        found.append(StageFeatures(index, module, entry.arrays["features"]))
+    return found
 
 
 def _split_transform(
@@ -330,11 +393,12 @@ def _extract_group(
     layer: int | None,
     precision: str,
     streaming: bool = False,
+    stages: bool = False,
 ) -> list[FeatureSet]:
     """Decode every image once, transform it once, and run each backbone of the group on it."""
     pil_transform, normalize = _split_transform(create_transform(**group[0].data_config, is_training=False))
     n_classes = len(dataset.classes) if streaming else None
-    runners = [_Runner(backbone, device, layer, precision, n_classes) for backbone in group]
+    runners = [_Runner(backbone, device, layer, precision, n_classes, stages) for backbone in group]
     elapsed = [0.0] * len(group)
     kept: list[int] = []
     failed: list[int] = []
@@ -410,6 +474,7 @@ def _extract_group(
                     failed=failed,
                     seconds=seconds,
                     layer=layer,
+                    stages=runner.stage_features() if stages else None,
                 )
             )
         if progress:

@@ -23,8 +23,13 @@ class TimmModel(Protocol):
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor: ...
 
-    def forward_intermediates(self, x: torch.Tensor, *, indices: list[int], intermediates_only: bool) -> Any:
-        """With ``intermediates_only=True``: the list of the feature maps at ``indices``."""
+    feature_info: Any
+
+    def forward_intermediates(
+        self, x: torch.Tensor, *, indices: int | list[int], intermediates_only: bool = False
+    ) -> Any:
+        """The feature maps at ``indices`` (an int: the last that many); with ``intermediates_only=False``,
+        ``(forward_features output, maps)``."""
         ...
 
     def get_classifier(self) -> Any:

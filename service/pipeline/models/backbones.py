@@ -42,9 +42,14 @@ from service.pipeline.models.hub import DownloadProgress, HubAccess
 from service.pipeline.models.resolve import ResolvedWeights, file_sha256, find_weights, stat_key
 from service.pipeline.models.spec import BackboneSpec, coerce_spec
 
-__all__ = ["LoadedBackbone", "load_backbone"]
+__all__ = ["LoadedBackbone", "load_backbone", "pool_map"]
 
 _logger = logging.getLogger(__name__)
+
+
+def pool_map(feature_map: torch.Tensor) -> torch.Tensor:
+    """A stage's output averaged over space: ``(B, C, H, W)`` or tokens ``(B, L, C)`` -> ``(B, C)``."""
+    return feature_map.mean(dim=(2, 3)) if feature_map.ndim == 4 else feature_map.mean(dim=1)
 
 
 @dataclass
@@ -102,6 +107,37 @@ class LoadedBackbone:
             pre = model.forward_head(feats, pre_logits=True)
             logits = model.forward_head(feats) if self.num_source_classes else None
         return pre, logits
+
+    def stage_modules(self) -> list[str]:
+        """The module after which each stage's feature map is taken (timm's ``feature_info``, in forward order).
+
+        Empty when the model does not describe its stages or cannot return them (no ``forward_intermediates``).
+        """
+        if not callable(getattr(self.model, "forward_intermediates", None)):
+            return []
+        info = getattr(self.model, "feature_info", None)
+        try:
+            return [str(entry["module"]) for entry in info or []]
+        except (KeyError, TypeError):
+            return []
+
+    def forward_stages(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor]]:
+        """:meth:`forward` plus every stage's spatially averaged feature map, from one pass.
+
+        ``forward_intermediates`` runs the same modules as ``forward_features`` (timm returns that output
+        alongside the maps), so the pre-logits and logits equal :meth:`forward`'s.
+
+        Returns
+        -------
+        pre_logits : (B, num_features); logits : (B, C_s) or None; stages : list of (B, D_i), one per
+        :meth:`stage_modules` entry.
+        """
+        model = timm_api(self.model)
+        with torch.no_grad():
+            feats, maps = model.forward_intermediates(x, indices=len(self.stage_modules()))
+            pre = model.forward_head(feats, pre_logits=True)
+            logits = model.forward_head(feats) if self.num_source_classes else None
+        return pre, logits, [pool_map(m) for m in maps]
 
     def describe(self) -> dict[str, Any]:
         """JSON-able summary for results and the API."""

@@ -28,7 +28,11 @@ Result schema (``schema_version`` 1, the document built here)::
          "revision": str | null,                # the hub commit of weights from the HF cache or a download
          "feature_dim", "num_source_classes", "weights_source", "weights_sha256", "data_config",
          "n_images", "n_failed_images", "from_cache",
-         "seconds": {"load", "extract", "score", "per_estimator": {estimator: seconds}}}
+         "seconds": {"load", "extract", "score", "per_estimator": {estimator: seconds}, "layers": float | null},
+         "layers": {                            # layer_scores requested; else null (service/pipeline/ranking/layers.py)
+           "layers": [{"index": int | null, "module", "dim", "scores": {estimator: float | null}}],  # pre-logits last
+           "decided_by", "best_layer", "n_stages", "freeze_stages": int | null, "advice": str | null,
+           "note"?: str} | null}
       ],
       "fusion": {"method": "calibrated" | "mean_rank", "members", "weights", "normalisation",
                  "calibration": {"path", "created", "source", "loto": {"finetune_mae", "finetune_coverage",
@@ -89,6 +93,7 @@ from service.pipeline.models.backbones import LoadedBackbone, load_backbone
 from service.pipeline.models.hub import HubAccess
 from service.pipeline.models.spec import BackboneSpec, coerce_spec
 from service.pipeline.ranking.fusion import _fuse
+from service.pipeline.ranking.layers import layer_report
 from service.pipeline.ranking.threads import scoring_threads
 
 __all__ = [
@@ -157,6 +162,7 @@ def rank_backbones(
     device: str = "auto",
     batch_size: int = 64,
     layer: int | None = None,
+    layer_scores: bool = False,
     progress: ProgressCallback | None = None,
     builtin_dir: Path | None = None,
     streaming: bool = False,
@@ -177,6 +183,8 @@ def rank_backbones(
     (mean-rank order, no predicted accuracy). ``n_bootstrap``: half-sample replicates for ``p_best``
     (0, the default: none; each replicate refits the fusion's members for every backbone, which for the
     packaged fusion (ridge probe, PARC, NCTI) costs ~0.1-0.5 s per backbone), seeded by ``seed``.
+    ``layer_scores``: also score every stage of each backbone from the same forward pass and give each row its
+    layer advice (:mod:`service.pipeline.ranking.layers`).
     """
     started = time.perf_counter()
     requested = check_estimators(estimators) if estimators else None
@@ -243,6 +251,7 @@ def rank_backbones(
         progress=progress,
         layer=layer,
         streaming=streaming,
+        stages=layer_scores,
     )
     result = rank_feature_sets(
         dataset,
@@ -321,6 +330,8 @@ def rank_feature_sets(
                     continue
                 # the first estimator to need a shared statistic (Gram, eigh) is charged for computing it
                 estimator_seconds[info.name] = time.perf_counter() - tick
+        scored = time.perf_counter()
+        layers = layer_report(feature_set)
         described = feature_set.backbone
         rows.append(
             {
@@ -341,9 +352,11 @@ def rank_feature_sets(
                 "seconds": {
                     "load": load_seconds[position] if load_seconds else 0.0,
                     "extract": feature_set.seconds,
-                    "score": time.perf_counter() - began,
+                    "score": scored - began,
                     "per_estimator": estimator_seconds,
+                    "layers": None if layers is None else time.perf_counter() - scored,
                 },
+                "layers": layers,
             }
         )
         if progress is not None:
