@@ -47,8 +47,18 @@ def finetune_command(
         typer.Option("--winner", help="A saved `backbone-rank rank --json` output: fine-tune its top backbone."),
     ] = None,
     strategy: Annotated[
-        str, typer.Option(help="linear (frozen backbone, new head), partial (last ~25% of blocks) or full.")
+        str,
+        typer.Option(
+            help="linear (frozen backbone, new head), partial (last ~25% of blocks, or see --freeze-stages), full, "
+            "or advised (score every layer on the training split first and do what that advises)."
+        ),
     ] = "full",
+    freeze_stages: Annotated[
+        int | None,
+        typer.Option(
+            min=0, help="With --strategy partial: freeze the first N stages (as rank --layer-scores counts them)."
+        ),
+    ] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs (default: the strategy's, 10; linear 30).")] = None,
     lr: Annotated[
         list[float] | None,
@@ -107,6 +117,7 @@ def finetune_command(
     try:
         fields: dict[str, Any] = {
             "strategy": strategy,
+            "freeze_stages": freeze_stages,
             "epochs": epochs,
             "lr_grid": lr or None,
             "seeds": seed or None,
@@ -202,6 +213,16 @@ def _print_finetune(result: dict[str, Any]) -> None:
         f"[bold]{test['mean']:.4f} ± {test['std']:.4f}[/] over {len(test['per_seed'])} seed(s) "
         f"(chance {chance:.3f})" + (f"; {' and '.join(carved)} carved from train" if carved else "")
     )
+    partial = result["config"].get("partial") or {}
+    if "frozen_stages" in partial:
+        console.print(
+            f"frozen: stages 1-{partial['frozen_stages']} of {partial['stages']} (up to {partial['last_frozen']}); "
+            f"trained from {partial['first_trained']}"
+            if partial["frozen_stages"]
+            else "frozen: nothing (freeze_stages 0)"
+        )
+    if result.get("advice"):
+        console.print(f"advised: {escape(result['advice']['advice'] or '')}")
     grid = Table(title="Learning rate (chosen on val, seed " + str(result["seeds"][0]) + ")")
     grid.add_column("head lr", justify="right")
     grid.add_column("val accuracy", justify="right")

@@ -169,7 +169,19 @@ class FinetuneRequest(_Request):
     ranking_id: str | None = Field(
         None, pattern=_JOB_ID, description="Service only: a succeeded ranking, whose winner is the backbone."
     )
-    strategy: Literal["linear", "partial", "full"] = "full"
+    strategy: Literal["linear", "partial", "full", "advised"] = Field(
+        "full",
+        description="linear: a new head on frozen features; partial: the last quarter of the blocks (or what "
+        "freeze_stages leaves) and the head; full: everything; advised: what the layer scores on the training "
+        "split advise (linear, or partial with the stages they name frozen; the result's advice says which).",
+    )
+    freeze_stages: StrictInt | None = Field(
+        None,
+        ge=0,
+        le=64,
+        description="partial only: freeze the first N stages (timm's feature_info, as rank --layer-scores counts "
+        "them) and train the rest.",
+    )
     epochs: StrictInt | None = Field(None, ge=1, le=1000, description="Default: the strategy's.")
     lr_grid: list[LearningRate] | None = Field(
         None, min_length=1, max_length=16, description="Head learning rates tried on val (default: the strategy's)."
@@ -195,6 +207,10 @@ class FinetuneRequest(_Request):
             raise ValueError("give 'backbone' (with 'dataset') or 'ranking_id' (a ranking whose winner to fine-tune)")
         if self.ranking_id is None and self.dataset is None:
             raise ValueError("'dataset' is required with 'backbone' (it is optional only with 'ranking_id')")
+        if self.freeze_stages is not None and self.strategy != "partial":
+            raise ValueError(
+                f"freeze_stages applies to strategy 'partial', not {self.strategy!r} (advised chooses it itself)"
+            )
         return self
 
 

@@ -147,6 +147,14 @@ class LayerAdvice(_Model):
     note: str | None = None
 
 
+class StrategyAdvice(LayerAdvice):
+    """The layer advice a fine-tune with ``strategy="advised"`` followed, and the strategy it named."""
+
+    strategy: Literal["linear", "partial"] = Field(
+        description="linear when every stage transfers (freeze_stages == n_stages), else partial with freeze_stages."
+    )
+
+
 class BackboneRow(_Model):
     """One candidate of a ranking."""
 
@@ -332,7 +340,8 @@ class FinetuneResult(_Model):
     dataset: FinetuneDataset
     class_map: dict[str, int]
     backbone: BackboneDescription
-    strategy: Literal["linear", "partial", "full"]
+    strategy: Literal["linear", "partial", "full"] = Field(description="What ran (advised runs linear or partial).")
+    advice: StrategyAdvice | None = Field(None, description="strategy advised: the layer advice it followed.")
     config: FinetuneConfig
     lr_grid: list[float]
     val_accuracy_by_lr: dict[str, float]

@@ -135,6 +135,7 @@ def finetune(
         _dataset_ref(request.dataset),
         request.backbone,
         strategy=request.strategy,
+        freeze_stages=request.freeze_stages,
         epochs=request.epochs,
         lr_grid=request.lr_grid,
         seeds=tuple(request.seeds or (0,)),

@@ -218,11 +218,12 @@ def test_rank_refuses_bad_values_naming_the_option(recorded, args, message):
 
 
 FINETUNE_ARGS = [
-    "--strategy", "partial", "--epochs", "3", "--lr", "0.01", "--lr", "0.1", "--seed", "1", "--seed", "2",
+    "--strategy", "partial", "--freeze-stages", "2", "--epochs", "3", "--lr", "0.01", "--lr", "0.1", "--seed", "1", "--seed", "2",
     "--input-size", "32", "--max-per-class", "9", "--batch-size", "16", "--device", "cpu",
 ]  # fmt: skip
 FINETUNE_EXPECTED = {
     "strategy": "partial",
+    "freeze_stages": 2,
     "epochs": 3,
     "lr_grid": [0.01, 0.1],
     "seeds": [1, 2],
@@ -233,7 +234,8 @@ FINETUNE_EXPECTED = {
     "ranking_id": None,
 }
 FINETUNE_FIELDS = {
-    "dataset": "dataset", "backbone": "backbone", "strategy": "strategy", "epochs": "epochs", "lr": "lr_grid",
+    "dataset": "dataset", "backbone": "backbone", "strategy": "strategy", "freeze_stages": "freeze_stages",
+    "epochs": "epochs", "lr": "lr_grid",
     "seed": "seeds", "input_size": "input_size", "max_per_class": "max_per_class", "batch_size": "batch_size",
     "device": "device", "weights_dir": "weights_dirs", "image_column": "dataset", "label_column": "dataset",
 }  # fmt: skip

@@ -28,7 +28,7 @@ from service.errors import InvalidDataset, InvalidFinetuneConfig, UnknownBackbon
 from service.pipeline.data.datasets import load_dataset
 from service.pipeline.finetune.arguments import STRATEGY_DEFAULTS
 from service.pipeline.finetune.finetune import finetune
-from service.pipeline.finetune.models import partial_trainable_parameters
+from service.pipeline.finetune.models import partial_trainable_parameters, stage_trainable_parameters
 from service.pipeline.finetune.progress import FinetuneProgress
 from service.pipeline.finetune.splits import _load_splits
 from service.pipeline.finetune.training import TrainingCancelled, evaluate, load_split_tensors
@@ -174,6 +174,64 @@ def test_partial_keeps_the_early_blocks_bit_identical(
         assert torch.equal(tuned[key], before[key]), key
     assert not torch.equal(tuned["layer4.0.conv1.weight"], before["layer4.0.conv1.weight"])
     assert not torch.equal(tuned["layer4.0.bn1.running_mean"], before["layer4.0.bn1.running_mean"])
+
+
+def test_freeze_stages_freezes_the_stem_and_the_named_stages_bit_identical(
+    shapes: Path, full_run: tuple[dict[str, Any], Path], tmp_path: Path
+) -> None:
+    source = f"local-dir:{full_run[1]}"
+    base = load_backbone(source).model
+    assert [entry["module"] for entry in base.feature_info] == ["act1", "layer1", "layer2", "layer3", "layer4"]
+    every = {n for n, _ in base.named_parameters()}
+    names, info = stage_trainable_parameters(base, 2)  # the stem (conv1, bn1, act1) and layer1
+    assert every - names == {n for n in every if n.startswith(("conv1.", "bn1.", "layer1."))}
+    assert info == {"stages": 5, "frozen_stages": 2, "last_frozen": "layer1", "first_trained": "layer2.0.conv1.weight"}
+    assert stage_trainable_parameters(base, 0)[0] == every
+    assert every - stage_trainable_parameters(base, 5)[0] == {n for n in every if not n.startswith("fc.")}
+    with pytest.raises(InvalidFinetuneConfig, match="has 5 stages .*at most 5"):
+        stage_trainable_parameters(base, 6)
+
+    out = tmp_path / "stages"
+    result = finetune(
+        str(shapes), source, strategy="partial", freeze_stages=2, epochs=2, lr_grid=(0.03,), output_dir=out, **FAST
+    )
+    assert result["config"]["partial"] == info and result["advice"] is None
+    assert result["config"]["trainable_parameters"] == sum(p.numel() for n, p in base.named_parameters() if n in names)
+    tuned, before = load_file(out / "model.safetensors"), base.state_dict()
+    frozen = [k for k in before if k.startswith(("conv1.", "bn1.", "layer1."))]
+    assert any("running_mean" in k for k in frozen)
+    for key in frozen:
+        assert torch.equal(tuned[key], before[key]), key
+    assert not torch.equal(tuned["layer2.0.conv1.weight"], before["layer2.0.conv1.weight"])
+
+
+def test_advised_runs_what_the_layer_scores_advise_and_freezes_exactly_that(
+    shapes: Path, full_run: tuple[dict[str, Any], Path], tmp_path: Path
+) -> None:
+    source = f"local-dir:{full_run[1]}"
+    out = tmp_path / "advised"
+    result = finetune(str(shapes), source, strategy="advised", epochs=2, lr_grid=(0.03,), output_dir=out, **FAST)
+    advice = result["advice"]
+    assert advice["n_stages"] == 5 and len(advice["layers"]) == 6 and advice["layers"][-1]["module"] == "pre_logits"
+    assert result["strategy"] == advice["strategy"]
+    base = load_backbone(source).model
+    tuned, before = load_file(out / "model.safetensors"), base.state_dict()
+    if advice["strategy"] == "linear":
+        assert advice["freeze_stages"] == 5 and result["config"]["partial"] is None
+        trained = {n for n, _ in base.named_parameters() if n.startswith("fc.")}
+    else:
+        names, info = stage_trainable_parameters(base, advice["freeze_stages"])
+        assert result["config"]["partial"] == info
+        trained = names
+    for key, value in before.items():
+        owner = key.rsplit(".", 1)[0]
+        is_trained = key in trained or any(n.startswith(owner + ".") for n in trained)
+        if not is_trained:
+            assert torch.equal(tuned[key], value), key
+    # the same layer advice a ranking gives on the training split (train: 12 per class here, no carving)
+    from service.contract import FinetuneResult
+
+    assert FinetuneResult.model_validate({**result, "kind": "finetune"}).advice is not None
 
 
 # --------------------------------------------------------------------------------------- saved model
@@ -362,7 +420,11 @@ def test_progress_events_and_cancel(shapes: Path) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"strategy": "surgical"}, "unknown fine-tuning strategy 'surgical'; use one of linear, partial, full"),
+        ({"strategy": "surgical"}, "unknown fine-tuning strategy 'surgical'; use one of linear, partial, full, advised"),
+        ({"strategy": "full", "freeze_stages": 2}, "freeze_stages says how much .* partial strategy freezes"),
+        ({"strategy": "partial", "freeze_stages": -1}, "freeze_stages must be a non-negative integer"),
+        ({"strategy": "advised", "freeze_stages": 1}, "strategy advised chooses the strategy"),
+        ({"strategy": "advised", "backbone_lr_scale": 0.5}, "strategy advised chooses the strategy"),
         ({"lr_grid": []}, "learning-rate grid is empty"),
         ({"lr_grid": [0.01, -1.0]}, "positive and finite"),
         ({"epochs": 0}, "epochs must be a positive integer"),
@@ -434,7 +496,7 @@ def test_cli_finetune_summary_and_errors(shapes: Path, tmp_path: Path, monkeypat
     bad = runner.invoke(app, [*args, "--strategy", "surgical"])
     assert bad.exit_code == 2
     # refused by the request model, before anything loads
-    expected = "error [invalid_request]: --strategy: Input should be 'linear', 'partial' or 'full'"
+    expected = "error [invalid_request]: --strategy: Input should be 'linear', 'partial', 'full' or 'advised'"
     assert expected in " ".join(bad.output.split())
     neither = runner.invoke(app, ["finetune", str(shapes)])
     assert neither.exit_code == 2 and "--backbone" in neither.output

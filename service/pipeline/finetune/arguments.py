@@ -87,6 +87,8 @@ class _Plan:
     batch_size: int
     backbone_lr_scale: float
     input_size: tuple[int, int] | None
+    #: ``partial`` only: freeze the first N stages (timm's feature_info) instead of the default block fraction.
+    freeze_stages: int | None = None
 
     @property
     def runs(self) -> int:
@@ -122,12 +124,14 @@ def _check_arguments(
     input_size: int | Sequence[int] | None,
     backbone_lr_scale: float | None,
     max_per_class: int | None,
+    freeze_stages: int | None = None,
 ) -> _Plan:
     """Everything a caller can get wrong, checked before any data or weights are touched."""
     if strategy not in STRATEGY_DEFAULTS:
         raise InvalidFinetuneConfig(
-            f"unknown fine-tuning strategy {strategy!r}; use one of {', '.join(STRATEGY_DEFAULTS)} "
-            "(linear: frozen backbone + new head; partial: last ~25% of the blocks + head; full: everything)",
+            f"unknown fine-tuning strategy {strategy!r}; use one of {', '.join(STRATEGY_DEFAULTS)}, advised "
+            "(linear: frozen backbone + new head; partial: last ~25% of the blocks + head; full: everything; "
+            "advised: what the layer scores advise)",
             strategy=str(strategy),
         )
     defaults = STRATEGY_DEFAULTS[strategy]
@@ -175,7 +179,18 @@ def _check_arguments(
             raise InvalidFinetuneConfig(
                 f"backbone_lr_scale=0 freezes the backbone; use strategy 'linear' for that, not {strategy!r}"
             )
-    return _Plan(strategy, defaults, int(epochs), grid, unique_seeds, int(batch_size), scale, size)
+    if freeze_stages is not None:
+        if strategy != "partial":
+            raise InvalidFinetuneConfig(
+                f"freeze_stages says how much of the backbone the partial strategy freezes; use strategy partial, "
+                f"not {strategy!r} (linear freezes everything, full nothing)"
+            )
+        if not _is_int(freeze_stages) or freeze_stages < 0:
+            raise InvalidFinetuneConfig(f"freeze_stages must be a non-negative integer, got {freeze_stages!r}")
+    return _Plan(
+        strategy, defaults, int(epochs), grid, unique_seeds, int(batch_size), scale, size,
+        None if freeze_stages is None else int(freeze_stages),
+    )  # fmt: skip
 
 
 def _check_input_size(input_size: int | Sequence[int] | None) -> tuple[int, int] | None:

@@ -67,12 +67,15 @@ into :class:`service.contract.FinetuneResult`, schema_version 2)::
                   "fingerprint"},                 # of the train split as listed (before carving)
       "class_map": {class name: index},
       "backbone": LoadedBackbone.describe() of the base backbone,
-      "strategy": "linear" | "partial" | "full",
+      "strategy": "linear" | "partial" | "full",     # what ran ("advised" runs linear or partial)
+      "advice": {the layer advice of service/pipeline/ranking/layers.py, "strategy": "linear" | "partial"} | null,
       "config": {"epochs", "batch_size", "optimizer", "momentum", "weight_decay", "warmup_epochs",
                  "label_smoothing", "augment", "backbone_lr_scale", "input_size": [3, H, W],
                  "data_config", "max_per_class", "device", "linear_on_features": bool,
                  "trainable_parameters", "total_parameters",
-                 "partial": {"blocks", "trained_blocks", "first_trained"} | null},
+                 "partial": {"blocks", "trained_blocks", "first_trained"}       # the default quarter of blocks
+                            | {"stages", "frozen_stages", "last_frozen", "first_trained"}  # freeze_stages
+                            | null},
       "lr_grid": [float],
       "val_accuracy_by_lr": {"0.01": float, ...},  # seeds[0]; keys are the lrs formatted with "g"
       "chosen_lr": float,
@@ -99,7 +102,7 @@ that seed.
 
 This module holds the run itself (decode, pick the learning rate on ``seeds[0]``, train the other seeds,
 evaluate, save); its parts are beside it in the package: ``arguments.py`` (the defaults and every check),
-``splits.py`` (loading and carving the splits), ``models.py`` (new heads, the ``partial`` blocks, the
+``splits.py`` (loading and carving the splits), ``models.py`` (new heads, the ``partial`` blocks or stages, the
 ``linear`` head on features), ``runs.py`` (one (lr, seed) run), ``progress.py`` (the progress events),
 ``result.py`` (the result document) and ``saving.py`` (the output folder); ``training.py`` is the
 training loop they all use.
@@ -114,6 +117,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from service.errors import InvalidFinetuneConfig
+from service.pipeline.data.datasets import Dataset
 from service.pipeline.data.hub_dataset import HubDatasets
 from service.pipeline.data.refs import DatasetRef
 from service.pipeline.features.extract import select_device
@@ -125,7 +132,7 @@ from service.pipeline.finetune.runs import _Run, _Trainer
 from service.pipeline.finetune.saving import _card, _save
 from service.pipeline.finetune.splits import _check_decoded, _load_splits
 from service.pipeline.finetune.training import TensorSplit, load_split_tensors
-from service.pipeline.models.backbones import load_backbone
+from service.pipeline.models.backbones import LoadedBackbone, load_backbone
 from service.pipeline.models.hub import HubAccess
 from service.pipeline.models.spec import BackboneSpec
 
@@ -156,6 +163,7 @@ def finetune(
     hub: HubAccess | None = None,
     hub_datasets: HubDatasets | None = None,
     uploads_dir: str | Path | None = None,
+    freeze_stages: int | None = None,
 ) -> dict[str, Any]:
     """Fine-tune ``backbone`` on ``dataset`` and report its test accuracy (schema: module docstring).
 
@@ -166,7 +174,11 @@ def finetune(
         ``hf:PATH``; missing val/test splits are carved from train.
     backbone : BackboneSpec or str
         Any id :func:`~service.pipeline.models.backbones.load_backbone` accepts.
-    strategy : {"linear", "partial", "full"}
+    strategy : {"linear", "partial", "full", "advised"}
+        ``advised``: score every stage of the backbone on the training split first (the layer scores of
+        :mod:`service.pipeline.ranking.layers`, one forward pass) and run what they advise: ``linear`` when every
+        stage transfers, else ``partial`` with the stages up to the advised one frozen. The result's ``advice``
+        holds the scores and the decision; ``strategy`` says what ran.
     epochs : int, optional
         Default: the strategy's (:data:`~service.pipeline.finetune.arguments.STRATEGY_DEFAULTS`).
     lr_grid : sequence of float, optional
@@ -195,6 +207,10 @@ def finetune(
     backbone_lr_scale : float, optional
         ``partial``/``full``: the backbone's learning rate relative to the head's (default 0.1; 1.0 for
         an untrained ``random:<arch>`` backbone).
+    freeze_stages : int, optional
+        ``partial`` only: freeze the first ``freeze_stages`` stages of timm's ``feature_info`` (the stem with
+        them) and train the rest, instead of training the last quarter of the blocks
+        (:func:`~service.pipeline.finetune.models.stage_trainable_parameters`).
 
     Raises
     ------
@@ -207,7 +223,15 @@ def finetune(
         ``cancel()`` returned True.
     """
     started = time.perf_counter()
-    plan = _check_arguments(strategy, epochs, lr_grid, seeds, batch_size, input_size, backbone_lr_scale, max_per_class)
+    advised = strategy == "advised"
+    if advised and (freeze_stages is not None or backbone_lr_scale is not None):
+        raise InvalidFinetuneConfig(
+            "strategy advised chooses the strategy and the frozen stages itself; leave freeze_stages and "
+            "backbone_lr_scale out, or name a strategy (linear, partial, full)"
+        )
+    arguments = (epochs, lr_grid, seeds, batch_size, input_size, backbone_lr_scale, max_per_class)
+    # advised: everything but the strategy is checked now, before any data or weights are touched
+    plan = _check_arguments("partial" if advised else strategy, *arguments, freeze_stages)
     out_dir = _check_output_dir(output_dir)
     torch_device = select_device(device)
     report = _Reporter(progress, plan)
@@ -224,10 +248,16 @@ def finetune(
     )
     report.load(1)
     loaded = load_backbone(backbone, weights_dirs=weights_dirs, hf_cache_dir=hf_cache_dir, allowlist=allowlist, hub=hub)
+    data_config = _prepare_data_config(loaded, plan.input_size)
+    advice = None
+    if advised:
+        advice = _advise(loaded, splits.train, data_config, torch_device, batch_size)
+        frozen = advice["freeze_stages"] if advice["strategy"] == "partial" else None
+        plan = _check_arguments(advice["strategy"], *arguments, frozen)
     if backbone_lr_scale is None and loaded.spec.kind == "random" and plan.backbone_lr_scale > 0:
         # an untrained backbone has nothing to preserve: it learns at the head's rate
         plan = dataclasses.replace(plan, backbone_lr_scale=1.0)
-    data_config = _prepare_data_config(loaded, plan.input_size)
+    report.plan = plan
     tensors: dict[str, TensorSplit] = {}
     for step, role in enumerate(("train", "val", "test"), start=2):
         report.load(step)
@@ -280,6 +310,7 @@ def finetune(
         max_per_class=max_per_class,
         device=torch_device,
     )
+    result["advice"] = advice
     result["weights"] = None
     if out_dir is not None:
         card = _card(result, best_seed_run, splits)
@@ -292,6 +323,28 @@ def finetune(
         "total": total,
     }
     return result
+
+
+def _advise(
+    loaded: LoadedBackbone, train: Dataset, data_config: dict[str, Any], device: torch.device, batch_size: int
+) -> dict[str, Any]:
+    """The layer advice on the training split at the fine-tune's input size, and the strategy it names.
+
+    ``linear`` when every stage transfers (the advice freezes them all), else ``partial`` with the advised number
+    of stages frozen.
+    """
+    from service.pipeline.features.extract import extract_features
+    from service.pipeline.ranking.layers import layer_report
+
+    probe = dataclasses.replace(loaded, data_config=data_config)
+    (feature_set,) = extract_features(train, [probe], device=str(device), batch_size=batch_size, stages=True)
+    report = layer_report(feature_set)
+    if report is None or report["freeze_stages"] is None:
+        raise InvalidFinetuneConfig(
+            f"{loaded.spec.id} does not return its stages (no timm feature_info/forward_intermediates), so there is "
+            "nothing to advise on; name a strategy (linear, partial, full)"
+        )
+    return {**report, "strategy": "linear" if report["freeze_stages"] >= report["n_stages"] else "partial"}
 
 
 def _better(run: _Run, other: _Run) -> bool:

@@ -1,7 +1,8 @@
 """The model side of the strategies: a fresh head, which parameters train, a head on extracted features.
 
 :func:`_fresh_model` copies the backbone and gives it a new head; :func:`partial_trainable_parameters`
-picks the blocks the ``partial`` strategy trains; :func:`_plain_linear_head`, :class:`_FeatureHead`,
+picks the blocks the ``partial`` strategy trains, :func:`stage_trainable_parameters` the stages it trains when
+it is told how many to freeze; :func:`_plain_linear_head`, :class:`_FeatureHead`,
 :func:`_extract` and :func:`_fold_standardisation` let the ``linear`` strategy train its head on features
 extracted once and fold their standardisation back into it (the strategies are described in the docstring
 of ``service/pipeline/finetune/finetune.py``). Apart from the trainer (``service/pipeline/finetune/runs.py``)
@@ -24,7 +25,7 @@ from service.pipeline.finetune.training import TensorSplit, TrainingCancelled
 from service.pipeline.models._timm import timm_api
 from service.pipeline.models.backbones import LoadedBackbone
 
-__all__ = ["partial_trainable_parameters"]
+__all__ = ["partial_trainable_parameters", "stage_trainable_parameters"]
 
 _EVAL_BATCH = 256
 
@@ -101,6 +102,58 @@ def partial_trainable_parameters(model: torch.nn.Module, fraction: float = 0.25)
     names = {name for group in trained for name in groups[group]} | _head_parameter_names(model)
     info = {"blocks": len(blocks), "trained_blocks": k, "first_trained": groups[blocks[-k]][0]}
     return names, info
+
+
+def stage_trainable_parameters(model: torch.nn.Module, freeze_stages: int) -> tuple[set[str], dict[str, Any]]:
+    """Parameter names that train when the first ``freeze_stages`` stages are frozen.
+
+    The stages are timm's ``feature_info`` entries, the layers that ``rank --layer-scores`` scores
+    (:mod:`service.pipeline.ranking.layers`). Frozen: every parameter the forward pass uses up to the end of stage
+    ``freeze_stages`` — the model's own parameters (position embeddings, class tokens), the stem, and every module
+    registered before that stage's module, which included. Everything after trains, the head always.
+    ``freeze_stages=0`` trains everything.
+
+    Returns
+    -------
+    names, info
+        ``info``: ``{"stages", "frozen_stages", "last_frozen", "first_trained"}`` (module names, parameter name).
+
+    Raises
+    ------
+    InvalidFinetuneConfig
+        The model does not describe its stages, or has fewer than ``freeze_stages``.
+    """
+    info_entries = getattr(model, "feature_info", None) or []
+    modules = [str(entry["module"]) for entry in info_entries if isinstance(entry, dict) and "module" in entry]
+    if not modules:
+        raise InvalidFinetuneConfig(
+            f"{type(model).__name__} does not describe its stages (no timm feature_info); use strategy partial "
+            "without freeze_stages, full or linear"
+        )
+    if freeze_stages > len(modules):
+        raise InvalidFinetuneConfig(
+            f"{type(model).__name__} has {len(modules)} stages ({', '.join(modules)}); freeze_stages must be at most "
+            f"{len(modules)} ({len(modules)} freezes the whole backbone)"
+        )
+    frozen: set[str] = set()
+    if freeze_stages:
+        last = modules[freeze_stages - 1]
+        # Pre-order walk: a module's own parameters, then its children's, in registration (= forward) order, so
+        # everything met before the last frozen stage's module is computed before its output.
+        for name, module in model.named_modules():
+            if name == last:
+                frozen |= {f"{name}.{p}" for p, _ in module.named_parameters()}
+                break
+            frozen |= {f"{name}.{p}" if name else p for p, _ in module.named_parameters(recurse=False)}
+    trained = {name for name, _ in model.named_parameters() if name not in frozen} | _head_parameter_names(model)
+    first = next((name for name, _ in model.named_parameters() if name in trained), None)
+    info = {
+        "stages": len(modules),
+        "frozen_stages": freeze_stages,
+        "last_frozen": modules[freeze_stages - 1] if freeze_stages else None,
+        "first_trained": first,
+    }
+    return trained, info
 
 
 def _plain_linear_head(model: torch.nn.Module, sample: torch.Tensor) -> bool:

@@ -30,6 +30,7 @@ from service.pipeline.finetune.models import (
     _head_parameter_names,
     _plain_linear_head,
     partial_trainable_parameters,
+    stage_trainable_parameters,
 )
 from service.pipeline.finetune.progress import _Reporter
 from service.pipeline.finetune.training import EvalResult, TensorSplit, TrainHistory, evaluate, train_classifier
@@ -73,7 +74,9 @@ class _Trainer:
         self.total_parameters = sum(p.numel() for p in probe.parameters())
         self.trainable: set[str] | None = None
         self.head_names = _head_parameter_names(probe)
-        if plan.strategy == "partial":
+        if plan.strategy == "partial" and plan.freeze_stages is not None:
+            self.trainable, self.partial_info = stage_trainable_parameters(probe, plan.freeze_stages)
+        elif plan.strategy == "partial":
             self.trainable, self.partial_info = partial_trainable_parameters(
                 probe, plan.defaults.trained_block_fraction
             )
