@@ -218,8 +218,8 @@ def test_rank_refuses_bad_values_naming_the_option(recorded, args, message):
 
 
 FINETUNE_ARGS = [
-    "--strategy", "partial", "--freeze-stages", "2", "--epochs", "3", "--lr", "0.01", "--lr", "0.1", "--seed", "1", "--seed", "2",
-    "--input-size", "32", "--max-per-class", "9", "--batch-size", "16", "--device", "cpu",
+    "--strategy", "partial", "--freeze-stages", "2", "--epochs", "3", "--lr", "0.01", "--lr", "0.1", "--seed", "1",
+    "--seed", "2", "--input-size", "32", "--max-per-class", "9", "--batch-size", "16", "--device", "cpu",
 ]  # fmt: skip
 FINETUNE_EXPECTED = {
     "strategy": "partial",

@@ -420,7 +420,7 @@ def test_progress_events_and_cancel(shapes: Path) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"strategy": "surgical"}, "unknown fine-tuning strategy 'surgical'; use one of linear, partial, full, advised"),
+        ({"strategy": "surgical"}, "unknown fine-tuning strategy 'surgical'; use one of linear, partial, full, adv"),
         ({"strategy": "full", "freeze_stages": 2}, "freeze_stages says how much .* partial strategy freezes"),
         ({"strategy": "partial", "freeze_stages": -1}, "freeze_stages must be a non-negative integer"),
         ({"strategy": "advised", "freeze_stages": 1}, "strategy advised chooses the strategy"),
