@@ -274,6 +274,7 @@ def _print_ranking(result: dict[str, Any]) -> None:
     if fusion.get("note"):  # what the order rests on, and which sample size the predictions are for
         console.print(escape(fusion["note"]), style="dim", soft_wrap=True)
     _print_left_out(result.get("unavailable") or [])
+    _print_transfer(result["backbones"])
     _print_layers(result["backbones"])
     if len(result["backbones"]) > _SCORE_COLUMNS_MAX:
         _print_rank_matrix(result)
@@ -290,6 +291,27 @@ def _print_ranking(result: dict[str, Any]) -> None:
         arrow = "↑" if info["higher_is_better"] else "↓"
         scores.add_row(f"{info['name']} {arrow}", *cells)
     console.print(scores)
+
+
+def _print_transfer(rows: list[dict[str, Any]]) -> None:
+    """How to transfer each backbone: the advised strategy in words, and what it costs next to a full fine-tune."""
+    advised = [row for row in rows if row.get("transfer")]
+    if not advised:
+        return
+    table = Table(
+        title="How to transfer",
+        caption="cost: passes over the training images (a forward pass = 1; a full fine-tune of 10 epochs = 30)",
+    )
+    for column in ("backbone", "advice", "cost"):
+        table.add_column(
+            column, no_wrap=column == "backbone", justify=_justify("right" if column == "cost" else "left")
+        )
+    for row in advised:
+        transfer = row["transfer"]
+        option = next((o for o in transfer["options"] if o["strategy"] == transfer["strategy"]), None)
+        cost = _number(option["cost"]["passes"], "g") if option else "-"
+        table.add_row(row["id"], escape(transfer["advice"]), cost)
+    console.print(table)
 
 
 def _print_layers(rows: list[dict[str, Any]]) -> None:

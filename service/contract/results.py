@@ -147,11 +147,34 @@ class LayerAdvice(_Model):
     note: str | None = None
 
 
-class StrategyAdvice(LayerAdvice):
-    """The layer advice a fine-tune with ``strategy="advised"`` followed, and the strategy it named."""
+class TransferCost(_Model):
+    passes: float = Field(description="Passes over the training images (forward 1, a training step ~3).")
+    gmacs: Number = Field(None, description="passes x GMACs per image x images (null: GMACs unknown).")
 
-    strategy: Literal["linear", "partial"] = Field(
-        description="linear when every stage transfers (freeze_stages == n_stages), else partial with freeze_stages."
+
+class TransferOption(_Model):
+    strategy: Literal["as_classifier", "linear", "partial", "full"]
+    predicted: Prediction | None = Field(description="Expected accuracy (as_classifier: measured, leave-one-out).")
+    cost: TransferCost
+    note: str | None = None
+
+
+class TransferAdvice(_Model):
+    """How to transfer this backbone (service/pipeline/ranking/transfer.py has the rule)."""
+
+    strategy: Literal["as_classifier", "linear", "partial", "full"]
+    freeze_stages: int | None = Field(description="partial: the stages to freeze, counted from the input.")
+    options: list[TransferOption]
+    advice: str = Field(description="The advice in words.")
+
+
+class FinetuneAdvice(_Model):
+    """What a fine-tune with ``strategy="advised"`` followed: the ranking's advice on the training split."""
+
+    transfer: TransferAdvice
+    layers: LayerAdvice | None
+    runs: Literal["linear", "partial", "full"] = Field(
+        description="The strategy run: the advised one (as_classifier needs no training and runs linear)."
     )
 
 
@@ -186,6 +209,9 @@ class BackboneRow(_Model):
     from_cache: bool
     seconds: RowSeconds
     layers: LayerAdvice | None = Field(None, description="Per-layer scores and advice (layer_scores); null: not asked.")
+    transfer: TransferAdvice | None = Field(
+        None, description="How to transfer it: the advised strategy, each option's expected accuracy and cost."
+    )
 
 
 class CalibrationHeadline(_Model):
@@ -341,7 +367,7 @@ class FinetuneResult(_Model):
     class_map: dict[str, int]
     backbone: BackboneDescription
     strategy: Literal["linear", "partial", "full"] = Field(description="What ran (advised runs linear or partial).")
-    advice: StrategyAdvice | None = Field(None, description="strategy advised: the layer advice it followed.")
+    advice: FinetuneAdvice | None = Field(None, description="strategy advised: the advice it followed.")
     config: FinetuneConfig
     lr_grid: list[float]
     val_accuracy_by_lr: dict[str, float]

@@ -136,6 +136,7 @@ def finetune(
         request.backbone,
         strategy=request.strategy,
         freeze_stages=request.freeze_stages,
+        calibration=runtime.calibration,
         epochs=request.epochs,
         lr_grid=request.lr_grid,
         seeds=tuple(request.seeds or (0,)),

@@ -132,6 +132,11 @@ def render_ranking_report(result: RankingResult | Mapping[str, Any]) -> str:
         bars=bars,
         prediction=_prediction_table(ranking, backbones),
         layers=_layer_table(backbones),
+        transfer=[
+            {"id": b.id, "strategy": b.transfer.strategy.replace("_", " "), "advice": b.transfer.advice}
+            for b in backbones
+            if b.transfer is not None
+        ],
     )
 
 

@@ -205,33 +205,45 @@ def test_freeze_stages_freezes_the_stem_and_the_named_stages_bit_identical(
     assert not torch.equal(tuned["layer2.0.conv1.weight"], before["layer2.0.conv1.weight"])
 
 
-def test_advised_runs_what_the_layer_scores_advise_and_freezes_exactly_that(
-    shapes: Path, full_run: tuple[dict[str, Any], Path], tmp_path: Path
-) -> None:
-    source = f"local-dir:{full_run[1]}"
+def test_advised_runs_what_the_ranking_advises_and_freezes_exactly_that(shapes: Path, tmp_path: Path) -> None:
     out = tmp_path / "advised"
-    result = finetune(str(shapes), source, strategy="advised", epochs=2, lr_grid=(0.03,), output_dir=out, **FAST)
+    result = finetune(str(shapes), BACKBONE, strategy="advised", epochs=2, lr_grid=(0.03,), output_dir=out, **FAST)
     advice = result["advice"]
-    assert advice["n_stages"] == 5 and len(advice["layers"]) == 6 and advice["layers"][-1]["module"] == "pre_logits"
-    assert result["strategy"] == advice["strategy"]
-    base = load_backbone(source).model
+    layers, transfer = advice["layers"], advice["transfer"]
+    assert layers["n_stages"] == 5 and len(layers["layers"]) == 6 and layers["layers"][-1]["module"] == "pre_logits"
+    ran = "linear" if transfer["strategy"] == "as_classifier" else transfer["strategy"]
+    assert result["strategy"] == advice["runs"] == ran
+    base = load_backbone(BACKBONE).model
     tuned, before = load_file(out / "model.safetensors"), base.state_dict()
-    if advice["strategy"] == "linear":
-        assert advice["freeze_stages"] == 5 and result["config"]["partial"] is None
-        trained = {n for n, _ in base.named_parameters() if n.startswith("fc.")}
-    else:
-        names, info = stage_trainable_parameters(base, advice["freeze_stages"])
+    if result["strategy"] == "partial":
+        names, info = stage_trainable_parameters(base, transfer["freeze_stages"])
         assert result["config"]["partial"] == info
-        trained = names
+    else:
+        assert result["config"]["partial"] is None
+        names = {n for n, _ in base.named_parameters()} if result["strategy"] == "full" else set()
+    trained_modules = {n.rsplit(".", 1)[0] for n in names}
     for key, value in before.items():
-        owner = key.rsplit(".", 1)[0]
-        is_trained = key in trained or any(n.startswith(owner + ".") for n in trained)
-        if not is_trained:
-            assert torch.equal(tuned[key], value), key
-    # the same layer advice a ranking gives on the training split (train: 12 per class here, no carving)
+        if key.rsplit(".", 1)[0] not in trained_modules and not key.startswith("fc."):
+            assert torch.equal(tuned[key], value), key  # frozen: weights and BatchNorm statistics unchanged
     from service.contract import FinetuneResult
 
     assert FinetuneResult.model_validate({**result, "kind": "finetune"}).advice is not None
+
+
+def test_a_model_ranked_on_its_own_classes_is_advised_as_a_classifier(
+    shapes: Path, full_run: tuple[dict[str, Any], Path]
+) -> None:
+    from service.pipeline.ranking.rank import rank_backbones
+
+    # the fine-tuned model's source classes are this dataset's classes: its head needs no training
+    ranked = rank_backbones(str(shapes / "train"), [f"local-dir:{full_run[1]}", BACKBONE], device="cpu")
+    by_id = {row["id"]: row["transfer"] for row in ranked["backbones"]}
+    advice = by_id[f"local-dir:{full_run[1]}"]
+    assert advice["strategy"] == "as_classifier", advice
+    head = next(o for o in advice["options"] if o["strategy"] == "as_classifier")
+    assert head["predicted"]["value"] >= 0.9 and head["note"] is None
+    # an untrained network's ImageNet-sized random head maps nothing: it is advised to train
+    assert by_id[BACKBONE]["strategy"] != "as_classifier"
 
 
 # --------------------------------------------------------------------------------------- saved model

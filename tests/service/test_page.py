@@ -166,6 +166,7 @@ def test_upload_rank_and_finetune_the_winner_in_the_browser(
         )
         assert cells[2] == expected
         assert cells[3] == f"{round(row['p_best'] * 100)} %"
+        assert cells[4] == row["transfer"]["advice"]  # how to transfer it, in words
     notes = page.inner_text("#notes")
     assert "18 images in 3 classes" in notes and result["fusion"]["note"] in notes
     report = page.get_attribute("#ranking-report", "href")

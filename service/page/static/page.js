@@ -630,6 +630,7 @@ function renderResult(job) {
       el("td", { "data-label": "Expected accuracy after fine-tuning", text: accuracyWords(row) }),
       el("td", { "data-label": "Chance it is the best",
         text: row.p_best === null || row.p_best === undefined ? "—" : pct(row.p_best) }),
+      el("td", { "data-label": "How to use it", text: row.transfer ? row.transfer.advice : "—" }),
       el("td", { "data-label": "Size", text: row.params_m ? `${row.params_m.toFixed(1)} M parameters` : "—" })));
   }
   const notes = $("notes");

@@ -68,7 +68,7 @@ into :class:`service.contract.FinetuneResult`, schema_version 2)::
       "class_map": {class name: index},
       "backbone": LoadedBackbone.describe() of the base backbone,
       "strategy": "linear" | "partial" | "full",     # what ran ("advised" runs linear or partial)
-      "advice": {the layer advice of service/pipeline/ranking/layers.py, "strategy": "linear" | "partial"} | null,
+      "advice": {"transfer": the ranking's transfer advice, "layers": its layer advice, "runs": strategy} | null,
       "config": {"epochs", "batch_size", "optimizer", "momentum", "weight_decay", "warmup_epochs",
                  "label_smoothing", "augment", "backbone_lr_scale", "input_size": [3, H, W],
                  "data_config", "max_per_class", "device", "linear_on_features": bool,
@@ -120,6 +120,7 @@ from typing import Any
 import torch
 
 from service.errors import InvalidFinetuneConfig
+from service.pipeline.calibration.model import Calibration, resolve_calibration
 from service.pipeline.data.datasets import Dataset
 from service.pipeline.data.hub_dataset import HubDatasets
 from service.pipeline.data.refs import DatasetRef
@@ -164,6 +165,7 @@ def finetune(
     hub_datasets: HubDatasets | None = None,
     uploads_dir: str | Path | None = None,
     freeze_stages: int | None = None,
+    calibration: Calibration | str | Path | None = "default",
 ) -> dict[str, Any]:
     """Fine-tune ``backbone`` on ``dataset`` and report its test accuracy (schema: module docstring).
 
@@ -175,10 +177,10 @@ def finetune(
     backbone : BackboneSpec or str
         Any id :func:`~service.pipeline.models.backbones.load_backbone` accepts.
     strategy : {"linear", "partial", "full", "advised"}
-        ``advised``: score every stage of the backbone on the training split first (the layer scores of
-        :mod:`service.pipeline.ranking.layers`, one forward pass) and run what they advise: ``linear`` when every
-        stage transfers, else ``partial`` with the stages up to the advised one frozen. The result's ``advice``
-        holds the scores and the decision; ``strategy`` says what ran.
+        ``advised``: rank the backbone on the training split first, every stage scored (one forward pass), and
+        run the strategy the ranking advises (:mod:`service.pipeline.ranking.transfer`; ``as_classifier`` needs
+        no training and runs ``linear``), ``partial`` with the advised stages frozen. The result's ``advice``
+        holds the advice; ``strategy`` says what ran.
     epochs : int, optional
         Default: the strategy's (:data:`~service.pipeline.finetune.arguments.STRATEGY_DEFAULTS`).
     lr_grid : sequence of float, optional
@@ -207,6 +209,8 @@ def finetune(
     backbone_lr_scale : float, optional
         ``partial``/``full``: the backbone's learning rate relative to the head's (default 0.1; 1.0 for
         an untrained ``random:<arch>`` backbone).
+    calibration : Calibration, str, Path or None, default="default"
+        ``advised`` only: the calibration whose predictions the advice compares (as ``rank_backbones``).
     freeze_stages : int, optional
         ``partial`` only: freeze the first ``freeze_stages`` stages of timm's ``feature_info`` (the stem with
         them) and train the rest, instead of training the last quarter of the blocks
@@ -251,9 +255,8 @@ def finetune(
     data_config = _prepare_data_config(loaded, plan.input_size)
     advice = None
     if advised:
-        advice = _advise(loaded, splits.train, data_config, torch_device, batch_size)
-        frozen = advice["freeze_stages"] if advice["strategy"] == "partial" else None
-        plan = _check_arguments(advice["strategy"], *arguments, frozen)
+        advice = _advise(loaded, splits.train, data_config, torch_device, batch_size, calibration)
+        plan = _check_arguments(advice["runs"], *arguments, advice["transfer"]["freeze_stages"])
     if backbone_lr_scale is None and loaded.spec.kind == "random" and plan.backbone_lr_scale > 0:
         # an untrained backbone has nothing to preserve: it learns at the head's rate
         plan = dataclasses.replace(plan, backbone_lr_scale=1.0)
@@ -326,25 +329,37 @@ def finetune(
 
 
 def _advise(
-    loaded: LoadedBackbone, train: Dataset, data_config: dict[str, Any], device: torch.device, batch_size: int
+    loaded: LoadedBackbone,
+    train: Dataset,
+    data_config: dict[str, Any],
+    device: torch.device,
+    batch_size: int,
+    calibration: Calibration | str | Path | None,
 ) -> dict[str, Any]:
-    """The layer advice on the training split at the fine-tune's input size, and the strategy it names.
+    """The ranking's transfer advice for this backbone on the training split, at the fine-tune's input size.
 
-    ``linear`` when every stage transfers (the advice freezes them all), else ``partial`` with the advised number
-    of stages frozen.
+    The backbone is ranked alone, as ``rank --layer-scores`` ranks it (default estimators, ``calibration``, every
+    stage scored), so a fine-tune told ``advised`` does what the ranking advised. Returns ``{"transfer": ...,
+    "layers": ..., "runs": strategy}``: ``as_classifier`` needs no training, so it runs the cheapest trained
+    strategy, ``linear``.
     """
     from service.pipeline.features.extract import extract_features
-    from service.pipeline.ranking.layers import layer_report
+    from service.pipeline.ranking.rank import rank_feature_sets
 
     probe = dataclasses.replace(loaded, data_config=data_config)
     (feature_set,) = extract_features(train, [probe], device=str(device), batch_size=batch_size, stages=True)
-    report = layer_report(feature_set)
-    if report is None or report["freeze_stages"] is None:
+    (row,) = rank_feature_sets(train, [feature_set], calibration=resolve_calibration(calibration))["backbones"]
+    if row["transfer"] is None:
         raise InvalidFinetuneConfig(
-            f"{loaded.spec.id} does not return its stages (no timm feature_info/forward_intermediates), so there is "
-            "nothing to advise on; name a strategy (linear, partial, full)"
+            f"nothing to advise on for {loaded.spec.id}: no calibration, no source head that maps onto the classes and "
+            "no stages to score (timm feature_info); name a strategy (linear, partial, full)"
         )
-    return {**report, "strategy": "linear" if report["freeze_stages"] >= report["n_stages"] else "partial"}
+    strategy = row["transfer"]["strategy"]
+    return {
+        "transfer": row["transfer"],
+        "layers": row["layers"],
+        "runs": "linear" if strategy == "as_classifier" else strategy,
+    }
 
 
 def _better(run: _Run, other: _Run) -> bool:

@@ -32,7 +32,11 @@ Result schema (``schema_version`` 1, the document built here)::
          "layers": {                            # layer_scores requested; else null (service/pipeline/ranking/layers.py)
            "layers": [{"index": int | null, "module", "dim", "scores": {estimator: float | null}}],  # pre-logits last
            "decided_by", "best_layer", "n_stages", "freeze_stages": int | null, "advice": str | null,
-           "note"?: str} | null}
+           "note"?: str} | null,
+         "transfer": {"strategy": "as_classifier" | "linear" | "partial" | "full", "freeze_stages": int | null,
+           "options": [{"strategy", "predicted": {"value", "low", "high", "inputs"} | null,
+                        "cost": {"passes", "gmacs"}, "note"}],
+           "advice": str} | null}                # how to transfer (service/pipeline/ranking/transfer.py)
       ],
       "fusion": {"method": "calibrated" | "mean_rank", "members", "weights", "normalisation",
                  "calibration": {"path", "created", "source", "loto": {"finetune_mae", "finetune_coverage",
@@ -95,6 +99,7 @@ from service.pipeline.models.spec import BackboneSpec, coerce_spec
 from service.pipeline.ranking.fusion import _fuse
 from service.pipeline.ranking.layers import layer_report
 from service.pipeline.ranking.threads import scoring_threads
+from service.pipeline.ranking.transfer import transfer_advice
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -367,7 +372,8 @@ def rank_feature_sets(
         progress,
     )  # fmt: skip
     for row in rows:
-        del row["_position"]
+        feature_set = feature_sets[row.pop("_position")]
+        row["transfer"] = transfer_advice(row, feature_set.source_probs, feature_set.labels)
     failed = max((len(fs.failed) for fs in feature_sets), default=0)
     return {
         "schema_version": SCHEMA_VERSION,
