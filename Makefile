@@ -11,7 +11,7 @@ export HF_DATASETS_OFFLINE := 1
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[ml,hf,service,dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[ml,hf,service,dev,ray]'
 	touch $(STAMP)
 
 install: $(STAMP)

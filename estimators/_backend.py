@@ -78,6 +78,8 @@ class Backend(Protocol):
 
     def symv(self, scatter: Any, vector: NDArray[np.float64]) -> NDArray[np.float64]: ...
 
+    def add_scatter(self, scatter: Any, matrix: NDArray[np.float64]) -> Any: ...
+
     def scatter_to_numpy(self, scatter: Any) -> NDArray[np.float64]: ...
 
 
@@ -171,6 +173,11 @@ class NumpyBackend:
 
     def symv(self, scatter: NDArray[np.float64], vector: NDArray[np.float64]) -> NDArray[np.float64]:
         return scipy.linalg.blas.dsymv(1.0, scatter, vector, lower=0)
+
+    def add_scatter(self, scatter: NDArray[np.float64], matrix: NDArray[np.float64]) -> NDArray[np.float64]:
+        """scatter += matrix (a full symmetric matrix, e.g. another accumulator's ``scatter_to_numpy``)."""
+        scatter += np.triu(matrix)  # only the upper triangle is ever read
+        return scatter
 
     def scatter_to_numpy(self, scatter: NDArray[np.float64]) -> NDArray[np.float64]:
         upper = np.triu(scatter)
@@ -311,6 +318,9 @@ class TorchBackend:
 
     def symv(self, scatter: Any, vector: NDArray[np.float64]) -> NDArray[np.float64]:
         return self._np(scatter @ self._t(vector))
+
+    def add_scatter(self, scatter: Any, matrix: NDArray[np.float64]) -> Any:
+        return scatter.add_(self._t(matrix))
 
     def scatter_to_numpy(self, scatter: Any) -> NDArray[np.float64]:
         return self._np(0.5 * (scatter + scatter.T))

@@ -294,6 +294,88 @@ class MomentAccumulator:
             joint[present] += np.add.reduceat(theta[order], starts, axis=0)
             np.add.at(hard_joint, (slots, theta.argmax(axis=1)), 1.0)
 
+    # -- merging ----------------------------------------------------------------------------------------
+    def merge(self, other: MomentAccumulator) -> Self:
+        """Add everything ``other`` accumulated (rows of other batches, e.g. another worker's shard) into self.
+
+        The result equals one accumulation over self's batches followed by other's, to rounding: the same
+        pairwise update as :meth:`update`, with ``other``'s moments in place of one batch's. ``other`` is left
+        unchanged. Both must have the same ``class_scatter``, ``n_classes`` and feature dimension, and either
+        both or neither must have seen ``source_probs``. Returns self.
+        """
+        if other.class_scatter != self.class_scatter or other.n_classes_hint != self.n_classes_hint:
+            raise ValueError(
+                "merge accumulators of the same configuration: got class_scatter "
+                f"{self.class_scatter}/{other.class_scatter}, n_classes {self.n_classes_hint}/{other.n_classes_hint}"
+            )
+        if other.n_samples == 0 or other._dim is None:
+            return self
+        if self._dim is None:
+            self._allocate(other._dim, other._n_source)
+        elif other._dim != self._dim:
+            raise ValueError(f"cannot merge {other._dim} features per row into an accumulator of {self._dim}")
+        elif self.n_samples and (other._n_source is None) != (self._n_source is None):
+            raise ValueError("merge accumulators that both saw source_probs, or neither (the joint tables need both)")
+        elif other._n_source != self._n_source:
+            raise ValueError(f"cannot merge {other._n_source} source classes into {self._n_source}")
+        used = np.flatnonzero(other._counts[: len(other._keys)] > 0)
+        slots = self._slots(np.asarray([other._keys[i] for i in used]))
+        self._merge_classes(other, used, slots)
+        self._merge_global(other)
+        self.n_samples += other.n_samples
+        return self
+
+    def _merge_classes(self, other: MomentAccumulator, used: NDArray[np.intp], slots: NDArray[np.intp]) -> None:
+        """Per-class moments: ``other``'s class ``used[j]`` goes into self's slot ``slots[j]``."""
+        n_a = self._counts[slots]
+        n_b = other._counts[used]
+        n = n_a + n_b
+        delta = other._class_means[used] - self._class_means[slots]
+        self._class_means[slots] += delta * (n_b / n)[:, None]
+        self._class_sq[slots] += other._class_sq[used] + delta**2 * (n_a * n_b / n)[:, None]
+        self._counts[slots] = n
+        if self.class_scatter:
+            while len(self._class_scatters) < self._counts.shape[0]:
+                self._class_scatters.append(None)
+            for j, (source, slot) in enumerate(zip(used, slots, strict=True)):
+                scatter = self._class_scatters[slot]
+                if scatter is None:
+                    scatter = self.backend.new_scatter(int(self._dim or 0))
+                part = other.backend.scatter_to_numpy(other._class_scatters[source])
+                scatter = self.backend.add_scatter(scatter, part)
+                if n_a[j] > 0:
+                    scatter = self.backend.rank1_update(scatter, delta[j], n_a[j] * n_b[j] / n[j])
+                self._class_scatters[slot] = scatter
+        if other._joint is not None and other._hard_joint is not None:
+            joint, hard_joint = self._joint, self._hard_joint
+            assert joint is not None and hard_joint is not None  # allocated with the same n_source (merge checks)
+            joint[slots] += other._joint[used]
+            hard_joint[slots] += other._hard_joint[used]
+
+    def _merge_global(self, other: MomentAccumulator) -> None:
+        """The global moments about the merged mean: :meth:`_update_global` with ``other``'s moments as part B."""
+        n_a, n_b = self.n_samples, other.n_samples
+        n = n_a + n_b
+        delta = other._mean - self._mean
+        d_a = -delta * (n_b / n)  # shift of each part's mean to the merged mean
+        d_b = delta * (n_a / n)
+        m2a_da = self.backend.symv(self._m2, d_a)
+        m2b_db = other.backend.symv(other._m2, d_b)
+        da2, db2 = float(d_a @ d_a), float(d_b @ d_b)
+        self._m4 = (
+            self._m4 + 4.0 * float(d_a @ m2a_da) + n_a * da2**2 + 4.0 * float(self._r @ d_a) + 2.0 * self._s2 * da2
+        ) + (
+            other._m4 + 4.0 * float(d_b @ m2b_db) + n_b * db2**2 + 4.0 * float(other._r @ d_b) + 2.0 * other._s2 * db2
+        )
+        self._r = (self._r + 2.0 * m2a_da + self._s2 * d_a + n_a * da2 * d_a) + (
+            other._r + 2.0 * m2b_db + other._s2 * d_b + n_b * db2 * d_b
+        )
+        self._s2 = self._s2 + n_a * da2 + other._s2 + n_b * db2
+        self._m2 = self.backend.add_scatter(self._m2, other.backend.scatter_to_numpy(other._m2))
+        if n_a:
+            self._m2 = self.backend.rank1_update(self._m2, delta, n_a * n_b / n)
+        self._mean = self._mean - d_a
+
     # -- result -----------------------------------------------------------------------------------------
     def moments(self) -> StreamedMoments:
         """The moments of everything added so far, as a streamed ``Statistics`` takes them (the stream can go on).

@@ -4,21 +4,24 @@ Everything that turns :class:`~service.config.Settings` into engine arguments li
 (:func:`cli_runtime`) and the job worker (:func:`service_runtime`) differ only where a service must be
 stricter (no "dataset's own folder" without data roots, the backbone allowlist, no client-side paths).
 :func:`start` fills the process-wide registries (built-in datasets, packaged ImageNet weights, the zoo)
-and sets torch's threads; it is idempotent.
+and sets torch's threads; it is idempotent. A :class:`RuntimeRecipe` repeats both steps in another process (each
+Ray actor of the executor ``ray``, service/pipeline/scaleout/), from the settings values it carries.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from service.catalog import packaged_weights_dir, zoo_dir
 from service.config import Settings
 from service.pipeline.models.backbone_ids import service_allows
 from service.pipeline.models.hub import HubAccess
-from service.pipeline.runtime import Runtime
+from service.pipeline.runtime import RayOptions, Runtime
 
-__all__ = ["cli_runtime", "hub_access", "register_builtins", "service_runtime", "start"]
+__all__ = ["RuntimeRecipe", "cli_runtime", "hub_access", "register_builtins", "service_runtime", "start"]
 
 
 def register_builtins(zoo_dir: Path, packaged_weights_dir: Path) -> None:
@@ -60,13 +63,48 @@ def hub_access(settings: Settings, *, service: bool) -> HubAccess:
     )
 
 
+@dataclass(frozen=True)
+class RuntimeRecipe:
+    """How another process (a Ray actor) builds the runtime this one has: :func:`start`, then :func:`cli_runtime` or
+    :func:`service_runtime`, from these settings.
+
+    ``settings`` holds every field's value, so the other process reads nothing from its own environment (init values
+    take precedence over environment variables); the API keys are left out, an actor serves no API.
+    """
+
+    settings: dict[str, Any] = field(repr=False)
+    service: bool
+
+    @classmethod
+    def of(cls, settings: Settings, *, service: bool) -> RuntimeRecipe:
+        values = settings.model_dump(exclude={"api_keys"})
+        values["api_keys"] = []
+        return cls(values, service)
+
+    def __call__(self) -> Runtime:
+        settings = Settings.model_validate(self.settings)
+        start(settings)
+        return service_runtime(settings) if self.service else cli_runtime(settings)
+
+
+def _ray_options(settings: Settings, *, service: bool) -> RayOptions:
+    return RayOptions(
+        address=settings.ray_address,
+        actors=settings.ray_actors,
+        cpus_per_actor=settings.ray_cpus_per_actor,
+        gpus_per_actor=settings.ray_gpus_per_actor,
+        shard_images=settings.ray_shard_images,
+        actor_runtime=RuntimeRecipe.of(settings, service=service),
+    )
+
+
 def _runtime(
     settings: Settings,
     *,
     roots: tuple[Path, ...] | None,
     hub: HubAccess,
     allowlist: Callable[[str], bool] | None = None,
-    accepts_local_paths: bool = True,
+    service: bool = False,
 ) -> Runtime:
     return Runtime(
         hub=hub,
@@ -80,8 +118,10 @@ def _runtime(
         min_per_class=settings.min_samples_per_class,
         device=settings.device,
         batch_size=settings.batch_size,
-        accepts_local_paths=accepts_local_paths,
+        accepts_local_paths=not service,
         uploads_dir=settings.uploads_dir,
+        executor=settings.executor,
+        ray=_ray_options(settings, service=service),
     )
 
 
@@ -103,5 +143,5 @@ def service_runtime(settings: Settings) -> Runtime:
         roots=tuple(settings.data_roots),
         hub=hub_access(settings, service=True),
         allowlist=_allowlist(settings),
-        accepts_local_paths=False,
+        service=True,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -73,6 +74,33 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
     batch_size: int = Field(64, ge=1)
     num_threads: int | None = Field(None, description="torch CPU threads (default: torch's choice).")
+
+    # --- scale-out (executor "ray": pip install 'backbone-rank[ray]') ---
+    executor: Literal["local", "ray"] = Field(
+        "local",
+        description="Where rankings extract features unless the request says: 'local' (this process) or 'ray' "
+        "(actors on a Ray cluster, service/pipeline/scaleout/).",
+    )
+    ray_address: str = Field(
+        "",
+        max_length=2048,
+        description="The Ray cluster of executor 'ray': 'auto' (the cluster this machine belongs to), "
+        "'ray://HOST:PORT' (Ray client), 'HOST:PORT' (its GCS); empty: a local cluster bound to 127.0.0.1 is started "
+        "for each ranking and shut down after it. A setting only: a request never names a cluster.",
+    )
+    ray_actors: int = Field(2, ge=1, le=1024, description="Ray actors extracting one ranking's shards at once.")
+    ray_cpus_per_actor: float = Field(
+        1.0, gt=0, description="CPUs Ray reserves for each actor (also its torch threads, at least one)."
+    )
+    ray_gpus_per_actor: float | None = Field(
+        None, ge=0, description="GPUs Ray reserves for each actor; default: 1 when the cluster has GPUs, else 0."
+    )
+    ray_shard_images: int = Field(
+        2048,
+        ge=1,
+        description="Images per shard (one actor call), rounded up to whole batches: smaller shards balance the "
+        "actors better and lose less to a failed node; each shard costs one round trip.",
+    )
 
     # --- service (HTTP API, job store, workers) ---
     host: str = Field("127.0.0.1", description="Bind address of `backbone-rank serve` (loopback by default).")

@@ -38,6 +38,7 @@ Every error a user can cause carries a ``code`` (stable, documented, never rewor
     ├── InvalidResult                  invalid_result               422  (also a ValueError)
     ├── InvalidCalibration             invalid_calibration          500  (also a ValueError; a bad calibration file)
     ├── InvalidFinetuneConfig          invalid_finetune_config      422  (also a ValueError)
+    ├── ExecutorUnavailable            executor_unavailable         422  (executor "ray" without Ray installed)
     └── ServiceError                   (the HTTP API and its jobs)
         ├── InvalidRequest             invalid_request              422
         │   └── LocalOnlyOption        local_only_option            422  (a local path sent to a server)
@@ -102,6 +103,7 @@ __all__ = [
     "InvalidResult",
     "InvalidCalibration",
     "InvalidFinetuneConfig",
+    "ExecutorUnavailable",
     "ServiceError",
     "InvalidRequest",
     "Unauthorized",
@@ -335,6 +337,14 @@ class InvalidCalibration(BackboneRankError, ValueError):
 
     code = "invalid_calibration"
     status = 500
+
+
+class ExecutorUnavailable(BackboneRankError):
+    """The request (or the settings) chose an executor this installation cannot run: ``ray`` without Ray installed,
+    or a local Ray cluster that could not be kept on the loopback interface. The detail says how to fix it."""
+
+    code = "executor_unavailable"
+    status = 422
 
 
 class ServiceError(BackboneRankError):

@@ -27,6 +27,7 @@ from service.jobs.store import JobStore
 from service.pipeline.data.paths import check_dataset_path
 from service.pipeline.data.refs import DatasetRef
 from service.pipeline.models.backbone_ids import check_backbone_id, load_timm_registry, service_allows
+from service.pipeline.scaleout.check import require_executor
 
 __all__ = ["check_dataset", "check_backbones", "check_estimator_names", "ranking_request", "finetune_request"]
 
@@ -142,8 +143,10 @@ def _refuse_local_paths(body: RankingRequest | FinetuneRequest) -> None:
 
 
 def ranking_request(body: RankingRequest, settings: Settings) -> dict[str, Any]:
-    """The validated request as stored with the job (the model's JSON, dataset/backbones/estimators checked)."""
+    """The validated request as stored with the job (the model's JSON, dataset/backbones/estimators checked, and the
+    executor installed: ``ray`` on a server without Ray is ``executor_unavailable``)."""
     _refuse_local_paths(body)
+    require_executor(body.executor or settings.executor)
     checked = body.model_copy(
         update={
             "dataset": DatasetSpec(**check_dataset(body.dataset, settings)),

@@ -73,6 +73,15 @@ def rank_command(
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1 ... (default: settings, auto).")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Images per batch (default: settings, 64).")] = None,
     cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse and store extracted features.")] = True,
+    executor: Annotated[
+        str | None,
+        typer.Option(
+            help="Where the features are extracted: local (this process) or ray (actors on the Ray cluster of "
+            "BACKBONE_RANK_RAY_ADDRESS, or a local one on 127.0.0.1 started for the run; pip install "
+            "'backbone-rank[ray]'). Default: settings (BACKBONE_RANK_EXECUTOR, local). Same rows and scores either "
+            "way.",
+        ),
+    ] = None,
     weights_dir: Annotated[
         list[Path] | None,
         typer.Option("--weights-dir", help="Extra directories with <id>.safetensors files (local runs only)."),
@@ -147,6 +156,7 @@ def rank_command(
             device=device,
             batch_size=batch_size,
             cache=cache,
+            executor=executor,
             weights_dirs=[str(path) for path in weights_dir or []],
         )
         _refuse_offline_for_server(offline, server)

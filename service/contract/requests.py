@@ -127,6 +127,12 @@ class RankingRequest(_Request):
     device: Device | None = None
     batch_size: StrictInt | None = Field(None, ge=1, le=4096, description="Images per batch (default: settings).")
     cache: StrictBool = Field(True, description="Reuse and store extracted features in the feature cache.")
+    executor: Literal["local", "ray"] | None = Field(
+        None,
+        description="Where the features are extracted: 'local' (one process) or 'ray' (actors on the Ray cluster "
+        "that the settings name; needs pip install 'backbone-rank[ray]'); default: the settings'. The same rows "
+        "and scores either way.",
+    )
     weights_dirs: list[LocalPath] = Field(
         default_factory=list,
         max_length=16,

@@ -78,6 +78,12 @@ class Environment(_Loose):
     git_commit: str | None = None
     gpu: str | None = None
     fingerprint: str | None = None
+    executor: dict[str, Any] | None = Field(
+        None,
+        description="Where a ranking's features were extracted: {'kind': 'local'}, or {'kind': 'ray', 'cluster', "
+        "'actors', 'cpus_per_actor', 'gpus_per_actor', 'shards', 'retried_shards', 'nodes', 'devices', 'ray'} (the "
+        "actors' torch devices; `device` is then the scoring process's).",
+    )
 
 
 # ------------------------------------------------------------------------------------------------ ranking

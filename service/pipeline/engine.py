@@ -62,13 +62,30 @@ def rank(
     *,
     progress: Callable[[Any], None] | None = None,
 ) -> RankingResult:
-    """Rank ``request.backbones`` on ``request.dataset`` (:func:`~service.pipeline.ranking.rank.rank_backbones`)."""
+    """Rank ``request.backbones`` on ``request.dataset`` (:func:`~service.pipeline.ranking.rank.rank_backbones`), with
+    the features extracted where ``request.executor`` (else ``runtime.executor``) says: this process, or Ray actors
+    (:mod:`service.pipeline.scaleout`) — the same rows and scores either way."""
     from service.pipeline.features.extract import select_device
     from service.pipeline.ranking.rank import rank_backbones
+    from service.pipeline.scaleout.check import require_executor
 
     _check_local_paths(request, runtime)
     device = request.device or runtime.device
     batch_size = request.batch_size or runtime.batch_size
+    executor = request.executor or runtime.executor
+    require_executor(executor)
+    ray_extractor = None
+    if executor == "ray":
+        from service.pipeline.scaleout.actor import DatasetLoad
+        from service.pipeline.scaleout.extraction import RayExtractor
+
+        load = DatasetLoad(
+            ref=_dataset_ref(request.dataset).to_dict(),
+            max_per_class=request.max_per_class,
+            seed=request.seed,
+            min_per_class=runtime.min_per_class,
+        )
+        ray_extractor = RayExtractor(runtime.ray, load, weights_dirs=tuple(request.weights_dirs))
     result = rank_backbones(
         _dataset_ref(request.dataset),
         request.backbones,
@@ -94,6 +111,7 @@ def rank(
         hub=runtime.hub,
         skip_unavailable=bool(request.skip_unavailable),
         uploads_dir=runtime.uploads_dir,
+        extractor=ray_extractor,
     )
     effective = request.model_copy(
         update={
@@ -101,6 +119,7 @@ def rank(
             "batch_size": batch_size,
             "estimators": [column["name"] for column in result["estimators"]],
             "skip_unavailable": bool(request.skip_unavailable),
+            "executor": executor,
         }
     )
     document = {
@@ -108,7 +127,12 @@ def rank(
         "schema_version": RESULT_SCHEMA_VERSION,
         "kind": "ranking",
         "request": effective.model_dump(mode="json"),
-        "environment": environment(str(select_device(device))),
+        # On Ray the features come from the actors' devices (environment.executor.devices); this process only scores,
+        # on its CPU, and may have no GPU at all.
+        "environment": {
+            **environment(str(select_device(device)) if ray_extractor is None else "cpu"),
+            "executor": ray_extractor.describe() if ray_extractor is not None else {"kind": "local"},
+        },
     }
     return RankingResult.model_validate(document)
 

@@ -2,7 +2,8 @@
 
 A :class:`Runtime` is built once from the settings by the composition root (:mod:`service.bootstrap`),
 for the CLI or for a service worker, and handed to every engine call (:mod:`service.pipeline.engine`).
-It holds no torch objects, so building it is cheap.
+It holds no torch objects, so building it is cheap. :class:`RayOptions` is where the executor ``ray``
+(service/pipeline/scaleout/) runs, and how each of its actors builds the same runtime in its own process.
 """
 
 from __future__ import annotations
@@ -10,12 +11,42 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from service.pipeline.data.hub_dataset import HubDatasets
 from service.pipeline.features.cache import FeatureCache
 from service.pipeline.models.hub import HubAccess
 
-__all__ = ["Runtime"]
+__all__ = ["RayOptions", "Runtime"]
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """The Ray cluster of the executor ``ray`` and the actors it runs there (``BACKBONE_RANK_RAY_*`` settings).
+
+    Attributes
+    ----------
+    address : str
+        ``ray.init``'s address: ``"auto"``, ``"ray://HOST:PORT"``, ``"HOST:PORT"``; empty: a local cluster on
+        127.0.0.1, started for one extraction and shut down after it. Never taken from a request.
+    actors : int
+        Actors extracting at once (fewer when there are fewer shards or the cluster holds fewer).
+    cpus_per_actor, gpus_per_actor
+        Resources Ray reserves for each actor; ``gpus_per_actor`` None: 1 when the cluster has GPUs, else 0.
+    shard_images : int
+        Images per shard, rounded up to whole batches.
+    actor_runtime : callable or None
+        Builds this runtime in an actor's process (filling that process's registries first): picklable plain data
+        and a function, made by :mod:`service.bootstrap` from the settings. None: the runtime was not built from
+        settings, and the executor ``ray`` is refused.
+    """
+
+    address: str = ""
+    actors: int = 2
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float | None = None
+    shard_images: int = 2048
+    actor_runtime: Callable[[], Runtime] | None = None
 
 
 @dataclass(frozen=True)
@@ -48,6 +79,10 @@ class Runtime:
         Defaults for requests that leave them unset.
     accepts_local_paths : bool
         False on a service: a request naming directories of the caller's machine is refused.
+    executor : {"local", "ray"}
+        Where rankings extract features when the request leaves it unset.
+    ray : RayOptions
+        The cluster and actors of the executor ``ray``.
     """
 
     cache_dir: Path
@@ -63,6 +98,8 @@ class Runtime:
     batch_size: int = 64
     accepts_local_paths: bool = True
     uploads_dir: Path | None = None
+    executor: Literal["local", "ray"] = "local"
+    ray: RayOptions = field(default_factory=RayOptions)
 
     @property
     def hf_cache_dir(self) -> Path | None:

@@ -105,7 +105,7 @@ def _params(command: str) -> set[str]:
 RANK_ARGS = [
     "rank", "builtin:digits#val", "-b", "zoo:latin-resnet10t", "-b", "random:resnet10t", "-e", "logme", "-e", "knn",
     "--max-per-class", "7", "--seed", "3", "--device", "cpu", "--batch-size", "5", "--no-cache", "--layer", "2",
-    "--streaming", "--bootstrap", "4", "--skip-unavailable",
+    "--streaming", "--bootstrap", "4", "--skip-unavailable", "--executor", "ray",
 ]  # fmt: skip
 RANK_EXPECTED = {
     "dataset": {
@@ -124,6 +124,7 @@ RANK_EXPECTED = {
     "streaming": True,
     "layer_scores": False,
     "n_bootstrap": 4,
+    "executor": "ray",
 }
 #: option (parameter name) -> the request field it sets
 RANK_FIELDS = {
@@ -131,6 +132,7 @@ RANK_FIELDS = {
     "skip_unavailable": "skip_unavailable", "seed": "seed", "image_column": "dataset", "label_column": "dataset",
     "device": "device", "batch_size": "batch_size", "cache": "cache", "layer": "layer",
     "streaming": "streaming", "layer_scores": "layer_scores", "bootstrap": "n_bootstrap", "weights_dir": "weights_dirs",
+    "executor": "executor",
     "upload": "dataset",  # a local folder sent to the server: its upload:<id> (tests/service/test_upload.py)
 }  # fmt: skip
 
@@ -209,6 +211,7 @@ def test_rank_on_a_server_makes_a_relative_dataset_path_absolute(recorded, tmp_p
         (["--batch-size", "0"], "Invalid value for '--batch-size'"),  # typer's own bounds
         (["--device", "gpu"], "error [invalid_request]: --device: String should match pattern"),
         (["--bootstrap", "1000"], "error [invalid_request]: --bootstrap: Input should be less than or equal to 200"),
+        (["--executor", "dask"], "error [invalid_request]: --executor: Input should be 'local' or 'ray'"),
     ],
 )
 def test_rank_refuses_bad_values_naming_the_option(recorded, args, message):

@@ -286,3 +286,63 @@ def test_streamed_statistics_refuse_sample_access_but_keep_moments():
     assert streamed_without_probs.source_probs is None and not streamed_without_probs.has_source_probs
     with pytest.raises(ValueError, match="needs source_probs"):
         score("nce", stats=streamed_without_probs)
+
+
+def _accumulate(features, labels, source_probs, rows, batch_size=7, **kwargs) -> StreamingStatistics:
+    stream = StreamingStatistics(**kwargs)
+    for start in range(rows.start, rows.stop, batch_size):
+        part = slice(start, min(start + batch_size, rows.stop))
+        stream.update(features[part], labels[part], None if source_probs is None else source_probs[part])
+    return stream
+
+
+@pytest.mark.parametrize("n_classes", [None, 4])
+@pytest.mark.parametrize("offset", [0.0, 1e4])
+def test_merged_partials_equal_one_pass_over_both(n_classes, offset):
+    """merge(a, b) == one accumulation over a's rows then b's: what a distributed extraction's shards give."""
+    features, labels, probs = dataset("unequal")  # sorted by label: the last classes appear in the second part only
+    features = features + offset
+    split = 95
+    kwargs = {"class_scatter": True, "n_classes": n_classes}
+    one_pass = _accumulate(features, labels, probs, range(labels.size), **kwargs).finalize()
+    first = _accumulate(features, labels, probs, range(split), **kwargs)
+    second = _accumulate(features, labels, probs, range(split, labels.size), **kwargs)
+    merged = first.merge(second).finalize()
+    assert second.n_samples == labels.size - split  # the merged-in part is left as it was
+    for attribute in (
+        "counts", "mean", "class_means", "centered_gram", "centered_fourth_moment", "class_sq_deviations",
+        "class_scatters", "source_joint", "hard_source_joint",
+    ):  # fmt: skip
+        np.testing.assert_allclose(
+            getattr(merged, attribute), getattr(one_pass, attribute), rtol=1e-10, atol=1e-9 * max(1.0, offset**2),
+            err_msg=attribute,
+        )  # fmt: skip
+    np.testing.assert_array_equal(merged.classes, one_pass.classes)
+    # LogME is not translation invariant: with an offset its value is defined to ~1e-7 only (see below)
+    for name, params in STREAMABLE if not offset else [(n, p) for n, p in STREAMABLE if n != "logme"]:
+        np.testing.assert_allclose(
+            score(name, stats=merged, **params), score(name, stats=one_pass, **params), rtol=RTOL, err_msg=name
+        )
+
+
+def test_merge_into_an_empty_accumulator_and_of_an_empty_one():
+    features, labels, probs = dataset("tall")
+    full = _accumulate(features, labels, probs, range(labels.size)).finalize()
+    merged = StreamingStatistics().merge(StreamingStatistics()).merge(
+        _accumulate(features, labels, probs, range(labels.size))
+    )
+    np.testing.assert_allclose(merged.finalize().centered_gram, full.centered_gram, rtol=1e-12)
+    assert merged.merge(StreamingStatistics()).n_samples == labels.size
+
+
+def test_merge_refuses_accumulators_that_do_not_fit():
+    features, labels, probs = dataset("tall")
+    with_probs = _accumulate(features, labels, probs, range(50))
+    without = _accumulate(features, labels, None, range(50, 100))
+    with pytest.raises(ValueError, match="both saw source_probs"):
+        with_probs.merge(without)
+    with pytest.raises(ValueError, match="same configuration"):
+        with_probs.merge(StreamingStatistics(class_scatter=True))
+    narrow = _accumulate(features[:, :5], labels, None, range(50))
+    with pytest.raises(ValueError, match="5 features per row"):
+        without.merge(narrow)

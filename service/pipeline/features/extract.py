@@ -13,6 +13,11 @@ pass, not one per layer. Each stage is cached under its own layer key, the key a
 With ``streaming=True`` the features are never held: each batch is added to an
 :class:`estimators.StreamingStatistics` and dropped, so memory does not grow with the number of
 images (only the labels and item indices are kept, 16 bytes per image).
+
+Where the forward passes run is a :class:`GroupExtractor`: :func:`extract_here` in this process, or the executor
+``ray`` (service/pipeline/scaleout/extraction.py), whose actors run :func:`run_group` on contiguous item ranges and
+whose driver builds the same FeatureSets with :func:`assemble_feature_set`. The cache is read and filled here,
+whichever extractor ran.
 """
 
 from __future__ import annotations
@@ -21,10 +26,10 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -42,7 +47,20 @@ if TYPE_CHECKING:
     from service.pipeline.features.cache import FeatureCache
     from service.pipeline.models.backbones import LoadedBackbone
 
-__all__ = ["FeatureSet", "ProgressEvent", "StageFeatures", "extract_features", "select_device", "transform_key"]
+__all__ = [
+    "ExtractionOptions",
+    "FeatureSet",
+    "GroupExtractor",
+    "GroupPass",
+    "ProgressEvent",
+    "StageFeatures",
+    "assemble_feature_set",
+    "extract_features",
+    "extract_here",
+    "run_group",
+    "select_device",
+    "transform_key",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -110,6 +128,36 @@ class ProgressEvent:
 
 
 ProgressCallback = Callable[[ProgressEvent], None]
+
+
+@dataclass(frozen=True)
+class ExtractionOptions:
+    """How the forward passes run, whoever runs them (plain data: the executor ``ray`` sends it to its actors).
+    The fields are :func:`extract_features`' arguments of the same names."""
+
+    device: str = "auto"
+    batch_size: int = 64
+    layer: int | None = None
+    precision: str = "auto"
+    streaming: bool = False
+    stages: bool = False
+
+
+class GroupExtractor(Protocol):
+    """Runs the forward passes of the backbones the cache did not serve, grouped by preprocessing.
+
+    Yields one list of FeatureSets per group, in the order of ``groups`` (each list in the group's order, rows in
+    dataset order), as each is done; sends the "extract" and "done" progress events. :func:`extract_here` runs them
+    in this process; the executor ``ray`` (service/pipeline/scaleout/extraction.py) on a Ray cluster.
+    """
+
+    def __call__(
+        self,
+        dataset: Dataset,
+        groups: Sequence[Sequence[LoadedBackbone]],
+        options: ExtractionOptions,
+        progress: ProgressCallback | None,
+    ) -> Iterator[list[FeatureSet]]: ...
 
 
 def select_device(requested: str = "auto") -> torch.device:
@@ -242,6 +290,7 @@ def extract_features(
     num_threads: int | None = None,
     streaming: bool = False,
     stages: bool = False,
+    extractor: GroupExtractor | None = None,
 ) -> list[FeatureSet]:
     """Extract pooled pre-logit features (and source-head softmax) of every backbone.
 
@@ -274,6 +323,9 @@ def extract_features(
         Also keep every stage's spatially averaged output (``FeatureSet.stages``) from the same forward
         pass; a backbone whose model cannot return its stages gets ``stages=[]``. Not with ``layer`` or
         ``streaming``.
+    extractor : GroupExtractor, optional
+        Where the forward passes run; default :func:`extract_here` (this process). Either way the FeatureSets
+        have the same rows in the same order, and the cache is read and filled here with the same keys.
 
     Returns
     -------
@@ -287,7 +339,9 @@ def extract_features(
         )
     if num_threads:
         torch.set_num_threads(num_threads)
-    torch_device = select_device(device)
+    if extractor is None:
+        select_device(device)  # a device this machine lacks is an error even when every backbone is cached
+        extractor = extract_here
     if streaming and cache is not None:
         _logger.info("streaming extraction keeps no features: the feature cache is neither read nor written")
         cache = None
@@ -316,13 +370,10 @@ def extract_features(
             continue
         pending.setdefault(transform_key(backbone.data_config), []).append(position)
 
-    for positions in pending.values():
-        group = [backbones[p] for p in positions]
-        for position, feature_set in zip(
-            positions,
-            _extract_group(dataset, group, torch_device, batch_size, progress, layer, precision, streaming, stages),
-            strict=True,
-        ):
+    groups = [[backbones[p] for p in positions] for positions in pending.values()]
+    options = ExtractionOptions(device, batch_size, layer, precision, streaming, stages)
+    for positions, feature_sets in zip(pending.values(), extractor(dataset, groups, options, progress), strict=True):
+        for position, feature_set in zip(positions, feature_sets, strict=True):
             results[position] = feature_set
             if cache is not None:
                 assert feature_set.features is not None  # in memory: streaming turned the cache off above
@@ -384,29 +435,81 @@ def _split_transform(
     return Compose(steps[:-2]), normalize
 
 
+def extract_here(
+    dataset: Dataset,
+    groups: Sequence[Sequence[LoadedBackbone]],
+    options: ExtractionOptions,
+    progress: ProgressCallback | None,
+) -> Iterator[list[FeatureSet]]:
+    """The :class:`GroupExtractor` of this process: each group in turn, over the whole dataset."""
+    device = select_device(options.device)
+    for group in groups:
+        yield _extract_group(dataset, group, device, options, progress)
+
+
+@dataclass
+class GroupPass:
+    """What one pass of a preprocessing group over some items left: each backbone's output in its runner (features
+    and source softmax per batch, or the streaming accumulator), the items decoded and not, and each backbone's
+    forward seconds."""
+
+    runners: list[_Runner]
+    kept: list[int]
+    failed: list[int]
+    elapsed: list[float]
+
+
 def _extract_group(
     dataset: Dataset,
     group: Sequence[LoadedBackbone],
     device: torch.device,
-    batch_size: int,
+    options: ExtractionOptions,
     progress: ProgressCallback | None,
-    layer: int | None,
-    precision: str,
-    streaming: bool = False,
-    stages: bool = False,
 ) -> list[FeatureSet]:
     """Decode every image once, transform it once, and run each backbone of the group on it."""
+    done = run_group(dataset, group, device, options, progress)
+    indices = np.asarray(done.kept, dtype=np.int64)
+    labels = dataset.labels[indices].astype(np.int64) if indices.size else np.zeros(0, dtype=np.int64)
+    results = []
+    for runner, backbone, seconds in zip(done.runners, group, done.elapsed, strict=True):
+        stages = runner.stage_features() if options.stages else None
+        feature_set = assemble_feature_set(
+            backbone, options, labels, indices, done.failed, seconds, runner.features, runner.probs, runner.stream,
+            stages,
+        )  # fmt: skip
+        results.append(feature_set)
+        if progress:
+            progress(ProgressEvent("done", backbone.spec.id, len(dataset), len(dataset)))
+    return results
+
+
+def run_group(
+    dataset: Dataset,
+    group: Sequence[LoadedBackbone],
+    device: torch.device,
+    options: ExtractionOptions,
+    progress: ProgressCallback | None = None,
+    items: Sequence[int] | None = None,
+) -> GroupPass:
+    """Decode ``items`` (default: every item; a Ray actor's shard is a range) once, transform each once, and run
+    every backbone of the group on the batches on ``device``; "extract" progress counts the items of this pass."""
+    if items is None:
+        items = range(len(dataset))
+    batch_size = options.batch_size
     pil_transform, normalize = _split_transform(create_transform(**group[0].data_config, is_training=False))
-    n_classes = len(dataset.classes) if streaming else None
-    runners = [_Runner(backbone, device, layer, precision, n_classes, stages) for backbone in group]
+    n_classes = len(dataset.classes) if options.streaming else None
+    all_labels = dataset.labels if options.streaming else None
+    runners = [
+        _Runner(backbone, device, options.layer, options.precision, n_classes, options.stages) for backbone in group
+    ]
     elapsed = [0.0] * len(group)
     kept: list[int] = []
     failed: list[int] = []
-    total = len(dataset)
+    total = len(items)
 
     def prepare(start: int) -> tuple[int, Any, list[int], list[int]]:
         ok, bad, images = [], [], []
-        for index in range(start, min(start + batch_size, total)):
+        for index in items[start : min(start + batch_size, total)]:
             try:
                 image = dataset.open_image(index)
             except ImageDecodeError as err:
@@ -434,7 +537,7 @@ def _extract_group(
             failed.extend(bad)
             if prepared is not None:
                 batch = prepared if normalize is None else normalize(prepared)
-                batch_labels = dataset.labels[np.asarray(ok, dtype=np.int64)].astype(np.int64) if streaming else None
+                batch_labels = all_labels[np.asarray(ok, dtype=np.int64)] if all_labels is not None else None
                 for i, runner in enumerate(runners):
                     began = time.perf_counter()
                     runner.run(batch, batch_labels)
@@ -442,53 +545,59 @@ def _extract_group(
             if progress:
                 for backbone in group:
                     progress(ProgressEvent("extract", backbone.spec.id, min(next_start, total), total))
-    indices = np.asarray(kept, dtype=np.int64)
-    labels = dataset.labels[indices].astype(np.int64) if indices.size else np.zeros(0, dtype=np.int64)
-    results = []
-    for runner, backbone, seconds in zip(runners, group, elapsed, strict=True):
-        if streaming:
-            results.append(
-                FeatureSet(
-                    backbone=backbone.describe(),
-                    features=None,
-                    labels=labels,
-                    indices=indices,
-                    source_probs=None,
-                    failed=failed,
-                    seconds=seconds,
-                    layer=layer,
-                    stats=_finalize(runner, backbone),
-                )
-            )
-        else:
-            dim = backbone.num_features
-            features = np.concatenate(runner.features) if runner.features else np.zeros((0, dim), np.float32)
-            probs = np.concatenate(runner.probs) if runner.probs else None
-            results.append(
-                FeatureSet(
-                    backbone=backbone.describe(),
-                    features=np.ascontiguousarray(features, dtype=np.float32),
-                    labels=labels,
-                    indices=indices,
-                    source_probs=probs,
-                    failed=failed,
-                    seconds=seconds,
-                    layer=layer,
-                    stages=runner.stage_features() if stages else None,
-                )
-            )
-        if progress:
-            progress(ProgressEvent("done", backbone.spec.id, total, total))
+    for backbone in group:
         backbone.model.to("cpu")
-    return results
+    return GroupPass(runners, kept, failed, elapsed)
 
 
-def _finalize(runner: _Runner, backbone: LoadedBackbone) -> Statistics | None:
+def assemble_feature_set(
+    backbone: LoadedBackbone,
+    options: ExtractionOptions,
+    labels: NDArray[np.int64],
+    indices: NDArray[np.int64],
+    failed: list[int],
+    seconds: float,
+    features: Sequence[NDArray[np.float32]],
+    probs: Sequence[NDArray[np.float32]],
+    stream: StreamingStatistics | None,
+    stages: list[StageFeatures] | None = None,
+) -> FeatureSet:
+    """One backbone's FeatureSet over ``indices`` (in order, with their ``labels``) from its output in row blocks
+    (batches, or a Ray executor's shards): the features and source softmax (and, with ``options.stages``, its
+    ``stages``, whole), or with ``options.streaming`` the accumulated statistics (finalized here)."""
+    if options.streaming:
+        return FeatureSet(
+            backbone=backbone.describe(),
+            features=None,
+            labels=labels,
+            indices=indices,
+            source_probs=None,
+            failed=failed,
+            seconds=seconds,
+            layer=options.layer,
+            stats=_finalize(stream, backbone),
+        )
+    dim = backbone.num_features
+    stacked = np.concatenate(features) if features else np.zeros((0, dim), np.float32)
+    return FeatureSet(
+        backbone=backbone.describe(),
+        features=np.ascontiguousarray(stacked, dtype=np.float32),
+        labels=labels,
+        indices=indices,
+        source_probs=np.concatenate(probs) if probs else None,
+        failed=failed,
+        seconds=seconds,
+        layer=options.layer,
+        stages=stages,
+    )
+
+
+def _finalize(stream: StreamingStatistics | None, backbone: LoadedBackbone) -> Statistics | None:
     """The streamed statistics, or None when too few images decoded (the ranking step reports which class)."""
-    if runner.stream is None:
+    if stream is None:
         return None
     try:
-        return runner.stream.finalize()
+        return stream.finalize()
     except ValueError as err:
         _logger.info("no statistics for %s: %s", backbone.spec.id, err)
         return None

@@ -92,7 +92,13 @@ from service.pipeline.data.datasets import Dataset, load_dataset
 from service.pipeline.data.hub_dataset import HubDatasets
 from service.pipeline.data.refs import DatasetRef
 from service.pipeline.features.cache import FeatureCache
-from service.pipeline.features.extract import FeatureSet, ProgressCallback, ProgressEvent, extract_features
+from service.pipeline.features.extract import (
+    FeatureSet,
+    GroupExtractor,
+    ProgressCallback,
+    ProgressEvent,
+    extract_features,
+)
 from service.pipeline.models.backbones import LoadedBackbone, load_backbone
 from service.pipeline.models.hub import HubAccess
 from service.pipeline.models.spec import BackboneSpec, coerce_spec
@@ -177,6 +183,7 @@ def rank_backbones(
     hub: HubAccess | None = None,
     skip_unavailable: bool = False,
     uploads_dir: Path | None = None,
+    extractor: GroupExtractor | None = None,
 ) -> dict[str, Any]:
     """Rank ``backbones`` on ``dataset``; see the module docstring for the result schema.
 
@@ -190,6 +197,8 @@ def rank_backbones(
     packaged fusion (ridge probe, PARC, NCTI) costs ~0.1-0.5 s per backbone), seeded by ``seed``.
     ``layer_scores``: also score every stage of each backbone from the same forward pass and give each row its
     layer advice (:mod:`service.pipeline.ranking.layers`).
+    ``extractor``: where the forward passes run (:func:`~service.pipeline.features.extract.extract_features`; default
+    this process, or the executor ``ray``'s :class:`~service.pipeline.scaleout.extraction.RayExtractor`).
     """
     started = time.perf_counter()
     requested = check_estimators(estimators) if estimators else None
@@ -257,6 +266,7 @@ def rank_backbones(
         layer=layer,
         streaming=streaming,
         stages=layer_scores,
+        extractor=extractor,
     )
     result = rank_feature_sets(
         dataset,
