@@ -9,7 +9,7 @@ torch and timm imported, the backbones loaded) and the transfer of the features 
 the same: the largest relative score difference to the first local run is reported.
 
 Usage: python benchmarks/speed_scaleout.py [--images 400] [--batch-size 32] [--models random:resnet10t ...]
-Writes <cache dir>/benchmarks/speed_scaleout-<fingerprint>.json (``--out DIR`` elsewhere) and prints a markdown table.
+Writes <cache dir>/benchmarks/speed_scaleout-<images>-images-<fingerprint>.json (``--out DIR`` elsewhere) and prints a markdown table.
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def main() -> None:
     }
     out = args.out or default_out_dir()
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"speed_scaleout-{device['fingerprint']}.json"
+    path = out / f"speed_scaleout-{args.images}-images-{device['fingerprint']}.json"
     path.write_text(json.dumps(document, indent=2))
     print(f"\n{args.images} images, batch {args.batch_size}, {', '.join(args.models)}; Ray cluster start "
           f"{cluster_start:.1f} s (not in the rows); load average {os.getloadavg()[0]:.1f}\n")
