@@ -9,7 +9,8 @@ torch and timm imported, the backbones loaded) and the transfer of the features 
 the same: the largest relative score difference to the first local run is reported.
 
 Usage: python benchmarks/speed_scaleout.py [--images 400] [--batch-size 32] [--models random:resnet10t ...]
-Writes <cache dir>/benchmarks/speed_scaleout-<images>-images-<fingerprint>.json (``--out DIR`` elsewhere) and prints a markdown table.
+Writes <cache dir>/benchmarks/speed_scaleout-<images>-images-<fingerprint>.json (``--out DIR`` elsewhere) and prints
+a markdown table.
 """
 
 from __future__ import annotations
