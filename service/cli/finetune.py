@@ -20,7 +20,6 @@ from service.cli._common import (
     LabelColumnOption,
     OfflineOption,
     _build_request,
-    _dataset_spec,
     _exit_with,
     _local_runtime,
     _print_result,
@@ -28,7 +27,7 @@ from service.cli._common import (
     console,
     err_console,
 )
-from service.cli.server import _on_server, _refuse_offline_for_server
+from service.cli.server import _dataset_or_upload, _on_server, _refuse_offline_for_server, _upload_to_server
 
 
 def finetune_command(
@@ -94,6 +93,15 @@ def finetune_command(
             "weights stay there: GET /v1/finetunes/{id}/weights). API key: $BACKBONE_RANK_API_KEY.",
         ),
     ] = None,
+    upload: Annotated[
+        Path | None,
+        typer.Option(
+            "--upload",
+            help="With --server: upload this local folder (one sub-folder per class, or train/val/test splits) or "
+            "archive (.zip, .tar, .tar.gz) to the server, which cannot see this machine's files, and fine-tune on it "
+            "(instead of DATASET, or of the --winner ranking's dataset).",
+        ),
+    ] = None,
     offline: OfflineOption = False,
     image_column: ImageColumnOption = None,
     label_column: LabelColumnOption = None,
@@ -105,7 +113,7 @@ def finetune_command(
     if (backbone is None) == (winner is None):
         err_console.print("[bold red]error[/]: give either --backbone/-b BACKBONE or --winner RANKING.json")
         raise typer.Exit(2)
-    if winner is None and dataset is None:
+    if winner is None and dataset is None and upload is None:
         err_console.print("[bold red]error[/]: missing DATASET (or use --winner RANKING.json, which names one)")
         raise typer.Exit(2)
     if server is not None and out is not None:
@@ -127,10 +135,11 @@ def finetune_command(
             "device": device,
             "weights_dirs": [str(path) for path in weights_dir or []],
         }
-        if dataset is not None:
-            fields["dataset"] = _dataset_spec(
-                dataset, for_server=server is not None, image_column=image_column, label_column=label_column
-            )
+        spec = _dataset_or_upload(
+            dataset, upload, server, image_column, label_column, command="fine-tune", required=winner is None
+        )
+        if spec is not None:
+            fields["dataset"] = spec
         ranking = None
         if winner is not None:
             from service.pipeline.engine import winner_request
@@ -140,6 +149,9 @@ def finetune_command(
         else:
             request = _build_request(FinetuneRequest, backbone=backbone, **fields)
         _refuse_offline_for_server(offline, server)
+        if upload is not None and server is not None:
+            # After the request was built: a mistyped option costs no upload.
+            request = request.model_copy(update={"dataset": _upload_to_server(server, upload, json_output)})
         if server is not None:
             result: Any = _on_server(server, request, json_output)
         else:

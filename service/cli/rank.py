@@ -18,7 +18,6 @@ from service.cli._common import (
     LabelColumnOption,
     OfflineOption,
     _build_request,
-    _dataset_spec,
     _exit_with,
     _justify,
     _local_runtime,
@@ -28,7 +27,7 @@ from service.cli._common import (
     console,
     err_console,
 )
-from service.cli.server import _on_server, _refuse_offline_for_server, _upload_to_server
+from service.cli.server import _dataset_or_upload, _on_server, _refuse_offline_for_server, _upload_to_server
 
 
 def rank_command(
@@ -140,7 +139,7 @@ def rank_command(
     from service.errors import BackboneRankError
 
     try:
-        spec = _ranked_dataset(dataset, upload, server, image_column, label_column)
+        spec = _dataset_or_upload(dataset, upload, server, image_column, label_column, command="rank")
         request = _build_request(
             RankingRequest,
             dataset=spec,
@@ -173,30 +172,6 @@ def rank_command(
     except (BackboneRankError, ValueError) as err:
         _exit_with(err)
     _print_result(result, json_output, _print_ranking)
-
-
-def _ranked_dataset(
-    dataset: str | None, upload: Path | None, server: str | None, image_column: str | None, label_column: str | None
-) -> Any:
-    """The request's dataset: DATASET's spec, or for ``--upload`` a stand-in until the upload has its id."""
-    from service.contract import DatasetSpec
-    from service.errors import InvalidRequest
-
-    if upload is None:
-        if dataset is None:
-            raise InvalidRequest("give the DATASET to rank (or, with --server, a local folder to send with --upload)")
-        return _dataset_spec(
-            dataset, for_server=server is not None, image_column=image_column, label_column=label_column
-        )
-    if server is None:
-        raise InvalidRequest(
-            "--upload sends a local folder to a server: give --server URL too (locally, pass the folder)"
-        )
-    if dataset is not None:
-        raise InvalidRequest("give either DATASET or --upload PATH, not both")
-    if image_column or label_column:
-        raise InvalidRequest("--image-column/--label-column apply to hf://datasets/... references, not to --upload")
-    return DatasetSpec(kind="upload", name="0" * 64)
 
 
 #: Up to this many backbones the scores table has one column per backbone; beyond, a terminal cannot show the

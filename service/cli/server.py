@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from service.cli._common import _OPTION_OF, _exit_with, _progress_bars
+from service.cli._common import _OPTION_OF, _dataset_spec, _exit_with, _progress_bars
 
 
 def _refuse_offline_for_server(offline: bool, server: str | None) -> None:
@@ -49,6 +49,43 @@ def _on_server(server: str, request: Any, json_output: bool) -> Any:
             return client.finetune(request)
     except ClientError as err:
         _exit_with(err)
+
+
+def _dataset_or_upload(
+    dataset: str | None,
+    upload: Path | None,
+    server: str | None,
+    image_column: str | None,
+    label_column: str | None,
+    *,
+    command: str,
+    required: bool = True,
+) -> Any:
+    """The request's dataset: DATASET's spec, or for ``--upload`` a stand-in until the upload has its id (the
+    caller replaces it after building the request, so a mistyped option costs no upload); None when neither is
+    given and the command does not require one (``finetune --winner`` takes the ranking's)."""
+    from service.contract import DatasetSpec
+    from service.errors import InvalidRequest
+
+    if upload is None:
+        if dataset is None:
+            if not required:
+                return None
+            raise InvalidRequest(
+                f"give the DATASET to {command} (or, with --server, a local folder to send with --upload)"
+            )
+        return _dataset_spec(
+            dataset, for_server=server is not None, image_column=image_column, label_column=label_column
+        )
+    if server is None:
+        raise InvalidRequest(
+            "--upload sends a local folder to a server: give --server URL too (locally, pass the folder)"
+        )
+    if dataset is not None:
+        raise InvalidRequest("give either DATASET or --upload PATH, not both")
+    if image_column or label_column:
+        raise InvalidRequest("--image-column/--label-column apply to hf://datasets/... references, not to --upload")
+    return DatasetSpec(kind="upload", name="0" * 64)
 
 
 def _upload_to_server(server: str, path: Path, json_output: bool) -> Any:

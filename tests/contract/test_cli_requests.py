@@ -241,6 +241,7 @@ FINETUNE_FIELDS = {
     "epochs": "epochs", "lr": "lr_grid",
     "seed": "seeds", "input_size": "input_size", "max_per_class": "max_per_class", "batch_size": "batch_size",
     "device": "device", "weights_dir": "weights_dirs", "image_column": "dataset", "label_column": "dataset",
+    "upload": "dataset",  # a local folder sent to the server: its upload:<id> (tests/service/test_upload.py)
 }  # fmt: skip
 
 

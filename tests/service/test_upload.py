@@ -595,6 +595,40 @@ def test_cli_rank_server_upload(live_server: str, settings: Settings, pets: Path
     assert refused.exit_code == 2
 
 
+def test_cli_finetune_server_upload(live_server: str, pets: Path, monkeypatch) -> None:
+    """``finetune --server URL --upload PATH`` uploads the folder and fine-tunes on its upload:<id>, also in place of
+    a --winner ranking's dataset."""
+    from service.cli import app
+    from service.cli import finetune as finetune_module
+
+    submitted: list[Any] = []
+
+    def fake_on_server(server: str, request: Any, json_output: bool) -> Any:
+        submitted.append((server, request))
+        raise SystemExit(0)
+
+    monkeypatch.setattr(finetune_module, "_on_server", fake_on_server)
+    runner = CliRunner()
+    args = ["finetune", "--server", live_server, "--upload", str(pets), "-b", "random:resnet10t", "--epochs", "2"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    ((server, request),) = submitted
+    assert server == live_server and request.dataset.kind == "upload" and request.epochs == 2
+    assert httpx.get(f"{live_server}/v1/datasets/{request.dataset.name}").json()["n_images"] == 8
+
+    for args, message in [
+        (["finetune", "--upload", str(pets), "-b", "x"], "--server"),
+        (["finetune", str(pets), "--server", live_server, "--upload", str(pets), "-b", "x"], "not both"),
+    ]:
+        refused = runner.invoke(app, args)
+        assert refused.exit_code == 2 and message in refused.output, refused.output
+    # a bad option is refused before anything is uploaded
+    refused = runner.invoke(
+        app, ["finetune", "--server", live_server, "--upload", str(pets), "-b", "x", "--epochs", "0"]
+    )
+    assert refused.exit_code == 2 and len(submitted) == 1
+
+
 def test_cli_upload_error_is_one_line(live_server: str, tmp_path: Path) -> None:
     from service.cli import app
 
