@@ -159,7 +159,7 @@ class TransferCost(_Model):
 
 
 class TransferOption(_Model):
-    strategy: Literal["as_classifier", "linear", "partial", "full"]
+    strategy: Literal["as_classifier", "linear", "partial", "full", "scratch"]
     predicted: Prediction | None = Field(description="Expected accuracy (as_classifier: measured, leave-one-out).")
     cost: TransferCost
     note: str | None = None
@@ -168,7 +168,7 @@ class TransferOption(_Model):
 class TransferAdvice(_Model):
     """How to transfer this backbone (service/pipeline/ranking/transfer.py has the rule)."""
 
-    strategy: Literal["as_classifier", "linear", "partial", "full"]
+    strategy: Literal["as_classifier", "linear", "partial", "full", "scratch"]
     freeze_stages: int | None = Field(description="partial: the stages to freeze, counted from the input.")
     options: list[TransferOption]
     advice: str = Field(description="The advice in words.")
@@ -180,7 +180,8 @@ class FinetuneAdvice(_Model):
     transfer: TransferAdvice
     layers: LayerAdvice | None
     runs: Literal["linear", "partial", "full"] = Field(
-        description="The strategy run: the advised one (as_classifier needs no training and runs linear)."
+        description="The strategy run: the advised one (as_classifier needs no training and runs linear; scratch, "
+        "advised to an untrained random: backbone, runs full)."
     )
 
 

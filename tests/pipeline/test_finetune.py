@@ -205,28 +205,30 @@ def test_freeze_stages_freezes_the_stem_and_the_named_stages_bit_identical(
     assert not torch.equal(tuned["layer2.0.conv1.weight"], before["layer2.0.conv1.weight"])
 
 
-def test_advised_runs_what_the_ranking_advises_and_freezes_exactly_that(shapes: Path, tmp_path: Path) -> None:
-    out = tmp_path / "advised"
-    result = finetune(str(shapes), BACKBONE, strategy="advised", epochs=2, lr_grid=(0.03,), output_dir=out, **FAST)
+def test_advised_runs_what_the_ranking_advises_and_freezes_exactly_that(
+    shapes: Path, full_run: tuple[dict[str, Any], Path], tmp_path: Path
+) -> None:
+    from service.contract import FinetuneResult
+
+    # an untrained backbone has nothing to transfer: the advice is to train it from scratch, which runs full
+    scratch = finetune(str(shapes), BACKBONE, strategy="advised", epochs=1, lr_grid=(0.03,), **FAST)
+    assert scratch["advice"]["transfer"]["strategy"] == "scratch" and scratch["strategy"] == "full"
+    assert scratch["advice"]["transfer"]["advice"].startswith("train it from scratch")
+
+    # a model trained on these very classes: its head reads them off (as a classifier), which needs no training;
+    # the advised run is the cheapest trained strategy, linear: every backbone parameter stays as it was
+    source, out = f"local-dir:{full_run[1]}", tmp_path / "advised"
+    result = finetune(str(shapes), source, strategy="advised", epochs=2, lr_grid=(0.03,), output_dir=out, **FAST)
     advice = result["advice"]
     layers, transfer = advice["layers"], advice["transfer"]
     assert layers["n_stages"] == 5 and len(layers["layers"]) == 6 and layers["layers"][-1]["module"] == "pre_logits"
-    ran = "linear" if transfer["strategy"] == "as_classifier" else transfer["strategy"]
-    assert result["strategy"] == advice["runs"] == ran
-    base = load_backbone(BACKBONE).model
-    tuned, before = load_file(out / "model.safetensors"), base.state_dict()
-    if result["strategy"] == "partial":
-        names, info = stage_trainable_parameters(base, transfer["freeze_stages"])
-        assert result["config"]["partial"] == info
-    else:
-        assert result["config"]["partial"] is None
-        names = {n for n, _ in base.named_parameters()} if result["strategy"] == "full" else set()
-    trained_modules = {n.rsplit(".", 1)[0] for n in names}
-    for key, value in before.items():
-        if key.rsplit(".", 1)[0] not in trained_modules and not key.startswith("fc."):
-            assert torch.equal(tuned[key], value), key  # frozen: weights and BatchNorm statistics unchanged
-    from service.contract import FinetuneResult
-
+    assert transfer["strategy"] == "as_classifier" and result["strategy"] == advice["runs"] == "linear"
+    tuned, before = load_file(out / "model.safetensors"), load_backbone(source).model.state_dict()
+    frozen = [key for key in before if not key.startswith("fc.")]
+    assert any("running_mean" in key for key in frozen)
+    for key in frozen:
+        assert torch.equal(tuned[key], before[key]), key  # weights and BatchNorm statistics unchanged
+    assert not torch.equal(tuned["fc.weight"], before["fc.weight"])
     assert FinetuneResult.model_validate({**result, "kind": "finetune"}).advice is not None
 
 

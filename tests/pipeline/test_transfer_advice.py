@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from service.contract.results import TransferAdvice
-from service.pipeline.ranking.transfer import source_head_accuracy, transfer_advice
+from service.pipeline.ranking.transfer import scratch_advice, source_head_accuracy, transfer_advice
 
 
 def _one_hot(indices: np.ndarray, width: int) -> np.ndarray:
@@ -82,3 +82,28 @@ def test_as_a_classifier_when_the_source_head_maps_one_to_one_and_is_as_good():
     noisy = LABELS.copy()
     noisy[::2] = (noisy[::2] + 1) % 4
     assert transfer_advice(_row(0.90, 0.95), _one_hot(noisy, 10), LABELS)["strategy"] == "full"
+
+
+def test_scratch_for_an_untrained_network_and_where_its_pretrained_weights_do_not_help():
+    def ranked(id_: str, linear: float, full: float) -> dict[str, Any]:
+        row = {"id": id_, **_row(linear, full)}
+        row["transfer"] = transfer_advice(row, None, LABELS)
+        return row
+
+    rows = [
+        ranked("random:resnet10t", 0.30, 0.62),
+        ranked("resnet10t.helps", 0.70, 0.75),  # linear 0.70 < full 0.75 -> full 0.75 beats scratch 0.62: kept
+        ranked("resnet10t.hurts", 0.55, 0.50),  # linear 0.55 is its best; scratch 0.62 beats it
+        ranked("convnext_atto.other", 0.40, 0.45),  # another architecture: no untrained twin in the ranking
+    ]
+    scratch_advice(rows, ["resnet10t", "resnet10t", "resnet10t", "convnext_atto"])
+    strategies = [row["transfer"]["strategy"] for row in rows]
+    assert strategies == ["scratch", "full", "scratch", "full"]
+    assert rows[0]["transfer"]["advice"] == (
+        "train it from scratch, every layer: an untrained network has nothing to transfer; expected 0.62 [0.57, 0.67]"
+    )
+    assert "not expected to help here (linear 0.55 against 0.62 from random weights)" in rows[2]["transfer"]["advice"]
+    scratch_option = rows[2]["transfer"]["options"][-1]
+    assert scratch_option["strategy"] == "scratch" and scratch_option["cost"]["passes"] == 30.0
+    assert {o["strategy"] for o in rows[2]["transfer"]["options"]} == {"linear", "full", "scratch"}
+    TransferAdvice.model_validate(rows[2]["transfer"])

@@ -341,7 +341,7 @@ def _advise(
     The backbone is ranked alone, as ``rank --layer-scores`` ranks it (default estimators, ``calibration``, every
     stage scored), so a fine-tune told ``advised`` does what the ranking advised. Returns ``{"transfer": ...,
     "layers": ..., "runs": strategy}``: ``as_classifier`` needs no training, so it runs the cheapest trained
-    strategy, ``linear``.
+    strategy, ``linear``; ``scratch`` (advised to an untrained ``random:`` backbone) runs ``full``.
     """
     from service.pipeline.features.extract import extract_features
     from service.pipeline.ranking.rank import rank_feature_sets
@@ -358,7 +358,7 @@ def _advise(
     return {
         "transfer": row["transfer"],
         "layers": row["layers"],
-        "runs": "linear" if strategy == "as_classifier" else strategy,
+        "runs": {"as_classifier": "linear", "scratch": "full"}.get(strategy, strategy),
     }
 
 

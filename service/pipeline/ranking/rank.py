@@ -33,7 +33,8 @@ Result schema (``schema_version`` 1, the document built here)::
            "layers": [{"index": int | null, "module", "dim", "scores": {estimator: float | null}}],  # pre-logits last
            "decided_by", "best_layer", "n_stages", "freeze_stages": int | null, "advice": str | null,
            "note"?: str} | null,
-         "transfer": {"strategy": "as_classifier" | "linear" | "partial" | "full", "freeze_stages": int | null,
+         "transfer": {"strategy": "as_classifier" | "linear" | "partial" | "full" | "scratch",
+           "freeze_stages": int | null,
            "options": [{"strategy", "predicted": {"value", "low", "high", "inputs"} | null,
                         "cost": {"passes", "gmacs"}, "note"}],
            "advice": str} | null}                # how to transfer (service/pipeline/ranking/transfer.py)
@@ -105,7 +106,7 @@ from service.pipeline.models.spec import BackboneSpec, coerce_spec
 from service.pipeline.ranking.fusion import _fuse
 from service.pipeline.ranking.layers import layer_report
 from service.pipeline.ranking.threads import scoring_threads
-from service.pipeline.ranking.transfer import transfer_advice
+from service.pipeline.ranking.transfer import scratch_advice, transfer_advice
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -381,9 +382,12 @@ def rank_feature_sets(
         rows, feature_sets, infos, calibration, len(dataset.classes), n_bootstrap, seed, source_accuracy or {},
         progress,
     )  # fmt: skip
+    archs = []
     for row in rows:
         feature_set = feature_sets[row.pop("_position")]
         row["transfer"] = transfer_advice(row, feature_set.source_probs, feature_set.labels)
+        archs.append(feature_set.backbone.get("arch"))
+    scratch_advice(rows, archs)
     failed = max((len(fs.failed) for fs in feature_sets), default=0)
     return {
         "schema_version": SCHEMA_VERSION,

@@ -12,6 +12,10 @@ The choices of transfer-learning practice, cheapest first:
   (:mod:`service.pipeline.ranking.layers`, a ranking with ``layer_scores``). No prediction yet: the benchmark
   has no partial fine-tunes to calibrate one on.
 - ``full``: fine-tune everything; the calibrated fine-tune prediction.
+- ``scratch``: train the architecture from random weights. An untrained candidate (``random:ARCH``) is always
+  advised so (there is nothing to transfer), and a pretrained one when the ranking also holds its architecture
+  untrained and that is predicted to fine-tune at least as well as the pretrained one's advised option: its
+  pretrained weights are not expected to help on this data (:func:`scratch_advice`, across the ranked rows).
 
 The rule, in order:
 
@@ -41,7 +45,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["TRAINING_EPOCHS", "source_head_accuracy", "transfer_advice"]
+__all__ = ["TRAINING_EPOCHS", "scratch_advice", "source_head_accuracy", "transfer_advice"]
 
 #: The fine-tune defaults' epochs per strategy (service/pipeline/finetune/arguments.py, STRATEGY_DEFAULTS):
 #: repeated as plain numbers so the ranking does not import the training code.
@@ -101,6 +105,7 @@ def _cost(strategy: str, trained_share: float, gmacs: float | None, n_images: in
         "linear": 1.0,
         "partial": (1.0 + 2.0 * trained_share) * TRAINING_EPOCHS["partial"],
         "full": 3.0 * TRAINING_EPOCHS["full"],
+        "scratch": 3.0 * TRAINING_EPOCHS["full"],
     }[strategy]
     return {"passes": passes, "gmacs": None if gmacs is None else passes * gmacs * n_images}
 
@@ -163,6 +168,51 @@ def transfer_advice(row: Mapping[str, Any], source_probs: NDArray[Any] | None, l
         "freeze_stages": partial_depth if chosen == "partial" else None,
         "options": [{"strategy": name, **option} for name, option in options.items()],
         "advice": _words(chosen, options[chosen], options.get("full"), partial_depth, layers),
+    }
+
+
+def scratch_advice(rows: list[dict[str, Any]], archs: list[str | None]) -> None:
+    """Advise training from scratch where it applies (the module docstring's rule), in place on ranked rows.
+
+    ``archs[i]`` is row ``i``'s timm architecture; an untrained row is one whose id starts with ``random:``.
+    """
+    untrained: dict[str, dict[str, Any]] = {}
+    for row, arch in zip(rows, archs, strict=True):
+        full = (row.get("predicted_accuracy") or {}).get("finetune")
+        if arch and str(row["id"]).startswith("random:") and full:
+            untrained.setdefault(arch, full)
+            row["transfer"] = _scratch(row, full, "an untrained network has nothing to transfer")
+    for row, arch in zip(rows, archs, strict=True):
+        scratch, advice = untrained.get(arch or ""), row.get("transfer")
+        if str(row["id"]).startswith("random:") or scratch is None or advice is None:
+            continue
+        chosen = next((o for o in advice["options"] if o["strategy"] == advice["strategy"]), None)
+        best = (chosen or {}).get("predicted") or {}
+        if "value" in best and scratch["value"] >= best["value"] and advice["strategy"] != "as_classifier":
+            row["transfer"] = _scratch(
+                row,
+                scratch,
+                f"the pretrained weights are not expected to help here ({advice['strategy']} "
+                f"{best['value']:.2f} against {scratch['value']:.2f} from random weights)",
+                options=advice["options"],
+            )
+
+
+def _scratch(
+    row: Mapping[str, Any], predicted: Mapping[str, Any], why: str, options: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    option = {
+        "strategy": "scratch",
+        "predicted": dict(predicted),
+        "cost": _cost("scratch", 1.0, row.get("gmacs"), int(row.get("n_images") or 0)),
+        "note": None,
+    }
+    return {
+        "strategy": "scratch",
+        "freeze_stages": None,
+        "options": [*(o for o in options or [] if o["strategy"] != "scratch"), option],
+        "advice": f"train it from scratch, every layer: {why}; expected {predicted['value']:.2f} "
+        f"[{predicted['low']:.2f}, {predicted['high']:.2f}]",
     }
 
 
