@@ -23,7 +23,7 @@ import torch
 from service.errors import InvalidFinetuneConfig
 from service.pipeline.finetune.training import TensorSplit, TrainingCancelled
 from service.pipeline.models._timm import timm_api
-from service.pipeline.models.backbones import LoadedBackbone
+from service.pipeline.models.backbones import LoadedBackbone, feature_info_modules
 
 __all__ = ["partial_trainable_parameters", "stage_trainable_parameters"]
 
@@ -123,8 +123,7 @@ def stage_trainable_parameters(model: torch.nn.Module, freeze_stages: int) -> tu
     InvalidFinetuneConfig
         The model does not describe its stages, or has fewer than ``freeze_stages``.
     """
-    info_entries = getattr(model, "feature_info", None) or []
-    modules = [str(entry["module"]) for entry in info_entries if isinstance(entry, dict) and "module" in entry]
+    modules = feature_info_modules(model)
     if not modules:
         raise InvalidFinetuneConfig(
             f"{type(model).__name__} does not describe its stages (no timm feature_info); use strategy partial "

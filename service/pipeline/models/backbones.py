@@ -42,9 +42,19 @@ from service.pipeline.models.hub import DownloadProgress, HubAccess
 from service.pipeline.models.resolve import ResolvedWeights, file_sha256, find_weights, stat_key
 from service.pipeline.models.spec import BackboneSpec, coerce_spec
 
-__all__ = ["LoadedBackbone", "load_backbone", "pool_map"]
+__all__ = ["LoadedBackbone", "feature_info_modules", "load_backbone", "pool_map"]
 
 _logger = logging.getLogger(__name__)
+
+
+def feature_info_modules(model: torch.nn.Module) -> list[str]:
+    """The modules whose outputs are the model's stages (timm's ``feature_info``, in forward order): what
+    ``rank --layer-scores`` scores and ``finetune --freeze-stages`` counts. Empty when the model does not describe
+    them, or describes one without its module."""
+    info = getattr(model, "feature_info", None) or []
+    if not all(isinstance(entry, dict) and "module" in entry for entry in info):
+        return []
+    return [str(entry["module"]) for entry in info]
 
 
 def pool_map(feature_map: torch.Tensor) -> torch.Tensor:
@@ -115,11 +125,7 @@ class LoadedBackbone:
         """
         if not callable(getattr(self.model, "forward_intermediates", None)):
             return []
-        info = getattr(self.model, "feature_info", None)
-        try:
-            return [str(entry["module"]) for entry in info or []]
-        except (KeyError, TypeError):
-            return []
+        return feature_info_modules(self.model)
 
     def forward_stages(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor]]:
         """:meth:`forward` plus every stage's spatially averaged feature map, from one pass.

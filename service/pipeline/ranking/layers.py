@@ -26,14 +26,22 @@ evidence and most other scores grow or shrink with the dimension. LogME is repor
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from estimators import Statistics, score
 from service.pipeline.features.extract import FeatureSet
 from service.pipeline.ranking.threads import scoring_threads
 
-__all__ = ["DECIDING_ESTIMATOR", "LAYER_ESTIMATORS", "PRE_LOGITS", "freeze_depth", "layer_report", "score_layer"]
+__all__ = [
+    "DECIDING_ESTIMATOR",
+    "LAYER_ESTIMATORS",
+    "PRE_LOGITS",
+    "freeze_depth",
+    "frozen_span",
+    "layer_report",
+    "score_layer",
+]
 
 #: Scores of every layer; the first decides.
 LAYER_ESTIMATORS: tuple[str, ...] = ("ridge_probe", "logme")
@@ -128,13 +136,16 @@ def layer_report(feature_set: FeatureSet) -> dict[str, Any] | None:
     return report
 
 
+def frozen_span(layers: Sequence[Mapping[str, Any]], frozen: int) -> str:
+    """The first ``frozen`` stages in words, e.g. "stages 1-2 (up to layer1)" (``layers``: a report's layers)."""
+    stages = "stage 1" if frozen == 1 else f"stages 1-{frozen}"
+    return f"{stages} (up to {layers[frozen - 1]['module']})"
+
+
 def _advice(layers: Sequence[dict[str, Any]], n_stages: int, frozen: int) -> str:
     if frozen >= n_stages:
         return "every stage transfers: train a new head on the frozen features"
-    last_frozen = layers[frozen - 1]["module"]
-    first_trained = layers[frozen]["module"]
-    stages = "stage 1" if frozen == 1 else f"stages 1-{frozen}"
     return (
-        f"freeze {stages} (up to {last_frozen}) and fine-tune from {first_trained} on: "
+        f"freeze {frozen_span(layers, frozen)} and fine-tune from {layers[frozen]['module']} on: "
         f"the later stages score no higher on this data"
     )

@@ -45,11 +45,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["TRAINING_EPOCHS", "scratch_advice", "source_head_accuracy", "transfer_advice"]
+from service.pipeline.finetune.arguments import STRATEGY_DEFAULTS
+from service.pipeline.ranking.layers import frozen_span
 
-#: The fine-tune defaults' epochs per strategy (service/pipeline/finetune/arguments.py, STRATEGY_DEFAULTS):
-#: repeated as plain numbers so the ranking does not import the training code.
-TRAINING_EPOCHS: Mapping[str, int] = {"linear": 30, "partial": 10, "full": 10}
+__all__ = ["scratch_advice", "source_head_accuracy", "transfer_advice"]
+
 _Z90 = 1.6448536269514722
 
 
@@ -103,9 +103,9 @@ def _cost(strategy: str, trained_share: float, gmacs: float | None, n_images: in
     passes = {
         "as_classifier": 0.0,
         "linear": 1.0,
-        "partial": (1.0 + 2.0 * trained_share) * TRAINING_EPOCHS["partial"],
-        "full": 3.0 * TRAINING_EPOCHS["full"],
-        "scratch": 3.0 * TRAINING_EPOCHS["full"],
+        "partial": (1.0 + 2.0 * trained_share) * STRATEGY_DEFAULTS["partial"].epochs,
+        "full": 3.0 * STRATEGY_DEFAULTS["full"].epochs,
+        "scratch": 3.0 * STRATEGY_DEFAULTS["full"].epochs,
     }[strategy]
     return {"passes": passes, "gmacs": None if gmacs is None else passes * gmacs * n_images}
 
@@ -210,7 +210,7 @@ def _scratch(
     return {
         "strategy": "scratch",
         "freeze_stages": None,
-        "options": [*(o for o in options or [] if o["strategy"] != "scratch"), option],
+        "options": [*(options or []), option],
         "advice": f"train it from scratch, every layer: {why}; expected {predicted['value']:.2f} "
         f"[{predicted['low']:.2f}, {predicted['high']:.2f}]",
     }
@@ -240,9 +240,6 @@ def _words(
         )
     if strategy == "linear":
         return "train a new head on the frozen features" + expected
-    if strategy == "partial":
-        modules = [layer["module"] for layer in layers.get("layers", [])]
-        last = modules[depth - 1] if depth and depth <= len(modules) else "?"
-        stages = "stage 1" if depth == 1 else f"stages 1-{depth}"
-        return f"freeze {stages} (up to {last}), fine-tune the rest" + full_expected
+    if strategy == "partial" and depth is not None:
+        return f"freeze {frozen_span(layers['layers'], depth)}, fine-tune the rest" + full_expected
     return "fine-tune every layer" + expected
